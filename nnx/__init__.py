@@ -1,0 +1,18 @@
+"""nnx: Nielsen's Neural Networks and Deep Learning, reproduced and extended in JAX."""
+
+from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS
+from nnx.costs import COSTS
+from nnx.data import DATASETS, Data, DataError, Split, load
+from nnx.initializers import INITIALIZERS
+from nnx.model import feedforward, init, num_params
+from nnx.optimizers import OPTIMIZERS
+from nnx.registry import ConfigError
+from nnx.spec import Spec, build
+from nnx.train import fit, make_epoch, make_evaluate, make_loss, make_probe
+
+__all__ = [
+    "ACTIVATIONS", "OUTPUT_ACTIVATIONS", "COSTS", "DATASETS", "INITIALIZERS", "OPTIMIZERS",
+    "ConfigError", "Data", "DataError", "Spec", "Split",
+    "build", "feedforward", "fit", "init", "load", "make_epoch", "make_evaluate", "make_loss",
+    "make_probe", "num_params",
+]

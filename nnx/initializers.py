@@ -1,0 +1,97 @@
+"""Weight and bias initializers, by name.
+
+Each entry is a factory taking the initializer's hyperparameters and returning
+`init(key, n_in, n_out, dtype) -> (w, b)` with `w` of shape [n_out, n_in] (the book's w^l_{jk}:
+row j is neuron j of layer l, column k is neuron k of layer l-1) and `b` of shape [n_out].
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def large():
+    """network.py (chapter 1): w ~ N(0, 1), b ~ N(0, 1)."""
+
+    def init(key, n_in, n_out, dtype=jnp.float32):
+        kw, kb = jax.random.split(key)
+        return (jax.random.normal(kw, (n_out, n_in), dtype), jax.random.normal(kb, (n_out,), dtype))
+
+    return init
+
+
+def default():
+    """network2.py (chapter 3): w ~ N(0, 1/n_in), b ~ N(0, 1)."""
+
+    def init(key, n_in, n_out, dtype=jnp.float32):
+        kw, kb = jax.random.split(key)
+        w = jax.random.normal(kw, (n_out, n_in), dtype) / jnp.sqrt(jnp.asarray(n_in, dtype))
+        return w, jax.random.normal(kb, (n_out,), dtype)
+
+    return init
+
+
+def _zero_bias(weight_init):
+    """Wraps a weight-only initializer: the modern schemes below start biases at 0."""
+
+    def init(key, n_in, n_out, dtype=jnp.float32):
+        return weight_init(key, n_in, n_out, dtype), jnp.zeros((n_out,), dtype)
+
+    return init
+
+
+def glorot_normal():
+    """Glorot & Bengio (2010): w ~ N(0, 2/(n_in + n_out)), b = 0."""
+
+    def weights(key, n_in, n_out, dtype):
+        return jax.random.normal(key, (n_out, n_in), dtype) * jnp.sqrt(2.0 / (n_in + n_out)).astype(dtype)
+
+    return _zero_bias(weights)
+
+
+def glorot_uniform():
+    """Glorot & Bengio's "normalized" init (their eq. 16): w ~ U[-r, r], r = sqrt(6/(n_in + n_out)), b = 0."""
+
+    def weights(key, n_in, n_out, dtype):
+        r = (6.0 / (n_in + n_out)) ** 0.5
+        return jax.random.uniform(key, (n_out, n_in), dtype, -r, r)
+
+    return _zero_bias(weights)
+
+
+def standard_uniform():
+    """Glorot & Bengio's "standard" (LeCun's) init (their eq. 1): w ~ U[-1/sqrt(n_in), 1/sqrt(n_in)], b = 0."""
+
+    def weights(key, n_in, n_out, dtype):
+        r = n_in**-0.5
+        return jax.random.uniform(key, (n_out, n_in), dtype, -r, r)
+
+    return _zero_bias(weights)
+
+
+def he_normal():
+    """He et al. (2015): w ~ N(0, 2/n_in), b = 0, which keeps ReLU activations' variance fixed."""
+
+    def weights(key, n_in, n_out, dtype):
+        return jax.random.normal(key, (n_out, n_in), dtype) * jnp.sqrt(2.0 / n_in).astype(dtype)
+
+    return _zero_bias(weights)
+
+
+def orthogonal(gain: float = 1.0):
+    """Saxe et al. (2014): w = gain * Q with Q having orthonormal rows or columns, b = 0."""
+
+    def weights(key, n_in, n_out, dtype):
+        return jax.nn.initializers.orthogonal(scale=gain)(key, (n_out, n_in), dtype)
+
+    return _zero_bias(weights)
+
+
+INITIALIZERS = {
+    "large": large,
+    "default": default,
+    "glorot_normal": glorot_normal,
+    "glorot_uniform": glorot_uniform,
+    "standard_uniform": standard_uniform,
+    "he_normal": he_normal,
+    "orthogonal": orthogonal,
+}

@@ -1,0 +1,80 @@
+"""Checks every job of a command line before Hydra runs any of them.
+
+Hydra's struct mode already rejects a misspelt key or an unknown choice, but a sweep such as
+`-m model.depth=2,-1` would still train depth 2 before depth -1 fails. Here each job's config is
+composed and built up front, so a bad value anywhere stops the command before any training and
+before any MLflow run exists, with a message that lists the valid keys or values.
+"""
+
+import sys
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nnx.registry import ConfigError
+from nnx.spec import build
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _valid_keys(config_name: str, key: str) -> str:
+    """The keys next to `key` in the composed default config, e.g. model.* for model.dept."""
+    parent, _, _ = key.rpartition(".")
+    node = compose(config_name)
+    node = OmegaConf.select(node, parent) if parent else node
+    if not OmegaConf.is_dict(node):
+        return ""
+    names = ", ".join(f"{parent + '.' if parent else ''}{k}" for k in node)
+    return f" Valid keys{' under ' + parent if parent else ''}: {names}."
+
+
+def _explain(err: Exception, job: list[str], config_name: str) -> str:
+    message = str(err)
+    if "not in struct" in message or "Could not override" in message or "not in struct" in str(err.__cause__):
+        for override in job:
+            key = override.partition("=")[0]
+            if not key.startswith(("+", "~")) and f"'{key}'" in message:
+                return (f"unknown config key {key!r}.{_valid_keys(config_name, key)} "
+                        f"(To add a new key on purpose, write +{override}.)")
+    return message
+
+
+def _jobs(argv: list[str]) -> list[list[str]] | None:
+    """The override list of each job the command would run, or None when Hydra should decide alone."""
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f not in MULTIRUN_FLAGS for f in flags):
+        return None  # --help, --cfg, --info, -c ...: Hydra's own business
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except HydraException:
+        return None  # a syntax error: Hydra's message says where
+    user = [o for o in overrides if not o.get_key_element().lstrip("+~").startswith("hydra")]
+    if flags:
+        return BasicSweeper.split_arguments(user, None)[0]
+    if any(o.is_sweep_override() for o in user):
+        return None  # a sweep without -m: Hydra explains
+    return [[o.input_line for o in user]]
+
+
+def preflight(argv: list[str], config_dir: str, config_name: str):
+    """Composes and builds each job; on the first bad one prints why and exits with status 2."""
+    jobs = _jobs(argv)
+    if jobs is None:
+        return
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        for job in jobs:
+            try:
+                build(OmegaConf.to_container(compose(config_name, overrides=job), resolve=True))
+            except ConfigError as err:
+                message = str(err)
+            except (HydraException, OmegaConfBaseException) as err:
+                message = _explain(err, job, config_name)
+            else:
+                continue
+            where = f" (in the job {' '.join(job)})" if len(jobs) > 1 else ""
+            print(f"nnx-train: error{where}: {message}", file=sys.stderr)
+            sys.exit(2)

@@ -1,0 +1,19 @@
+"""One lookup for every registry, so an unknown name fails the same way everywhere."""
+
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A config value nnx cannot use. The message names the value, the valid ones and the fix."""
+
+
+def lookup(registry: Mapping[str, Any], kind: str, name: str) -> Any:
+    """Returns registry[name], or raises ConfigError listing the valid names."""
+    try:
+        return registry[name]
+    except KeyError:
+        valid = ", ".join(sorted(registry))
+        raise ConfigError(
+            f"unknown {kind} {name!r}; valid {kind}s: {valid}. "
+            f"Pick one with `{kind}=<name>` on the command line."
+        ) from None

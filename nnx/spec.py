@@ -1,0 +1,91 @@
+"""build(cfg): the one place where a config becomes the pieces a run uses.
+
+Every choice is checked here, before data is loaded, anything is compiled or any run is
+recorded, so a bad value fails at once with the value, the valid range and the fix.
+The input is a plain dict (Hydra's resolved config, or one written by hand in a test).
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS
+from nnx.costs import COSTS
+from nnx.data import DATASETS, MNIST_SIZES
+from nnx.initializers import INITIALIZERS
+from nnx.optimizers import OPTIMIZERS
+from nnx.registry import ConfigError, lookup
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    sizes: tuple[int, ...]
+    activation: Callable
+    output_activation: Callable
+    cost: Callable  # fn(z, a, y) -> C_x per example
+    initializer: Callable
+    optimizer: Any  # optax.GradientTransformation
+    lmbda: float  # L2 strength, for the reported cost (the optimizer applies it to the updates)
+    epochs: int
+    mini_batch_size: int
+    train_size: int
+    probe_size: int
+    seed: int
+    data_path: str | None
+    dataset: Callable
+
+
+def _hparams(group: dict) -> dict:
+    return {k: v for k, v in group.items() if k != "name"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(ok: bool, key: str, value, rule: str, fix: str):
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {rule}. {fix}")
+
+
+def build(cfg: dict) -> Spec:
+    """Validates `cfg` and looks up every registry entry it names.
+
+    Raises:
+      ConfigError: naming the bad key and value, what is allowed and how to fix it.
+    """
+    model, train, data, opt = cfg["model"], cfg["train"], cfg["data"], cfg["optimizer"]
+    depth, width = model["depth"], model["width"]
+    _check(isinstance(cfg["seed"], int), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
+    _check(isinstance(depth, int) and depth >= 0, "model.depth", depth, "the number of hidden layers must be an integer >= 0", "Use e.g. model.depth=2.")
+    _check(isinstance(width, int) and width >= 1, "model.width", width, "each hidden layer needs an integer >= 1 neurons", "Use e.g. model.width=30.")
+    _check(_is_number(opt["eta"]) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be > 0", "Use e.g. optimizer.eta=0.1.")
+    _check(_is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be >= 0", "Use optimizer.lmbda=0 for none.")
+    _check(isinstance(train["epochs"], int) and train["epochs"] >= 1, "train.epochs", train["epochs"], "must be an integer >= 1", "Use e.g. train.epochs=30.")
+
+    dataset = lookup(DATASETS, "data", data["name"])
+    n_available = MNIST_SIZES["train"]
+    train_size = n_available if data["train_size"] is None else data["train_size"]
+    _check(isinstance(train_size, int) and 1 <= train_size <= n_available, "data.train_size", train_size, f"MNIST has {n_available} training images", f"Use 1 <= data.train_size <= {n_available}.")
+    m = train["mini_batch_size"]
+    _check(isinstance(m, int) and 1 <= m <= train_size, "train.mini_batch_size", m, f"a mini-batch must hold 1 to data.train_size={train_size} images", f"Use train.mini_batch_size<={train_size}, or raise data.train_size.")
+    probe_size = cfg["probes"]["size"]
+    _check(isinstance(probe_size, int) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
+
+    act, init = cfg["activation"], cfg["init"]
+    output_name = model["output_activation"]
+    return Spec(
+        sizes=(784, *([width] * depth), 10),
+        activation=lookup(ACTIVATIONS, "activation", act["name"])(**_hparams(act)),
+        output_activation=lookup(OUTPUT_ACTIVATIONS, "model.output_activation", output_name)(),
+        cost=lookup(COSTS, "cost", cfg["cost"]["name"])(output_name),
+        initializer=lookup(INITIALIZERS, "init", init["name"])(**_hparams(init)),
+        optimizer=lookup(OPTIMIZERS, "optimizer", opt["name"])(n=train_size, **_hparams(opt)),
+        lmbda=float(opt["lmbda"]),
+        epochs=train["epochs"],
+        mini_batch_size=m,
+        train_size=train_size,
+        probe_size=min(probe_size, train_size),
+        seed=cfg["seed"],
+        data_path=data["path"],
+        dataset=dataset,
+    )

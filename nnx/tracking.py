@@ -1,0 +1,152 @@
+"""The only module that talks to MLflow: where runs go, what they record, how they end.
+
+The embedded store is a SQLite database plus an artifact folder, both under <project>/mlruns/,
+addressed by absolute paths so that every Hydra job (whatever its working directory) and
+`make ui` see one store.
+"""
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+from filelock import FileLock
+
+ROOT = Path(__file__).resolve().parents[1]
+STORE = ROOT / "mlruns"
+# MLflow 3 opens new experiments in its GenAI view unless told this is model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PACKAGES = ("jax", "jaxlib", "optax", "hydra-core", "mlflow", "numpy")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used."""
+
+
+def resolve_uri(uri: str | None) -> str:
+    """tracking.uri if set, else $MLFLOW_TRACKING_URI, else the embedded store under mlruns/."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE / 'mlflow.db'}"
+
+
+def _local_store(uri: str) -> Path | None:
+    """The folder of a local SQLite store (its lock and artifacts live there), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    return None
+
+
+def _check_reachable(uri: str, timeout: float = 10.0):
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingError(
+            f"the MLflow tracking server at {uri} is not reachable ({err}). Start it (e.g. `mlflow server "
+            f"--host 127.0.0.1 --port 5000`), fix tracking.uri / MLFLOW_TRACKING_URI, or drop them to use "
+            f"the embedded store under {STORE}."
+        ) from None
+
+
+def open_experiment(uri: str, name: str):
+    """Returns (client, experiment_id), creating the store and the experiment if needed.
+
+    Parallel jobs that meet a new SQLite file at once collide on its schema creation ("database
+    is locked"), so the first touch of a local store is serialised by a file lock beside it.
+    """
+    import mlflow  # imported here: it is slow, and only runs that track need it
+
+    _check_reachable(uri)
+    local = _local_store(uri)
+    lock = FileLock(local / ".nnx.lock") if local else contextlib.nullcontext()
+    if local:
+        local.mkdir(parents=True, exist_ok=True)
+    with lock:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        artifacts = (local / "artifacts" / name).as_uri() if local else None
+        return client, client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+
+
+def environment_tags() -> dict:
+    """Git commit and dirty flag, package versions, JAX backend and device."""
+    import jax
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    status = git("status", "--porcelain", "--untracked-files=no")
+    tags = {
+        "mlflow.source.git.commit": commit,
+        "nnx.git_commit": commit,
+        "nnx.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "nnx.version.python": sys.version.split()[0],
+        "nnx.jax_backend": jax.default_backend(),
+        "nnx.device": str(jax.devices()[0].device_kind),
+    }
+    for package in PACKAGES:
+        tags[f"nnx.version.{package}"] = metadata.version(package)
+    return tags
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"model": {"depth": 2}} -> {"model.depth": "2"}: MLflow params are flat strings."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class Run:
+    """One MLflow run: metrics are sent once per epoch as one batch, never one call per value."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def start(cls, client, experiment_id, *, name, params, tags, parent_run_id=None):
+        from mlflow.entities import Param
+
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        self = cls(client, run.info.run_id)
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(self.run_id, params=items[i : i + 100])
+        return self
+
+    def log_metrics(self, step: int, values: dict):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def log_artifacts(self, folder: Path):
+        self.client.log_artifacts(self.run_id, str(folder))
+
+    def set_tags(self, tags: dict):
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value)[:5000])
+
+    def end(self, status: str):
+        self.client.set_terminated(self.run_id, status)
