@@ -5,7 +5,6 @@
     nnx-train experiment=ch1_30
 """
 
-import atexit
 import json
 import signal
 import sys
@@ -31,6 +30,7 @@ CONF = str(tracking.ROOT / "conf")
 USER_ERRORS = (ConfigError, DataError, tracking.TrackingError)
 # Override keys shortened in run names: "model.depth=3" reads "depth=3".
 SHORT_PREFIXES = ("model.", "train.", "optimizer.", "data.")
+OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs
 
 
 def run_name(task_overrides, seed) -> str:
@@ -102,8 +102,9 @@ class SweepParent(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
         sweep_file(sweep_dir).write_text(json.dumps({"sweep_id": uuid.uuid4().hex[:12], "overrides": overrides}))
-        # Ends the parent even when the launcher dies or the sweep is interrupted.
-        atexit.register(finish_sweep, sweep_dir)
+        # main() ends the parent even when a job raises or the sweep is interrupted, where
+        # Hydra skips on_multirun_end.
+        OPEN_SWEEPS.append(sweep_dir)
 
     def on_multirun_end(self, config, **kwargs):
         finish_sweep(config.hydra.sweep.dir)
@@ -208,4 +209,10 @@ def main():
     from nnx.preflight import preflight
 
     preflight(sys.argv[1:], CONF, "train")
-    _hydra_main()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        _hydra_main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        while OPEN_SWEEPS:
+            finish_sweep(OPEN_SWEEPS.pop())

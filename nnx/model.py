@@ -34,8 +34,8 @@ def feedforward(params, x, activation, output_activation):
     """
     a = x
     for layer in params[:-1]:
-        a = activation(a @ layer["w"].T + layer["b"])
-    z = a @ params[-1]["w"].T + params[-1]["b"]
+        a = activation(a @ layer["w"].T + layer["b"][None, :])
+    z = a @ params[-1]["w"].T + params[-1]["b"][None, :]
     return z, output_activation(z)
 
 

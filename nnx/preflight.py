@@ -33,7 +33,7 @@ def _valid_keys(config_name: str, key: str) -> str:
 
 
 def _explain(err: Exception, job: list[str], config_name: str) -> str:
-    message = str(err)
+    message = str(err).split("\nConfig search path:")[0].strip()
     if "not in struct" in message or "Could not override" in message or "not in struct" in str(err.__cause__):
         for override in job:
             key = override.partition("=")[0]

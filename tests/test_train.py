@@ -1,0 +1,86 @@
+"""Training loop: compiled once, deterministic, learns; the probe is the book's norm of the mean."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnx
+from conftest import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def small():
+    return nnx.load(train_size=200)
+
+
+def test_epoch_compiles_once(small):
+    spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
+    epoch = nnx.make_epoch(spec)
+    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    state = spec.optimizer.init(params)
+    x, y = jnp.asarray(small.train.x), jnp.asarray(small.train.y)
+    for e in range(4):
+        params, state = epoch(params, state, jax.random.fold_in(jax.random.PRNGKey(1), e), x, y)
+    assert epoch._cache_size() == 1
+
+
+def test_fit_history_and_step_numbering(small):
+    spec = nnx.build(tiny_cfg(model={"depth": 2, "width": 8, "output_activation": "sigmoid"},
+                              data={"name": "mnist", "path": None, "train_size": 200}, train={"epochs": 3, "mini_batch_size": 10}))
+    steps = []
+    _, history = nnx.fit(spec, small, key=jax.random.PRNGKey(0), on_epoch=lambda step, values: steps.append((step, sorted(values))))
+    # Gradients at steps 0..3 (before each epoch, then after the last); costs after epochs 0..2.
+    assert [s for s, _ in steps] == [0, 1, 2, 3]
+    assert len(history["grad_norm/hidden_1"]) == 4 and len(history["grad_norm/hidden_2"]) == 4
+    assert len(history["weight_grad_norm/layer_3"]) == 4
+    for name in ("train_cost", "train_accuracy", "val_cost", "val_accuracy", "test_cost", "test_accuracy"):
+        assert history[name].shape == (3,) and np.all(np.isfinite(history[name]))
+    assert history["init_bias_grad/hidden_1"].shape == (8,)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(small):
+    spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
+    run = lambda seed: nnx.fit(spec, small, key=jax.random.PRNGKey(seed))[1]
+    a, b, c = run(0), run(0), run(1)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["val_cost"], c["val_cost"])
+
+
+def test_learns_on_a_small_set(small):
+    spec = nnx.build(tiny_cfg(model={"depth": 1, "width": 30, "output_activation": "sigmoid"},
+                              optimizer={"name": "sgd", "eta": 0.5, "lmbda": 0.0},
+                              data={"name": "mnist", "path": None, "train_size": 200}, train={"epochs": 20, "mini_batch_size": 10}))
+    _, history = nnx.fit(spec, small, key=jax.random.PRNGKey(0))
+    assert history["train_cost"][-1] < 0.5 * history["train_cost"][0]
+    assert history["train_accuracy"][-1] > 0.9 and history["val_accuracy"][-1] > 0.6
+
+
+def test_reported_cost_includes_the_l2_term(small):
+    """Book: cost = mean C_x + (lmbda / 2 len(data)) sum ||w||^2 over the evaluated set."""
+    spec = nnx.build(tiny_cfg(optimizer={"name": "sgd", "eta": 0.1, "lmbda": 3.0}))
+    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    x, y = small.validation.x[:500], small.validation.y[:500]
+    cost, accuracy = nnx.make_evaluate(spec)(params, x, y)
+    z, a = nnx.feedforward(params, x, spec.activation, spec.output_activation)
+    a, t = np.asarray(a, np.float64), np.eye(10)[y]
+    book = np.mean(-np.sum(t * np.log(a) + (1 - t) * np.log(1 - a), axis=1))
+    book += 0.5 * 3.0 / 500 * sum(np.sum(np.asarray(layer["w"], np.float64) ** 2) for layer in params)
+    np.testing.assert_allclose(cost, book, rtol=1e-5)
+    assert accuracy == np.mean(np.argmax(a, axis=1) == y)
+
+
+def test_probe_is_the_norm_of_the_mean_per_example_gradient(small):
+    """Chapter 5: average dC_x/db^l over the images, then take the norm (not the mean of norms)."""
+    spec = nnx.build(tiny_cfg(model={"depth": 3, "width": 8, "output_activation": "sigmoid"}))
+    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    x, y = jnp.asarray(small.train.x[:50]), jnp.asarray(small.train.y[:50])
+    loss = nnx.make_loss(spec)
+    per_example = jax.vmap(lambda xi, yi: jax.grad(loss)(params, xi[None], yi[None]))(x, y)
+    probe = nnx.make_probe(spec)(params, x, y)
+    for l in range(3):
+        mean_db = np.mean(per_example[l]["b"], axis=0)
+        np.testing.assert_allclose(probe["bias_grad"][l], mean_db, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(probe["grad_norm"][l], np.linalg.norm(mean_db), rtol=1e-5)
+    assert probe["grad_norm"].shape == (3,) and probe["weight_grad_norm"].shape == (4,)
