@@ -50,7 +50,7 @@ def sweep_file(sweep_dir) -> Path:
     return Path(sweep_dir) / "nnx_sweep.json"
 
 
-def sweep_parent(client, experiment_id, sweep_dir) -> tuple[str, str] | None:
+def sweep_parent(client, experiment_id, sweep_dir, preset: str) -> tuple[str, str] | None:
     """(parent run id, sweep id) of the sweep's parent run, created by whichever job gets here first.
 
     Jobs may run in other processes (joblib, submitit), where the fluent API's active run is not
@@ -63,8 +63,9 @@ def sweep_parent(client, experiment_id, sweep_dir) -> tuple[str, str] | None:
         sweep = json.loads(path.read_text())
         if "parent_run_id" not in sweep:
             parent = tracking.Run.start(
-                client, experiment_id, name=f"sweep {sweep['sweep_id']}", params={},
-                tags={"nnx.sweep_id": sweep["sweep_id"], "nnx.role": "sweep", "nnx.overrides": " ".join(sweep["overrides"])},
+                client, experiment_id, name=f"sweep {preset} {' '.join(sweep['overrides'])}".strip(), params={},
+                tags={"nnx.sweep_id": sweep["sweep_id"], "nnx.role": "sweep", "nnx.experiment": preset,
+                      "nnx.overrides": " ".join(sweep["overrides"])},
             )
             sweep.update(parent_run_id=parent.run_id, tracking_uri=client.tracking_uri)
             path.write_text(json.dumps(sweep))
@@ -155,10 +156,11 @@ def train(cfg) -> dict:
 
     hc = HydraConfig.get()
     tags = tracking.environment_tags()
-    tags.update({"nnx.overrides": " ".join(hc.overrides.task), "nnx.experiment": hc.runtime.choices.get("experiment") or "none"})
+    preset = hc.runtime.choices.get("experiment") or "none"
+    tags.update({"nnx.overrides": " ".join(hc.overrides.task), "nnx.experiment": preset})
     parent = None
     if hc.mode == RunMode.MULTIRUN:
-        found = sweep_parent(client, experiment_id, hc.sweep.dir)
+        found = sweep_parent(client, experiment_id, hc.sweep.dir, preset)
         if found:
             parent, tags["nnx.sweep_id"] = found
     params = tracking.flatten({k: v for k, v in plain.items() if k != "tracking"})

