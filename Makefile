@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 reproduce: $(STAMP)
-	$(BIN)/nnx-train experiment=ch1_30
+	$(BIN)/nnx-reproduce ch5
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
