@@ -30,6 +30,9 @@ class Spec:
     train_size: int
     probe_size: int
     seed: int
+    seeds: tuple[int, ...] | None  # several seeds trained at once (vmapped), or None
+    stop_on_divergence: bool
+    checkpoint_every: int  # epochs between checkpoints; 0: none
     data_path: str | None
     dataset: Callable
 
@@ -60,6 +63,7 @@ def build(cfg: dict) -> Spec:
     _check(isinstance(width, int) and width >= 1, "model.width", width, "each hidden layer needs an integer >= 1 neurons", "Use e.g. model.width=30.")
     _check(_is_number(opt["eta"]) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
     _check(_is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be a number >= 0", "Use optimizer.lmbda=0 for none.")
+    _check(isinstance(train["checkpoint_every"], int) and train["checkpoint_every"] >= 0, "train.checkpoint_every", train["checkpoint_every"], "must be an integer >= 0", "Use 1 (every epoch) or 0 (no checkpoints).")
     _check(isinstance(train["epochs"], int) and train["epochs"] >= 1, "train.epochs", train["epochs"], "must be an integer >= 1", "Use e.g. train.epochs=30.")
 
     dataset = lookup(DATASETS, "data", data["name"])
@@ -70,6 +74,10 @@ def build(cfg: dict) -> Spec:
     _check(isinstance(m, int) and 1 <= m <= train_size, "train.mini_batch_size", m, f"a mini-batch must hold 1 to data.train_size={train_size} images", f"Use train.mini_batch_size<={train_size}, or raise data.train_size.")
     probe_size = cfg["probes"]["size"]
     _check(isinstance(probe_size, int) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
+
+    seeds = cfg["seeds"]
+    _check(seeds is None or (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds)),
+           "seeds", seeds, "a list of distinct integer seeds (or null for the single `seed`)", "Use e.g. 'seeds=[0,1,2,3]' (quoted in a shell).")
 
     act, init = cfg["activation"], cfg["init"]
     output_name = model["output_activation"]
@@ -86,6 +94,9 @@ def build(cfg: dict) -> Spec:
         train_size=train_size,
         probe_size=min(probe_size, train_size),
         seed=cfg["seed"],
+        seeds=None if seeds is None else tuple(seeds),
+        stop_on_divergence=bool(train["stop_on_divergence"]),
+        checkpoint_every=train["checkpoint_every"],
         data_path=data["path"],
         dataset=dataset,
     )

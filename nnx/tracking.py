@@ -40,6 +40,12 @@ def _local_store(uri: str) -> Path | None:
     return None
 
 
+def checkpoint_path(uri: str, run_id: str) -> Path:
+    """Where a run's latest checkpoint is written during training: beside a local store, else
+    under this project's mlruns/ (it is also logged as the artifact checkpoint/last.npz)."""
+    return (_local_store(uri) or STORE) / "checkpoints" / run_id / "last.npz"
+
+
 def _check_reachable(uri: str, timeout: float = 10.0):
     if not uri.startswith(("http://", "https://")):
         return
@@ -114,6 +120,18 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _retry(call, *args, attempts=30, **kwargs):
+    """Retries a store call that met SQLite's writer lock: parallel jobs on one embedded store
+    take turns writing, and SQLite answers a busy turn with "database is locked"."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # MlflowException or sqlalchemy's OperationalError
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+
+
 class Run:
     """One MLflow run: metrics are sent once per epoch as one batch, never one call per value."""
 
@@ -126,11 +144,11 @@ class Run:
 
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        run = _retry(client.create_run, experiment_id, run_name=name, tags=tags)
         self = cls(client, run.info.run_id)
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            client.log_batch(self.run_id, params=items[i : i + 100])
+            _retry(client.log_batch, self.run_id, params=items[i : i + 100])
         return self
 
     def log_metrics(self, step: int, values: dict):
@@ -139,14 +157,14 @@ class Run:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
         for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + 1000])
 
     def log_artifacts(self, folder: Path):
-        self.client.log_artifacts(self.run_id, str(folder))
+        _retry(self.client.log_artifacts, self.run_id, str(folder))
 
     def set_tags(self, tags: dict):
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value)[:5000])
+            _retry(self.client.set_tag, self.run_id, key, str(value)[:5000])
 
     def end(self, status: str):
-        self.client.set_terminated(self.run_id, status)
+        _retry(self.client.set_terminated, self.run_id, status)

@@ -1,11 +1,10 @@
 """Training as pure functions built once per Spec and jitted once (network2.SGD, in JAX).
 
-make_epoch returns one epoch of mini-batch SGD as a lax.scan; make_evaluate the book's reported
-cost and accuracy; make_probe chapter 5's per-layer gradient measurements. fit() strings them
-together and returns the history, calling `on_epoch` so the caller can record as it goes.
+epoch_fn is one epoch of mini-batch SGD as a lax.scan; evaluate_fn the book's reported cost and
+accuracy; probe_fn chapter 5's per-layer gradient measurements. make_* jit them for one network;
+fit_many vmaps them over seeds, so several seeds train as one compiled program. fit() strings
+them together and returns the history, calling `on_epoch` so the caller can record as it goes.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +24,8 @@ def make_loss(spec):
     return loss
 
 
-def make_epoch(spec):
-    """Returns epoch(params, opt_state, key, x, y) -> (params, opt_state), jitted once.
+def epoch_fn(spec):
+    """epoch(params, opt_state, key, x, y) -> (params, opt_state), not yet jitted.
 
     A fresh permutation of the training set is cut into n // m mini-batches of one shape (a
     remainder smaller than m is dropped, so nothing recompiles; the book's sizes divide evenly).
@@ -35,7 +34,6 @@ def make_epoch(spec):
     grad = jax.grad(make_loss(spec))
     m = spec.mini_batch_size
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def epoch(params, opt_state, key, x, y):
         n_batches = x.shape[0] // m
         batches = jax.random.permutation(key, x.shape[0])[: n_batches * m].reshape(n_batches, m)
@@ -51,14 +49,13 @@ def make_epoch(spec):
     return epoch
 
 
-def make_evaluate(spec):
-    """Returns evaluate(params, x, y) -> (cost, accuracy), as network2's total_cost and accuracy.
+def evaluate_fn(spec):
+    """evaluate(params, x, y) -> (cost, accuracy), as network2's total_cost and accuracy.
 
     cost = mean C_x + (lmbda / 2 len(x)) sum_l ||w^l||^2: the book divides by the evaluated set's size.
     """
     loss = make_loss(spec)
 
-    @jax.jit
     def evaluate(params, x, y):
         z, _ = model.feedforward(params, x, spec.activation, spec.output_activation)
         l2 = sum(jnp.sum(layer["w"] ** 2) for layer in params)
@@ -68,8 +65,8 @@ def make_evaluate(spec):
     return evaluate
 
 
-def make_probe(spec):
-    """Returns probe(params, x, y) -> dict, chapter 5's measurements on a fixed probe set.
+def probe_fn(spec):
+    """probe(params, x, y) -> dict, chapter 5's measurements on a fixed probe set.
 
     dC/db^l averaged over the probe images is the gradient of their mean cost, so one jax.grad
     gives the book's "norm of the mean" (not the mean of per-example norms). No L2 term.
@@ -79,7 +76,6 @@ def make_probe(spec):
     """
     grad = jax.grad(make_loss(spec))
 
-    @jax.jit
     def probe(params, x, y):
         g = grad(params, x, y)
         hidden = g[:-1]
@@ -92,13 +88,26 @@ def make_probe(spec):
     return probe
 
 
+def make_epoch(spec):
+    """epoch_fn jitted once; params and optimizer state are donated (updated in place)."""
+    return jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
+
+
+def make_evaluate(spec):
+    return jax.jit(evaluate_fn(spec))
+
+
+def make_probe(spec):
+    return jax.jit(probe_fn(spec))
+
+
 def init_state(spec, key, dtype=jnp.float32):
     params = model.init(key, spec.sizes, spec.initializer, dtype)
     return params, spec.optimizer.init(params)
 
 
-def fit(spec, data, *, key, on_epoch=None, dtype=jnp.float32):
-    """Trains for spec.epochs epochs and returns (params, history), like network2.SGD.
+def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, dtype=jnp.float32):
+    """Trains one network for spec.epochs epochs and returns (params, history), like network2.SGD.
 
     Steps are numbered as in the book: gradients at step e are measured before epoch e's updates
     (step 0 is the initialization, and one more measurement follows the last epoch); costs and
@@ -109,33 +118,98 @@ def fit(spec, data, *, key, on_epoch=None, dtype=jnp.float32):
       key: PRNG key; split into one key for the initialization and one folded per epoch.
       on_epoch: called as on_epoch(step, values), values a dict of floats: gradient measures at
         steps 0..epochs, costs and accuracies at steps 0..epochs-1.
+      on_state: called as on_state(epoch, params, opt_state) after each epoch's values are
+        recorded, e.g. to write a checkpoint.
+      start: (epoch, params, opt_state) to resume from a checkpoint: training goes on with that
+        epoch, drawing the same shuffles an uninterrupted run would.
     Returns:
-      params, and history: {metric: np.ndarray over steps}.
+      params, and history: {metric: np.ndarray over steps}; if spec.stop_on_divergence and a
+      cost, accuracy or gradient norm became NaN or inf, training stopped there and
+      history["diverged_at"] holds that step.
     """
     init_key, shuffle_key = jax.random.split(key)
-    params, opt_state = init_state(spec, init_key, dtype)
-    epoch, evaluate, probe = make_epoch(spec), make_evaluate(spec), make_probe(spec)
+    epoch = make_epoch(spec)
+    first, state = (0, init_state(spec, init_key, dtype)) if start is None else (start[0], start[1:])
+    (params,), (history,) = _train(
+        spec, data, state, first=first,
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, jax.random.fold_in(shuffle_key, e), x, y),
+        probe=make_probe(spec), evaluate=make_evaluate(spec), split=lambda tree: [tree],
+        on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
+        on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
+    )
+    return params, history
+
+
+def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, dtype=jnp.float32):
+    """fit() for several seeds at once: one compiled program, vmapped over the seeds.
+
+    Seed s uses PRNGKey(s) exactly as fit(key=PRNGKey(s)) does: the same initialization and the
+    same shuffles as a separate run. Metrics agree with separate runs to float32 rounding (XLA's
+    batched matrix products sum in another order), not bit for bit.
+
+    Args:
+      seeds: a sequence of ints.
+      on_epoch: called as on_epoch(i, step, values) for the i-th seed.
+      on_state: called as on_state(i, epoch, params, opt_state) for the i-th seed.
+    Returns:
+      ([params for each seed], [history for each seed]).
+    """
+    keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+    init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
+    epoch = jax.jit(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None)), donate_argnums=(0, 1))
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    return _train(
+        spec, data, jax.vmap(lambda k: init_state(spec, k, dtype))(init_keys), first=0,
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
+        probe=jax.jit(jax.vmap(probe_fn(spec), in_axes=(0, None, None))),
+        evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
+        split=lambda tree: [jax.tree.map(lambda a: a[i], tree) for i in range(len(seeds))],
+        on_epoch=on_epoch, on_state=on_state, dtype=dtype,
+    )
+
+
+def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_epoch, on_state, dtype):
+    """The epoch loop of fit and fit_many; split(tree) cuts a result into one tree per network.
+
+    A network whose values turn non-finite is recorded once more (so the blow-up is visible) and
+    then dropped from the records; the loop ends early when every network has diverged.
+    """
+    params, opt_state = state
     splits = {name: (jnp.asarray(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items()}
     x_train, y_train = splits["train"]
     probe_set = (x_train[: spec.probe_size], y_train[: spec.probe_size])
+    histories, diverged = None, None
 
-    history = {}
+    def record(step, per_network):
+        for i, (history, values) in enumerate(zip(histories, per_network)):
+            if "diverged_at" in history:
+                continue
+            if on_epoch is not None:
+                on_epoch(i, step, values)
+            for name, value in values.items():
+                history.setdefault(name, []).append(value)
+            if spec.stop_on_divergence and not all(np.isfinite(v) for v in values.values()):
+                history["diverged_at"] = step
 
-    def record(step, values):
-        if on_epoch is not None:
-            on_epoch(step, values)
-        for name, value in values.items():
-            history.setdefault(name, []).append(value)
-
-    for e in range(spec.epochs):
-        measured = jax.device_get(probe(params, *probe_set))
-        if e == 0:
-            history.update({f"init_bias_grad/hidden_{l}": g for l, g in enumerate(measured["bias_grad"], 1)})
-        params, opt_state = epoch(params, opt_state, jax.random.fold_in(shuffle_key, e), x_train, y_train)
-        evaluated = jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()})
-        record(e, {**flatten_probe(measured), **flatten_evaluation(evaluated)})
-    record(spec.epochs, flatten_probe(jax.device_get(probe(params, *probe_set))))
-    return params, {name: np.asarray(v) for name, v in history.items()}
+    for e in range(first, spec.epochs):
+        measured = split(jax.device_get(probe(params, *probe_set)))
+        if histories is None:
+            histories = [{f"init_bias_grad/hidden_{l}": g for l, g in enumerate(m["bias_grad"], 1)} if e == 0 else {}
+                         for m in measured]
+        params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
+        evaluated = split(jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()}))
+        record(e, [{**flatten_probe(m), **flatten_evaluation(v)} for m, v in zip(measured, evaluated)])
+        if all("diverged_at" in h for h in histories):
+            break
+        if on_state is not None:
+            for i, (p, s) in enumerate(zip(split(params), split(opt_state))):
+                if "diverged_at" not in histories[i]:
+                    on_state(i, e, p, s)
+    else:
+        final = split(jax.device_get(probe(params, *probe_set)))
+        histories = histories or [{} for _ in final]  # resumed after the last epoch: nothing left
+        record(spec.epochs, [flatten_probe(m) for m in final])
+    return split(params), [{name: np.asarray(v) for name, v in h.items()} for h in histories]
 
 
 def flatten_evaluation(evaluated):

@@ -15,20 +15,21 @@ BIN = Path(sys.executable).parent
 
 
 def tiny_cfg(**overrides) -> dict:
-    """The plain config nnx.build takes, shrunk for tests; keyword groups replace whole groups."""
+    """The plain config nnx.build takes, shrunk for tests; keyword groups update their group."""
     cfg = {
         "seed": 0,
+        "seeds": None,
         "model": {"depth": 1, "width": 8, "output_activation": "sigmoid"},
         "activation": {"name": "sigmoid"},
         "init": {"name": "default"},
         "cost": {"name": "cross_entropy"},
         "optimizer": {"name": "sgd", "eta": 0.1, "lmbda": 0.0},
         "data": {"name": "mnist", "path": None, "train_size": 100},
-        "train": {"epochs": 2, "mini_batch_size": 10},
+        "train": {"epochs": 2, "mini_batch_size": 10, "stop_on_divergence": True, "checkpoint_every": 1},
         "probes": {"size": 50},
     }
     for key, value in overrides.items():
-        cfg[key] = value
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
     return cfg
 
 

@@ -48,7 +48,7 @@ def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
     assert "model.depth=2" in tags["nnx.overrides"] and tags["nnx.experiment"] == "none"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "params.npz", "history.npz"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "params.npz", "history.npz", "checkpoint"}
     folder = client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts"))
     config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
     assert config["model"]["depth"] == 2 and config["activation"]["name"] == "tanh" and config["seed"] == 3
