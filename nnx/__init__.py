@@ -8,11 +8,11 @@ from nnx.model import feedforward, init, num_params
 from nnx.optimizers import OPTIMIZERS
 from nnx.registry import ConfigError
 from nnx.spec import Spec, build
-from nnx.train import fit, make_epoch, make_evaluate, make_loss, make_probe
+from nnx.train import fit, fit_many, make_epoch, make_evaluate, make_loss, make_probe
 
 __all__ = [
     "ACTIVATIONS", "OUTPUT_ACTIVATIONS", "COSTS", "DATASETS", "INITIALIZERS", "OPTIMIZERS",
     "ConfigError", "Data", "DataError", "Spec", "Split",
-    "build", "feedforward", "fit", "init", "load", "make_epoch", "make_evaluate", "make_loss",
+    "build", "feedforward", "fit", "fit_many", "init", "load", "make_epoch", "make_evaluate", "make_loss",
     "make_probe", "num_params",
 ]

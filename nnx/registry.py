@@ -9,11 +9,9 @@ class ConfigError(ValueError):
 
 def lookup(registry: Mapping[str, Any], kind: str, name: str) -> Any:
     """Returns registry[name], or raises ConfigError listing the valid names."""
-    try:
+    if isinstance(name, str) and name in registry:
         return registry[name]
-    except KeyError:
-        valid = ", ".join(sorted(registry))
-        raise ConfigError(
-            f"unknown {kind} {name!r}; valid {kind}s: {valid}. "
-            f"Pick one with `{kind}=<name>` on the command line."
-        ) from None
+    valid = ", ".join(sorted(registry))
+    raise ConfigError(
+        f"unknown {kind} {name!r}; valid {kind}s: {valid}. Pick one with `{kind}=<name>` on the command line."
+    )

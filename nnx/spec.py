@@ -6,6 +6,7 @@ The input is a plain dict (Hydra's resolved config, or one written by hand in a 
 """
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS
@@ -37,12 +38,20 @@ class Spec:
     dataset: Callable
 
 
-def _hparams(group: dict) -> dict:
-    return {k: v for k, v in group.items() if k != "name"}
+def _hparams(group: dict, key: str) -> dict:
+    """A group's settings besides its name (negative_slope, gain, mu, ...): each a finite number."""
+    out = {k: v for k, v in group.items() if k != "name"}
+    for name, value in out.items():
+        _check(_is_number(value), f"{key}.{name}", value, "must be a finite number", f"See conf/{key}/{group['name']}.yaml for its default.")
+    return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to us
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def _check(ok: bool, key: str, value, rule: str, fix: str):
@@ -58,36 +67,36 @@ def build(cfg: dict) -> Spec:
     """
     model, train, data, opt = cfg["model"], cfg["train"], cfg["data"], cfg["optimizer"]
     depth, width = model["depth"], model["width"]
-    _check(isinstance(cfg["seed"], int), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
-    _check(isinstance(depth, int) and depth >= 0, "model.depth", depth, "the number of hidden layers must be an integer >= 0", "Use e.g. model.depth=2.")
-    _check(isinstance(width, int) and width >= 1, "model.width", width, "each hidden layer needs an integer >= 1 neurons", "Use e.g. model.width=30.")
-    _check(_is_number(opt["eta"]) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
+    _check(_is_int(cfg["seed"]), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
+    _check(_is_int(depth) and depth >= 0, "model.depth", depth, "the number of hidden layers must be an integer >= 0", "Use e.g. model.depth=2.")
+    _check(_is_int(width) and width >= 1, "model.width", width, "each hidden layer needs an integer >= 1 neurons", "Use e.g. model.width=30.")
+    _check(_is_number(opt.get("eta")) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
     _check(_is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be a number >= 0", "Use optimizer.lmbda=0 for none.")
-    _check(isinstance(train["checkpoint_every"], int) and train["checkpoint_every"] >= 0, "train.checkpoint_every", train["checkpoint_every"], "must be an integer >= 0", "Use 1 (every epoch) or 0 (no checkpoints).")
-    _check(isinstance(train["epochs"], int) and train["epochs"] >= 1, "train.epochs", train["epochs"], "must be an integer >= 1", "Use e.g. train.epochs=30.")
+    _check(_is_int(train["checkpoint_every"]) and train["checkpoint_every"] >= 0, "train.checkpoint_every", train["checkpoint_every"], "must be an integer >= 0", "Use 1 (every epoch) or 0 (no checkpoints).")
+    _check(_is_int(train["epochs"]) and train["epochs"] >= 1, "train.epochs", train["epochs"], "must be an integer >= 1", "Use e.g. train.epochs=30.")
 
     dataset = lookup(DATASETS, "data", data["name"])
     n_available = MNIST_SIZES["train"]
     train_size = n_available if data["train_size"] is None else data["train_size"]
-    _check(isinstance(train_size, int) and 1 <= train_size <= n_available, "data.train_size", train_size, f"MNIST has {n_available} training images", f"Use 1 <= data.train_size <= {n_available}.")
+    _check(_is_int(train_size) and 1 <= train_size <= n_available, "data.train_size", train_size, f"MNIST has {n_available} training images", f"Use 1 <= data.train_size <= {n_available}.")
     m = train["mini_batch_size"]
-    _check(isinstance(m, int) and 1 <= m <= train_size, "train.mini_batch_size", m, f"a mini-batch must hold 1 to data.train_size={train_size} images", f"Use train.mini_batch_size<={train_size}, or raise data.train_size.")
+    _check(_is_int(m) and 1 <= m <= train_size, "train.mini_batch_size", m, f"a mini-batch must hold 1 to data.train_size={train_size} images", f"Use train.mini_batch_size<={train_size}, or raise data.train_size.")
     probe_size = cfg["probes"]["size"]
-    _check(isinstance(probe_size, int) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
+    _check(_is_int(probe_size) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
 
     seeds = cfg["seeds"]
-    _check(seeds is None or (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds)),
+    _check(seeds is None or (isinstance(seeds, list) and seeds and all(_is_int(s) for s in seeds) and len(set(seeds)) == len(seeds)),
            "seeds", seeds, "a list of distinct integer seeds (or null for the single `seed`)", "Use e.g. 'seeds=[0,1,2,3]' (quoted in a shell).")
 
     act, init = cfg["activation"], cfg["init"]
     output_name = model["output_activation"]
     return Spec(
         sizes=(784, *([width] * depth), 10),
-        activation=lookup(ACTIVATIONS, "activation", act["name"])(**_hparams(act)),
+        activation=lookup(ACTIVATIONS, "activation", act["name"])(**_hparams(act, "activation")),
         output_activation=lookup(OUTPUT_ACTIVATIONS, "model.output_activation", output_name)(),
         cost=lookup(COSTS, "cost", cfg["cost"]["name"])(output_name),
-        initializer=lookup(INITIALIZERS, "init", init["name"])(**_hparams(init)),
-        optimizer=lookup(OPTIMIZERS, "optimizer", opt["name"])(n=train_size, **_hparams(opt)),
+        initializer=lookup(INITIALIZERS, "init", init["name"])(**_hparams(init, "init")),
+        optimizer=lookup(OPTIMIZERS, "optimizer", opt["name"])(n=train_size, **_hparams(opt, "optimizer")),
         lmbda=float(opt["lmbda"]),
         epochs=train["epochs"],
         mini_batch_size=m,

@@ -79,7 +79,14 @@ def open_experiment(uri: str, name: str):
         if experiment is not None:
             return client, experiment.experiment_id
         artifacts = (local / "artifacts" / name).as_uri() if local else None
-        return client, client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+        try:
+            return client, client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:
+            # Another job (no file lock reaches a server's clients) created it a moment ago.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return client, experiment.experiment_id
 
 
 def environment_tags() -> dict:

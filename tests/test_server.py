@@ -1,0 +1,94 @@
+"""A shared tracking server: `mlflow server` on 127.0.0.1 backed by a PostgreSQL the test starts."""
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN
+
+PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(*command):
+    subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    if not PG_BINS or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL is not installed here (Debian: apt-get install postgresql; .ci/run installs it)")
+    pg = Path(PG_BINS[-1])
+    folder = Path(tempfile.mkdtemp(prefix="nnx-pg-"))
+    shutil.chown(folder, "postgres", "postgres")
+    data, port = folder / "data", free_port()
+    as_postgres(str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    as_postgres(str(pg / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "start",
+                "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    try:
+        as_postgres(str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
+        # The driver named: SQLAlchemy 2.1 would otherwise look for psycopg 3.
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        as_postgres(str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(postgres, tmp_path_factory):
+    port = free_port()
+    artifacts = tmp_path_factory.mktemp("server-artifacts")
+    process = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres, "--artifacts-destination", str(artifacts),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=5).read()
+            break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("mlflow server did not answer within 180 s")
+            time.sleep(1)
+    yield uri
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_16_parallel_jobs_through_the_server_lose_nothing(server, tmp_path):
+    import mlflow
+
+    done = subprocess.run(
+        [str(BIN / "nnx-train"), "-m", "seed=range(16)", "train.epochs=3", "model.width=8", "data.train_size=100",
+         "probes.size=50", "tracking=server", f"tracking.uri={server}", "tracking.experiment=server",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=4"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = mlflow.MlflowClient(server)
+    found = client.search_runs([client.get_experiment_by_name("server").experiment_id])
+    parents = [r for r in found if r.data.tags.get("nnx.role") == "sweep"]
+    children = [r for r in found if r not in parents]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 16 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    for r in children:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [0, 1, 2]
+        assert {"config.yaml", "params.npz", "history.npz"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
