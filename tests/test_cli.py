@@ -157,3 +157,27 @@ def test_an_interrupted_run_ends_killed(store, tmp_path, sig):
     assert process.returncode != 0
     (run,) = runs(client)
     assert run.info.status == "KILLED"
+
+
+def test_nothing_secret_is_recorded(store, tmp_path):
+    """A home directory and URL credentials never reach params, tags or the stored config."""
+    import shutil
+
+    from nnx.data import default_path
+    from nnx.tracking import redact
+
+    uri, client = store
+    home = tmp_path / "home" / "alice"
+    home.mkdir(parents=True)
+    shutil.copy(default_path(), home / "mnist.pkl.gz")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HOME": str(home), "NNX_TOKEN": "s3cr3t"}
+    done = subprocess.run([str(BIN / "nnx-train"), f"data.path={home / 'mnist.pkl.gz'}", *TINY], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (run,) = runs(client)
+    assert run.data.params["data.path"] == "~/mnist.pkl.gz"
+    recorded = " ".join([*run.data.params.values(), *run.data.tags.values()])
+    assert str(home) not in recorded and "s3cr3t" not in recorded
+    folder = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "a"))
+    assert str(home) not in open(folder).read()
+    assert redact("http://bob:pw@127.0.0.1:5000") == "http://***@127.0.0.1:5000"
