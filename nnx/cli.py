@@ -98,6 +98,13 @@ def finish_sweep(sweep_dir):
     client.set_terminated(parent.info.run_id, status)
     sweep["finished"] = True
     path.write_text(json.dumps(sweep))
+    rows = sorted((c.info.run_name, "KILLED" if c.info.status == "RUNNING" else c.info.status,
+                   c.data.metrics.get("best_val_accuracy")) for c in children)
+    width = max((len(r[0]) for r in rows), default=3)
+    print(f"\nnx: sweep {sweep['sweep_id']} {status}: {len(rows)} runs under parent run {parent.info.run_id}")
+    for name, state, best in rows:
+        print(f"  {name:<{width}}  {state:<8}  {'' if best is None else f'best val {best:.2%}'}")
+    print("  Compare them with `make ui`: open the experiment, expand the parent run, select the children, Compare.", flush=True)
 
 
 class SweepParent(Callback):
@@ -124,7 +131,7 @@ def train(cfg) -> dict:
     """One Hydra job: name it, find its sweep's parent, and hand the resolved config to nnx.job."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     if plain["resume"]:
-        return job.resume(plain["resume"], tracking_cfg=plain["tracking"], echo=_echo)
+        return job.resume(plain["resume"], tracking_cfg=plain["tracking"], echo=_echo, progress=_progress())
     hc = HydraConfig.get()
     preset = hc.runtime.choices.get("experiment") or "none"
     tags = {"nnx.overrides": " ".join(hc.overrides.task), "nnx.experiment": preset}
@@ -132,11 +139,24 @@ def train(cfg) -> dict:
     parent = (lambda client, experiment_id: sweep_parent(client, experiment_id, hc.sweep.dir, preset)) if multirun else None
     name = run_name(hc.overrides.task, None if plain["seeds"] else plain["seed"])
     return job.run(plain, name=name, tags=tags, parent=parent,
-                   skip_finished=multirun and plain["tracking"]["skip_finished"], echo=_echo)
+                   skip_finished=multirun and plain["tracking"]["skip_finished"], echo=_echo, progress=_progress())
+
+
+def _progress():
+    """A bar on a terminal; plain "Epoch k:" lines elsewhere, so CI logs stay readable."""
+    return _bar if sys.stdout.isatty() else None
 
 
 def _echo(line):
     print(line, flush=True)
+
+
+def _bar(step, epochs, values):
+    """One self-overwriting line per run on a terminal: epochs done and the current accuracy."""
+    done = step + 1
+    filled = round(30 * done / epochs)
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch {done}/{epochs}  val {values['val_accuracy']:.2%}  "
+          f"test {values['test_accuracy']:.2%}", end="\n" if done == epochs else "", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")

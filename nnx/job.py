@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -24,6 +25,13 @@ from nnx.model import num_params
 from nnx.spec import build
 
 RESUMABLE = ("KILLED", "FAILED", "RUNNING")  # RUNNING: a process killed too hard to say so
+# Short copies of the settings people sweep, so the UI's runs table and parallel-coordinates
+# plot read "depth", "activation", "eta" without opening the full config.
+SHORT_PARAMS = {
+    "depth": "model.depth", "width": "model.width", "activation": "activation.name", "init": "init.name",
+    "cost": "cost.name", "optimizer": "optimizer.name", "eta": "optimizer.eta", "lmbda": "optimizer.lmbda",
+    "mini_batch_size": "train.mini_batch_size", "epochs": "train.epochs", "train_size": "data.train_size",
+}
 
 
 class Diverged(RuntimeError):
@@ -126,6 +134,7 @@ def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, pa
     cfg = seed_config(cfg, seed)
     params = tracking.flatten({k: v for k, v in cfg.items() if k not in ("tracking", "resume")})
     params.update({"model.sizes": str(list(spec.sizes)), "model.num_params": str(num_params(spec.sizes))})
+    params.update({short: params[full] for short, full in SHORT_PARAMS.items()})
     run = tracking.Run.start(client, experiment_id, name=name, params=params, parent_run_id=parent,
                              tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
@@ -142,7 +151,7 @@ def _finished_twin(client, experiment_id, cfg, preset):
     return found[0] if found else None
 
 
-def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, echo=print) -> dict:
+def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, echo=print, progress=None) -> dict:
     """Trains what `cfg` describes into MLflow and returns the first seed's summary.
 
     Args:
@@ -152,6 +161,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
       parent: None, or parent(client, experiment_id) -> (parent run id, sweep id) | None.
       skip_finished: seeds whose identical config already FINISHED are not run again; their runs
         join this sweep's parent instead.
+      echo: prints a line; progress(step, epochs, values): shows an epoch's numbers (default: a line).
     Raises:
       ConfigError, DataError, TrackingError before any run exists; Diverged after ending the
       diverged run(s) FAILED; anything raised while training after ending the runs FAILED/KILLED.
@@ -189,10 +199,10 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
     ]
     for m in members:
         echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} sizes={list(spec.sizes)} in {uri}")
-    return _train_and_end(spec, data, members, group, echo)
+    return _train_and_end(spec, data, members, group, echo, progress=progress)
 
 
-def resume(run_id: str, *, tracking_cfg: dict, echo=print) -> dict:
+def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dict:
     """Continues a KILLED or FAILED run from its last checkpoint, in the same MLflow run."""
     uri = tracking.resolve_uri(tracking_cfg["uri"])
     client, _ = tracking.open_experiment(uri, tracking_cfg["experiment"])
@@ -222,17 +232,23 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print) -> dict:
     member = _Member(tracking.Run(client, run_id), cfg["seed"], cfg, checkpoint, logged_until=max(logged, default=-1))
     member.run.set_tags({"nnx.resumed_from_epoch": str(start[0])})
     echo(f"nnx: resuming run {run_id} at epoch {start[0]} of {spec.epochs}")
-    return _train_and_end(spec, data, [member], None, echo, start=start)
+    return _train_and_end(spec, data, [member], None, echo, start=start, progress=progress)
 
 
-def _train_and_end(spec, data, members, group, echo, start=None):
+def epoch_line(step, epochs, values) -> str:
+    """The plain progress line (CI logs); nnx.cli draws a bar instead on a terminal."""
+    return (f"Epoch {step}: val {values['val_accuracy']:.4f} test {values['test_accuracy']:.4f} "
+            f"train cost {values['train_cost']:.4f}")
+
+
+def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
     every = spec.checkpoint_every
+    started = time.perf_counter()
 
     def on_epoch(i, step, values):
         members[i].log(step, values)
         if "val_accuracy" in values and i == 0:
-            echo(f"Epoch {step}: val {values['val_accuracy']:.4f} test {values['test_accuracy']:.4f} "
-                 f"train cost {values['train_cost']:.4f}")
+            (progress or (lambda s, n, v: echo(epoch_line(s, n, v))))(step, spec.epochs, values)
 
     def on_state(i, epoch, params, opt_state):
         if every and ((epoch + 1) % every == 0 or epoch == spec.epochs - 1):
@@ -266,9 +282,13 @@ def _train_and_end(spec, data, members, group, echo, start=None):
             m.run.end("FAILED")
             diverged.append((m.seed, step))
         else:
-            m.run.log_metrics(spec.epochs, summary(history))
+            result = summary(history)
+            m.run.log_metrics(spec.epochs, result)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
+            echo(f"nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s: best validation accuracy "
+                 f"{result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f} (seed {m.seed}). "
+                 f"See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
     if group:
         group.end("FAILED" if diverged else "FINISHED")
     if diverged:
