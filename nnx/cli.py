@@ -34,7 +34,7 @@ def run_name(task_overrides, seed=None) -> str:
     parts = []
     for override in task_overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key.startswith(("hydra", "tracking", "seeds")):
+        if key.startswith(("hydra", "tracking", "seeds", "experiment")):
             continue
         parts.append(f"{key.removeprefix(next((p for p in SHORT_PREFIXES if key.startswith(p)), ''))}={value}")
     if seed is not None and not any(p.startswith("seed=") for p in parts):
@@ -101,7 +101,7 @@ def finish_sweep(sweep_dir):
     rows = sorted((c.info.run_name, "KILLED" if c.info.status == "RUNNING" else c.info.status,
                    c.data.metrics.get("best_val_accuracy")) for c in children)
     width = max((len(r[0]) for r in rows), default=3)
-    print(f"\nnx: sweep {sweep['sweep_id']} {status}: {len(rows)} runs under parent run {parent.info.run_id}")
+    print(f"\nnnx: sweep {sweep['sweep_id']} {status}: {len(rows)} runs under parent run {parent.info.run_id}")
     for name, state, best in rows:
         print(f"  {name:<{width}}  {state:<8}  {'' if best is None else f'best val {best:.2%}'}")
     print("  Compare them with `make ui`: open the experiment, expand the parent run, select the children, Compare.", flush=True)
