@@ -56,11 +56,10 @@ def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
     assert params["layer_1/w"].shape == (8, 784) and params["layer_3/b"].shape == (10,)
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store, launcher):
+def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store):
+    """The basic launcher; joblib, submitit and a server are in test_reliability and test_server."""
     _, client = store
-    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    nnx_train("-m", "model.depth=1,2", "seed=0,1", *TINY, *extra, timeout=600)
+    nnx_train("-m", "model.depth=1,2", "seed=0,1", *TINY, timeout=600)
     found = runs(client)
     (parent,) = [r for r in found if r.data.tags.get("nnx.role") == "sweep"]
     children = [r for r in found if r is not parent]
