@@ -10,23 +10,33 @@ class MissingRuns(LookupError):
     """The store holds no finished sweep for a figure."""
 
 
-def sweep_runs(client, experiment: str, preset: str) -> list:
-    """The child runs of the latest FINISHED sweep of `preset` (e.g. ch5_depth) in `experiment`."""
+def _latest(client, experiment: str, preset: str, role: str):
+    """(experiment id, the latest FINISHED run with tags nnx.role=role and nnx.experiment=preset)."""
     found = client.get_experiment_by_name(experiment)
-    parents = [] if found is None else client.search_runs(
+    runs = [] if found is None else client.search_runs(
         [found.experiment_id],
-        f"tags.`nnx.role` = 'sweep' and tags.`nnx.experiment` = '{preset}' and attributes.status = 'FINISHED'",
+        f"tags.`nnx.role` = '{role}' and tags.`nnx.experiment` = '{preset}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if not parents:
+    if not runs:
+        what = "sweep" if role == "sweep" else "run"
         raise MissingRuns(
-            f"no finished {preset} sweep in MLflow experiment {experiment!r} at {client.tracking_uri}. "
-            f"Run `nnx-reproduce {experiment}` without --plot-only first (or `nnx-train -m experiment={preset}`)."
+            f"no finished {preset} {what} in MLflow experiment {experiment!r} at {client.tracking_uri}. "
+            f"Run `nnx-reproduce {experiment}` without --plot-only first."
         )
-    return client.search_runs(
-        [found.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'", max_results=50_000
-    )
+    return found.experiment_id, runs[0]
+
+
+def sweep_runs(client, experiment: str, preset: str) -> list:
+    """The child runs of the latest FINISHED sweep of `preset` (e.g. ch5_depth) in `experiment`."""
+    experiment_id, parent = _latest(client, experiment, preset, "sweep")
+    return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50_000)
+
+
+def latest_run(client, experiment: str, preset: str):
+    """The latest FINISHED analysis run (a computation, not a sweep) tagged nnx.experiment=preset."""
+    return _latest(client, experiment, preset, "analysis")[1]
 
 
 def history(client, run, key: str) -> np.ndarray:
@@ -54,17 +64,3 @@ def group(runs, key: str, cast=str) -> dict:
         out.setdefault(param(run, key, cast), []).append(run)
     return dict(sorted(out.items()))
 
-
-def latest_run(client, experiment: str, preset: str):
-    """The latest FINISHED single run (not a sweep) tagged nnx.experiment=preset."""
-    found = client.get_experiment_by_name(experiment)
-    runs = [] if found is None else client.search_runs(
-        [found.experiment_id],
-        f"tags.`nnx.experiment` = '{preset}' and tags.`nnx.role` = 'analysis' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise MissingRuns(f"no finished {preset} run in MLflow experiment {experiment!r} at {client.tracking_uri}. "
-                          f"Run `nnx-reproduce {experiment}` without --plot-only first.")
-    return runs[0]

@@ -1,7 +1,11 @@
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import jax
@@ -43,16 +47,49 @@ def migrated_store(tmp_path_factory):
     return folder / "mlflow.db"
 
 
+def copy_store(migrated_store, folder) -> str:
+    """A fresh embedded store at folder/mlruns/mlflow.db, copied from the migrated one; its URI."""
+    (folder / "mlruns").mkdir()
+    shutil.copy(migrated_store, folder / "mlruns" / "mlflow.db")
+    return f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+
+
 @pytest.fixture
 def store(migrated_store, tmp_path):
     """A fresh embedded store for one test: (tracking URI, MlflowClient)."""
     import mlflow
 
-    folder = tmp_path / "mlruns"
-    folder.mkdir()
-    shutil.copy(migrated_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = copy_store(migrated_store, tmp_path)
     return uri, mlflow.MlflowClient(uri)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, cwd, *extra):
+    """`mlflow server` on a free 127.0.0.1 port over backend_uri; yields its URL once it answers."""
+    port = free_port()
+    process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
+                                "--port", str(port), *extra], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180  # its first answer takes ~30 s here
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5).read()
+                break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"mlflow server over {backend_uri} did not answer within 180 s")
+                time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture

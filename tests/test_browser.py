@@ -8,13 +8,11 @@ reports/browser/.
 import os
 import shutil
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, copy_store, mlflow_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "reports" / "browser"
@@ -32,12 +30,8 @@ def ui(migrated_store, tmp_path_factory):
     import mlflow
 
     from experiments import ch5, report
-    from test_server import free_port
-
     folder = tmp_path_factory.mktemp("ui")
-    (folder / "mlruns").mkdir()
-    shutil.copy(migrated_store, folder / "mlruns" / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    uri = copy_store(migrated_store, folder)
     subprocess.run([str(BIN / "nnx-train"), "-m", "experiment=ch5_depth", "model.depth=1,2", "seed=0", "train.epochs=3",
                     "data.train_size=200", "probes.size=100", "model.width=10"],
                    cwd=folder, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True, capture_output=True, timeout=600)
@@ -48,23 +42,8 @@ def ui(migrated_store, tmp_path_factory):
     report.write(out, "browser test", rows, [], ["fig_5_1_depth_accuracy"])
     report.log_report_run(client, experiment_id, "ch5", out, {})
 
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=5).read()
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("mlflow server did not answer within 180 s")
-            time.sleep(1)
-    yield base, client, experiment_id
-    server.terminate()
-    server.wait(timeout=30)
+    with mlflow_server(uri, folder) as base:
+        yield base, client, experiment_id
 
 
 @pytest.fixture(scope="module")

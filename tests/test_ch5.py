@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nnx
-from conftest import BIN, tiny_cfg
+from conftest import BIN, copy_store, tiny_cfg
 
 SHRUNK = ["train.epochs=2", "data.train_size=100", "train.mini_batch_size=50", "probes.size=100", "model.width=8", "seed=0,1"]
 FIGURES = {
@@ -29,14 +29,10 @@ def reproduce(uri, cwd, *args):
 
 @pytest.fixture(scope="module")
 def pipeline(migrated_store, tmp_path_factory):
-    import shutil
-
     import mlflow
 
     folder = tmp_path_factory.mktemp("ch5")
-    (folder / "mlruns").mkdir()
-    shutil.copy(migrated_store, folder / "mlruns" / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    uri = copy_store(migrated_store, folder)
     done = reproduce(uri, folder, "--out", str(folder / "report"), "--jobs", "1", *SHRUNK)
     return folder, uri, mlflow.MlflowClient(uri), done
 

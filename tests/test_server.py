@@ -3,24 +3,15 @@
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN
+from conftest import BIN, free_port, mlflow_server
 
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def as_postgres(*command):
@@ -49,27 +40,9 @@ def postgres():
 
 @pytest.fixture(scope="module")
 def server(postgres, tmp_path_factory):
-    port = free_port()
     artifacts = tmp_path_factory.mktemp("server-artifacts")
-    process = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres, "--artifacts-destination", str(artifacts),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=5).read()
-            break
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("mlflow server did not answer within 180 s")
-            time.sleep(1)
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
+    with mlflow_server(postgres, artifacts, "--artifacts-destination", str(artifacts)) as url:
+        yield url
 
 
 def test_16_parallel_jobs_through_the_server_lose_nothing(server, tmp_path):
