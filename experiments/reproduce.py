@@ -3,6 +3,7 @@
     nnx-reproduce ch5                      # train every sweep, then write reports/ch5/
     nnx-reproduce ch5 --plot-only          # redraw reports/ch5/ from the runs already stored
     nnx-reproduce ch5 train.epochs=2 ...   # overrides passed to every sweep (e.g. a smoke test)
+    nnx-reproduce all                      # ch1, ch2, ch3 and ch5 in turn, each as if run alone
 """
 
 import argparse
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from nnx import tracking
 
-CHAPTERS = {"ch5": "experiments.ch5"}
+CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch5": "experiments.ch5"}
+ALL = ("ch1", "ch2", "ch3", "ch5")  # what `nnx-reproduce all` runs, in this order
 
 
 def run_sweeps(module, overrides: list[str], jobs: int):
@@ -32,21 +34,35 @@ def run_sweeps(module, overrides: list[str], jobs: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="nnx-reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("chapter", choices=sorted(CHAPTERS))
+    parser.add_argument("chapter", choices=[*sorted(CHAPTERS), "all"])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every sweep, e.g. seed=0,1 train.epochs=2")
     parser.add_argument("--plot-only", action="store_true", help="redraw from the runs in the store; train nothing")
-    parser.add_argument("--out", type=Path, help="report folder (default: reports/<chapter>/ in the project)")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<chapter>/ in the project; "
+                                                 "with `all`, one subfolder per chapter)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
     args = parser.parse_intermixed_args(argv)
 
+    if args.chapter != "all":
+        return reproduce(args.chapter, args, args.out)
+    started, times = time.perf_counter(), {}
+    for chapter in ALL:
+        begun = time.perf_counter()
+        reproduce(chapter, args, None if args.out is None else args.out / chapter)
+        times[chapter] = time.perf_counter() - begun
+    print("\nnnx-reproduce all: " + ", ".join(f"{c} {t:.0f} s" for c, t in times.items())
+          + f"; {time.perf_counter() - started:.0f} s in all")
+
+
+def reproduce(chapter: str, args, out: Path | None):
+    """One chapter: its sweeps and analysis into MLflow (unless --plot-only), then its report."""
     import importlib
 
     from experiments import report
     from experiments.store import MissingRuns
 
-    module = importlib.import_module(CHAPTERS[args.chapter])
-    out = args.out or tracking.ROOT / "reports" / args.chapter
+    module = importlib.import_module(CHAPTERS[chapter])
+    out = out or tracking.ROOT / "reports" / chapter
     uri = tracking.resolve_uri(args.tracking_uri)
     if args.tracking_uri:
         # The sweeps read the store from the environment, like any nnx-train.
@@ -60,17 +76,18 @@ def main(argv=None):
     started = time.perf_counter()
     if not args.plot_only:
         run_sweeps(module, args.overrides, args.jobs)
-        module.record_analysis(client, experiment_id)
+        if hasattr(module, "record_analysis"):  # a computation that is not training (ch2, ch3, ch5)
+            module.record_analysis(client, experiment_id)
     try:
         rows, figures = module.build_report(client, out)
     except MissingRuns as err:
         sys.exit(f"nnx-reproduce: error: {err}")
-    title = f"Chapter {args.chapter.removeprefix('ch')} reproduced with nnx"
+    title = f"Chapter {chapter.removeprefix('ch')} reproduced with nnx"
     report.write(out, title, rows, module.NOTES, figures)
-    run_id = report.log_report_run(client, experiment_id, args.chapter, out, {})
+    run_id = report.log_report_run(client, experiment_id, chapter, out, {})
     print(report.markdown_table(rows))
     print(f"\nnnx-reproduce: {len(rows)} rows, {len(figures)} figures in {out} (MLflow run {run_id}, "
-          f"tag nnx.report={args.chapter}); {time.perf_counter() - started:.0f} s")
+          f"tag nnx.report={chapter}); {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
