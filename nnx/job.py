@@ -113,9 +113,10 @@ def _params_npz(params):
 class _Member:
     """One seed's run inside a job."""
 
-    def __init__(self, run, seed, cfg, checkpoint, logged_until=-1):
+    def __init__(self, run, seed, cfg, checkpoint, logged_until=-1, earlier=None):
         self.run, self.seed, self.cfg, self.checkpoint = run, seed, cfg, checkpoint
         self.logged_until = logged_until  # steps up to here are in the store already (a resume)
+        self.earlier = earlier or {}  # a resumed run's history before its checkpoint, from the store
 
     def log(self, step, values):
         if step > self.logged_until:
@@ -227,9 +228,14 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dic
                                   f"epoch). Start it again with `nnx-rerun {run_id}`.") from None
     start = load_checkpoint(checkpoint, spec, cfg["seed"])
     logged = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+    # The summary (best epoch ...) covers the whole run: the epochs before the checkpoint come back from the store.
+    earlier = {}
+    for key in stored.data.metrics:
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        earlier[key] = np.array([v for step, v in points if step < start[0]])
     data = spec.dataset(spec.data_path, spec.train_size)
     client.update_run(run_id, status="RUNNING")
-    member = _Member(tracking.Run(client, run_id), cfg["seed"], cfg, checkpoint, logged_until=max(logged, default=-1))
+    member = _Member(tracking.Run(client, run_id), cfg["seed"], cfg, checkpoint, logged_until=max(logged, default=-1), earlier=earlier)
     member.run.set_tags({"nnx.resumed_from_epoch": str(start[0])})
     echo(f"nnx: resuming run {run_id} at epoch {start[0]} of {spec.epochs}")
     return _train_and_end(spec, data, [member], None, echo, start=start, progress=progress)
@@ -269,8 +275,10 @@ def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
             group.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
 
-    diverged = []
+    diverged, histories = [], []
     for m, (params, history) in zip(members, results):
+        history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
+        histories.append(history)
         files = {"params.npz": _params_npz(params), "history.npz": lambda p, h=history: np.savez(p, **h)}
         if m.checkpoint.exists():
             files["checkpoint/last.npz"] = lambda p, c=m.checkpoint: p.write_bytes(c.read_bytes())
@@ -296,4 +304,4 @@ def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
             f"diverged (NaN or inf) at seed/epoch {diverged}: the runs ended FAILED with tag nnx.failure=diverged. "
             f"Lower optimizer.eta, or set train.stop_on_divergence=false to train on regardless."
         )
-    return summary(results[0][1])
+    return summary(histories[0])

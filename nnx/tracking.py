@@ -7,9 +7,11 @@ addressed by absolute paths so that every Hydra job (whatever its working direct
 
 import contextlib
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -148,10 +150,33 @@ def _retry(call, *args, attempts=30, **kwargs):
 
 
 class Run:
-    """One MLflow run: metrics are sent once per epoch as one batch, never one call per value."""
+    """One MLflow run: metrics are sent once per epoch as one batch, never one call per value,
+    by a writer thread, so training does not wait on the store (flushed before the run ends)."""
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
+        self._queue, self._writer, self._error = queue.Queue(), None, None
+
+    def _write(self):
+        while True:
+            metrics = self._queue.get()
+            try:
+                if metrics is not None and self._error is None:
+                    _retry(self.client.log_batch, self.run_id, metrics=metrics)
+            except Exception as err:  # surfaced by flush(), in the training thread
+                self._error = err
+            finally:
+                self._queue.task_done()
+            if metrics is None:
+                return
+
+    def flush(self):
+        """Waits until every queued metric is in the store; raises what the writer met."""
+        if self._writer is not None:
+            self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     @classmethod
     def start(cls, client, experiment_id, *, name, params, tags, parent_run_id=None):
@@ -172,8 +197,11 @@ class Run:
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write, daemon=True, name=f"mlflow-{self.run_id[:8]}")
+            self._writer.start()
         for i in range(0, len(metrics), 1000):
-            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + 1000])
+            self._queue.put(metrics[i : i + 1000])
 
     def log_artifacts(self, folder: Path):
         _retry(self.client.log_artifacts, self.run_id, str(folder))
@@ -183,4 +211,10 @@ class Run:
             _retry(self.client.set_tag, self.run_id, key, redact(str(value))[:5000])
 
     def end(self, status: str):
-        _retry(self.client.set_terminated, self.run_id, status)
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._queue.put(None)
+                self._writer = None
+            _retry(self.client.set_terminated, self.run_id, status)
