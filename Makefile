@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test reproduce ui clean
+.PHONY: install test reproduce bench ui clean
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/nnx-reproduce ch5
+
+# torch is the optional `bench` extra, not in requirements.lock. Where OPENBLAS_CORETYPE or
+# OPENBLAS_L2_SIZE are set (they pin numpy to an older BLAS kernel), nnx-bench restarts itself
+# without them, so the numpy baselines are fair, and records them in bench.json.
+bench: $(STAMP)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/nnx-bench
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
