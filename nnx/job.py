@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -259,7 +261,22 @@ def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
     def on_state(i, epoch, params, opt_state):
         if every and ((epoch + 1) % every == 0 or epoch == spec.epochs - 1):
             save_checkpoint(members[i].checkpoint, epoch, params, opt_state)
+        if stop.is_set() and i == len(members) - 1:
+            raise KeyboardInterrupt("stopped by a signal after a whole epoch (logged and checkpointed)")
 
+    # SIGINT/SIGTERM stop the run at the next epoch boundary: an exception raised at a random
+    # point could land inside the store client's locks and hang the clean-up. A second signal
+    # stops at once.
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt(f"signal {signum}")
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if len(members) == 1:
             key = jax.random.PRNGKey(members[0].seed)
@@ -274,6 +291,9 @@ def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
         if group:
             group.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     diverged, histories = [], []
     for m, (params, history) in zip(members, results):
