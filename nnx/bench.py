@@ -188,8 +188,9 @@ def tracking_overhead(data, train_size) -> dict:
 
     The fresh SQLite store is created (and migrated) before the clock starts: a real store
     exists already. Timed: Run.start with params and tags, fit with on_epoch=run.log_metrics, end.
-    The time spent inside those MLflow calls ("logging_s") is reported too: on 2 shared cores the
-    difference of two wall times can drown in other processes' noise, that sum cannot.
+    The time the training thread spends inside those calls ("logging_s": with tracking.Run's writer
+    thread, the queueing and the final flush) is reported too: on 2 shared cores the difference of
+    two wall times can drown in other processes' noise.
     """
     import jax
 
