@@ -168,7 +168,8 @@ def bench_case(name, data, repeats, cap) -> dict:
         "speedup": {b: None if s is None else s / nnx_seconds for b, s in seconds.items() if b != "nnx"},
         "compile_s": compile_s,
         "peak_rss_mb": peak_rss_mb(),
-        "load_average_1min": os.getloadavg()[0],  # at the case's end: above ~0.5, others shared the cores
+        # at the case's end; nnx-bench's own threads add up to ~2, so only a rough sign of other load
+        "load_average_1min": os.getloadavg()[0],
         "train_size": train_size,
         "repeats": repeats_run,  # timed epochs (or epoch fractions) behind each median, after a warm-up
         # the fraction of an epoch each repeat trained; below 1, seconds_per_epoch is scaled up from it
