@@ -4,6 +4,8 @@
     nnx-reproduce ch5 --plot-only          # redraw reports/ch5/ from the runs already stored
     nnx-reproduce ch5 train.epochs=2 ...   # overrides passed to every sweep (e.g. a smoke test)
     nnx-reproduce all                      # ch1, ch2, ch3 and ch5 in turn, each as if run alone
+    nnx-reproduce he2015                   # one of the papers beyond the book (see PAPERS)
+    nnx-reproduce papers                   # all of them in turn
 """
 
 import argparse
@@ -14,8 +16,11 @@ from pathlib import Path
 
 from nnx import tracking
 
-CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch5": "experiments.ch5"}
-ALL = ("ch1", "ch2", "ch3", "ch5")  # what `nnx-reproduce all` runs, in this order
+# The signal-propagation lab: papers that measured chapter 5's problem more finely.
+PAPERS = ("glorot2010", "he2015", "saxe2014", "schoenholz2017", "pennington2017", "ioffe2015")
+CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch5": "experiments.ch5",
+            **{name: f"experiments.{name}" for name in PAPERS}}
+GROUPS = {"all": ("ch1", "ch2", "ch3", "ch5"), "papers": PAPERS}  # each runs its members in turn
 
 
 def run_sweeps(module, overrides: list[str], jobs: int):
@@ -34,23 +39,23 @@ def run_sweeps(module, overrides: list[str], jobs: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="nnx-reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("chapter", choices=[*sorted(CHAPTERS), "all"])
+    parser.add_argument("chapter", choices=[*sorted(CHAPTERS), *GROUPS])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every sweep, e.g. seed=0,1 train.epochs=2")
     parser.add_argument("--plot-only", action="store_true", help="redraw from the runs in the store; train nothing")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<chapter>/ in the project; "
-                                                 "with `all`, one subfolder per chapter)")
+                                                 "with `all` or `papers`, one subfolder per member)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
     args = parser.parse_intermixed_args(argv)
 
-    if args.chapter != "all":
+    if args.chapter not in GROUPS:
         return reproduce(args.chapter, args, args.out)
     started, times = time.perf_counter(), {}
-    for chapter in ALL:
+    for chapter in GROUPS[args.chapter]:
         begun = time.perf_counter()
         reproduce(chapter, args, None if args.out is None else args.out / chapter)
         times[chapter] = time.perf_counter() - begun
-    print("\nnnx-reproduce all: " + ", ".join(f"{c} {t:.0f} s" for c, t in times.items())
+    print(f"\nnnx-reproduce {args.chapter}: " + ", ".join(f"{c} {t:.0f} s" for c, t in times.items())
           + f"; {time.perf_counter() - started:.0f} s in all")
 
 
@@ -82,7 +87,7 @@ def reproduce(chapter: str, args, out: Path | None):
         rows, figures = module.build_report(client, out)
     except MissingRuns as err:
         sys.exit(f"nnx-reproduce: error: {err}")
-    title = f"Chapter {chapter.removeprefix('ch')} reproduced with nnx"
+    title = getattr(module, "TITLE", f"Chapter {chapter.removeprefix('ch')} reproduced with nnx")
     report.write(out, title, rows, module.NOTES, figures)
     run_id = report.log_report_run(client, experiment_id, chapter, out, {})
     print(report.markdown_table(rows))

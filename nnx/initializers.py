@@ -77,13 +77,27 @@ def he_normal():
     return _zero_bias(weights)
 
 
-def orthogonal(gain: float = 1.0):
-    """Saxe et al. (2014): w = gain * Q with Q having orthonormal rows or columns, b = 0."""
+def orthogonal(gain: float = 1.0, sigma_b2: float = 0.0):
+    """Saxe et al. (2014): w = gain * Q with Q having orthonormal rows or columns, b ~ N(0, sigma_b2)."""
 
-    def weights(key, n_in, n_out, dtype):
-        return jax.nn.initializers.orthogonal(scale=gain)(key, (n_out, n_in), dtype)
+    def init(key, n_in, n_out, dtype=jnp.float32):
+        kw, kb = jax.random.split(key)
+        w = jax.nn.initializers.orthogonal(scale=gain)(kw, (n_out, n_in), dtype)
+        return w, jax.random.normal(kb, (n_out,), dtype) * jnp.sqrt(jnp.asarray(sigma_b2, dtype))
 
-    return _zero_bias(weights)
+    return init
+
+
+def gaussian(sigma_w2: float = 1.0, sigma_b2: float = 0.0):
+    """The mean-field papers' parametrisation (Poole 2016, Schoenholz 2017): w ~ N(0, sigma_w2 / n_in),
+    b ~ N(0, sigma_b2). sigma_w2 = 1, sigma_b2 = 1 is the book's default init."""
+
+    def init(key, n_in, n_out, dtype=jnp.float32):
+        kw, kb = jax.random.split(key)
+        w = jax.random.normal(kw, (n_out, n_in), dtype) * jnp.sqrt(jnp.asarray(sigma_w2 / n_in, dtype))
+        return w, jax.random.normal(kb, (n_out,), dtype) * jnp.sqrt(jnp.asarray(sigma_b2, dtype))
+
+    return init
 
 
 INITIALIZERS = {
@@ -94,4 +108,5 @@ INITIALIZERS = {
     "standard_uniform": standard_uniform,
     "he_normal": he_normal,
     "orthogonal": orthogonal,
+    "gaussian": gaussian,
 }

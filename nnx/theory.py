@@ -21,7 +21,8 @@ def gaussian_mean(f, q: float) -> float:
     return float(np.sum(_WEIGHTS * np.asarray(f(jnp.asarray(np.sqrt(q) * _NODES)))))
 
 
-def init_variances(name: str, n_in: int, n_out: int, gain: float = 1.0) -> tuple[float, float]:
+def init_variances(name: str, n_in: int, n_out: int, gain: float = 1.0, sigma_w2: float = 1.0,
+                   sigma_b2: float = 0.0) -> tuple[float, float]:
     """(Var w, Var b) of one layer under the named initializer (nnx.initializers)."""
     return {
         "large": (1.0, 1.0),
@@ -31,7 +32,8 @@ def init_variances(name: str, n_in: int, n_out: int, gain: float = 1.0) -> tuple
         "standard_uniform": (1.0 / (3 * n_in), 0.0),
         "he_normal": (2.0 / n_in, 0.0),
         # Orthonormal rows (n_out <= n_in) or columns: each entry has variance 1 / max(n_in, n_out).
-        "orthogonal": (gain**2 / max(n_in, n_out), 0.0),
+        "orthogonal": (gain**2 / max(n_in, n_out), sigma_b2),
+        "gaussian": (sigma_w2 / n_in, sigma_b2),
     }[name]
 
 

@@ -16,7 +16,14 @@ EXPECTED = {
     "standard_uniform": (1 / N_IN / 3, 0.0),
     "he_normal": (2 / N_IN, 0.0),
     "orthogonal": (1 / N_IN, 0.0),  # rows orthonormal: each row has squared norm 1 over n_in entries
+    "gaussian": (1 / N_IN, 0.0),
 }
+
+
+def test_gaussian_scales_with_sigma_w2_and_sigma_b2():
+    w, b = nnx.INITIALIZERS["gaussian"](sigma_w2=1.76, sigma_b2=0.05)(jax.random.PRNGKey(1), N_IN, N_OUT, np.float32)
+    np.testing.assert_allclose(np.var(w), 1.76 / N_IN, rtol=0.03)
+    np.testing.assert_allclose(np.var(b), 0.05, rtol=0.25)
 
 
 @pytest.mark.parametrize("name", sorted(nnx.INITIALIZERS))
