@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from nnx import tracking
+from nnx import probes, tracking
 from nnx import train as training
 from nnx.model import num_params
 from nnx.spec import build
@@ -33,6 +33,7 @@ SHORT_PARAMS = {
     "depth": "model.depth", "width": "model.width", "activation": "activation.name", "init": "init.name",
     "cost": "cost.name", "optimizer": "optimizer.name", "eta": "optimizer.eta", "lmbda": "optimizer.lmbda",
     "mini_batch_size": "train.mini_batch_size", "epochs": "train.epochs", "train_size": "data.train_size",
+    "batch_norm": "model.batch_norm",
 }
 
 
@@ -80,8 +81,19 @@ def load_checkpoint(path: Path, spec, seed: int):
 
 def summary(history) -> dict:
     """Scalars that let a runs table answer "which won" (best = highest validation accuracy)."""
+    out = {}
+    if "val_accuracy" in history:
+        out.update(_accuracy_summary(history))
+    norms = sorted((k for k in history if k.startswith("grad_norm/hidden_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    if len(norms) > 1:
+        out["grad_ratio_first_last_init"] = history[norms[0]][0] / history[norms[-1]][0]
+        out["grad_ratio_first_last_final"] = history[norms[0]][-1] / history[norms[-1]][-1]
+    return {k: float(v) for k, v in out.items()}
+
+
+def _accuracy_summary(history) -> dict:
     best = int(np.argmax(history["val_accuracy"]))
-    out = {
+    return {
         "best_val_accuracy": history["val_accuracy"][best],
         "best_epoch": best,
         "test_accuracy_at_best_val": history["test_accuracy"][best],
@@ -90,11 +102,6 @@ def summary(history) -> dict:
         "final_test_accuracy": history["test_accuracy"][-1],
         "final_train_accuracy": history["train_accuracy"][-1],
     }
-    norms = sorted((k for k in history if k.startswith("grad_norm/hidden_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-    if len(norms) > 1:
-        out["grad_ratio_first_last_init"] = history[norms[0]][0] / history[norms[-1]][0]
-        out["grad_ratio_first_last_final"] = history[norms[0]][-1] / history[norms[-1]][-1]
-    return {k: float(v) for k, v in out.items()}
 
 
 def _log_files(run, files: dict):
@@ -136,8 +143,8 @@ class _Member:
 def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
     cfg = seed_config(cfg, seed)
     params = tracking.flatten({k: v for k, v in cfg.items() if k not in ("tracking", "resume")})
-    params.update({"model.sizes": str(list(spec.sizes)), "model.num_params": str(num_params(spec.sizes))})
-    params.update({short: params[full] for short, full in SHORT_PARAMS.items()})
+    params.update({"model.sizes": str(list(spec.sizes)), "model.num_params": str(num_params(spec.sizes, spec.batch_norm))})
+    params.update({short: params[full] for short, full in SHORT_PARAMS.items() if full in params})
     run = tracking.Run.start(client, experiment_id, name=name, params=params, parent_run_id=parent,
                              tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
@@ -255,7 +262,7 @@ def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
 
     def on_epoch(i, step, values):
         members[i].log(step, values)
-        if "val_accuracy" in values and i == 0:
+        if "val_accuracy" in values and i == 0 and spec.epochs:
             (progress or (lambda s, n, v: echo(epoch_line(s, n, v))))(step, spec.epochs, values)
 
     def on_state(i, epoch, params, opt_state):
@@ -299,6 +306,8 @@ def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
     for m, (params, history) in zip(members, results):
         history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
         histories.append(history)
+        if "probe_steps/hist" in history:
+            history.update(probes.histogram_edges(spec.activation_name))
         files = {"params.npz": _params_npz(params), "history.npz": lambda p, h=history: np.savez(p, **h)}
         if m.checkpoint.exists():
             files["checkpoint/last.npz"] = lambda p, c=m.checkpoint: p.write_bytes(c.read_bytes())
@@ -314,8 +323,9 @@ def _train_and_end(spec, data, members, group, echo, start=None, progress=None):
             m.run.log_metrics(spec.epochs, result)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
-            echo(f"nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s: best validation accuracy "
-                 f"{result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f} (seed {m.seed}). "
+            best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
+                    if "best_val_accuracy" in result else " (the initialization measured)")
+            echo(f"nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} (seed {m.seed}). "
                  f"See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
     if group:
         group.end("FAILED" if diverged else "FINISHED")

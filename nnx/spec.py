@@ -14,12 +14,22 @@ from nnx.costs import COSTS
 from nnx.data import DATASETS, MNIST_SIZES
 from nnx.initializers import INITIALIZERS
 from nnx.optimizers import OPTIMIZERS
+from nnx.probes import KINDS as PROBE_KINDS
 from nnx.registry import ConfigError, lookup
+
+
+@dataclasses.dataclass(frozen=True)
+class Probes:
+    kinds: tuple[str, ...]  # optional measurements beyond chapter 5's gradients (nnx.probes.KINDS)
+    every: int  # epochs between them (always at init and after the last epoch)
+    jacobian_every: int  # epochs between Jacobian spectra; 0: at init and after the last epoch only
+    jacobian_examples: int  # probe images whose Jacobians are averaged
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
     sizes: tuple[int, ...]
+    activation_name: str
     activation: Callable
     output_activation: Callable
     cost: Callable  # fn(z, a, y) -> C_x per example
@@ -30,6 +40,8 @@ class Spec:
     mini_batch_size: int
     train_size: int
     probe_size: int
+    probes: Probes
+    batch_norm: bool
     seed: int
     seeds: tuple[int, ...] | None  # several seeds trained at once (vmapped), or None
     stop_on_divergence: bool
@@ -59,6 +71,22 @@ def _check(ok: bool, key: str, value, rule: str, fix: str):
         raise ConfigError(f"{key}={value!r} is invalid: {rule}. {fix}")
 
 
+def _probes(cfg: dict, probe_size: int, batch_norm: bool) -> Probes:
+    kinds = cfg.get("kinds") or []
+    _check(isinstance(kinds, list) and all(k in PROBE_KINDS for k in kinds), "probes.kinds", kinds,
+           f"each kind must be one of {list(PROBE_KINDS)}", "Use e.g. 'probes.kinds=[activations,histograms]' (quoted in a shell), or [] for none.")
+    every, jacobian_every, examples = cfg.get("every", 1), cfg.get("jacobian_every", 0), cfg.get("jacobian_examples", 8)
+    _check(_is_int(every) and every >= 1, "probes.every", every, "must be an integer >= 1 (epochs)", "Use e.g. probes.every=1.")
+    _check(_is_int(jacobian_every) and jacobian_every >= 0, "probes.jacobian_every", jacobian_every,
+           "must be an integer >= 0 (epochs; 0: at init and at the end only)", "Use e.g. probes.jacobian_every=0.")
+    _check(_is_int(examples) and 1 <= examples <= probe_size, "probes.jacobian_examples", examples,
+           f"must be an integer from 1 to the probe batch's size ({probe_size})", "Use e.g. probes.jacobian_examples=8.")
+    _check(not (batch_norm and "jacobians" in kinds), "probes.kinds", kinds,
+           "a batch-normalised layer has no per-image Jacobian (its output depends on the whole batch)",
+           "Drop jacobians from probes.kinds, or set model.batch_norm=false.")
+    return Probes(tuple(k for k in PROBE_KINDS if k in kinds), every, jacobian_every, examples)
+
+
 def build(cfg: dict) -> Spec:
     """Validates `cfg` and looks up every registry entry it names.
 
@@ -73,7 +101,8 @@ def build(cfg: dict) -> Spec:
     _check(_is_number(opt.get("eta")) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
     _check(_is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be a number >= 0", "Use optimizer.lmbda=0 for none.")
     _check(_is_int(train["checkpoint_every"]) and train["checkpoint_every"] >= 0, "train.checkpoint_every", train["checkpoint_every"], "must be an integer >= 0", "Use 1 (every epoch) or 0 (no checkpoints).")
-    _check(_is_int(train["epochs"]) and train["epochs"] >= 1, "train.epochs", train["epochs"], "must be an integer >= 1", "Use e.g. train.epochs=30.")
+    _check(_is_int(train["epochs"]) and train["epochs"] >= 0, "train.epochs", train["epochs"],
+           "must be an integer >= 0 (0: measure the initialization only)", "Use e.g. train.epochs=30.")
 
     dataset = lookup(DATASETS, "data", data["name"])
     n_available = MNIST_SIZES["train"]
@@ -84,6 +113,9 @@ def build(cfg: dict) -> Spec:
     probe_size = cfg["probes"]["size"]
     _check(_is_int(probe_size) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
 
+    _check(isinstance(model.get("batch_norm", False), bool), "model.batch_norm", model.get("batch_norm"), "must be true or false", "Use model.batch_norm=true or false.")
+    probes = _probes(cfg["probes"], min(probe_size, train_size), model.get("batch_norm", False))
+
     seeds = cfg["seeds"]
     _check(seeds is None or (isinstance(seeds, list) and seeds and all(_is_int(s) for s in seeds) and len(set(seeds)) == len(seeds)),
            "seeds", seeds, "a list of distinct integer seeds (or null for the single `seed`)", "Use e.g. 'seeds=[0,1,2,3]' (quoted in a shell).")
@@ -92,6 +124,7 @@ def build(cfg: dict) -> Spec:
     output_name = model["output_activation"]
     return Spec(
         sizes=(784, *([width] * depth), 10),
+        activation_name=act["name"],
         activation=lookup(ACTIVATIONS, "activation", act["name"])(**_hparams(act, "activation")),
         output_activation=lookup(OUTPUT_ACTIVATIONS, "model.output_activation", output_name)(),
         cost=lookup(COSTS, "cost", cfg["cost"]["name"])(output_name),
@@ -102,6 +135,8 @@ def build(cfg: dict) -> Spec:
         mini_batch_size=m,
         train_size=train_size,
         probe_size=min(probe_size, train_size),
+        probes=probes,
+        batch_norm=model.get("batch_norm", False),
         seed=cfg["seed"],
         seeds=None if seeds is None else tuple(seeds),
         stop_on_divergence=bool(train["stop_on_divergence"]),

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnx import model
+from nnx import model, probes
 
 
 def make_loss(spec):
@@ -82,27 +82,9 @@ def evaluate_fn(spec):
     return evaluate
 
 
-def probe_fn(spec):
-    """probe(params, x, y) -> dict, chapter 5's measurements on a fixed probe set.
-
-    dC/db^l averaged over the probe images is the gradient of their mean cost, so one jax.grad
-    gives the book's "norm of the mean" (not the mean of per-example norms). No L2 term.
-      bias_grad: [mean dC/db^l for each hidden layer l]   (5.5's bars)
-      grad_norm: [depth] ||mean dC/db^l|| for hidden layers (5.6-5.9)
-      weight_grad_norm: [depth + 1] ||mean dC/dW^l|| for every layer
-    """
-    grad = jax.grad(make_loss(spec))
-
-    def probe(params, x, y):
-        g = grad(params, x, y)
-        hidden = g[:-1]
-        return {
-            "bias_grad": [layer["b"] for layer in hidden],
-            "grad_norm": jnp.stack([jnp.linalg.norm(layer["b"]) for layer in hidden]) if hidden else jnp.zeros((0,)),
-            "weight_grad_norm": jnp.stack([jnp.linalg.norm(layer["w"]) for layer in g]),
-        }
-
-    return probe
+def probe_fn(spec, kinds=()):
+    """probe(params, x, y) -> dict of chapter 5's gradient measurements (and `kinds`): nnx.probes."""
+    return probes.probe_fn(spec, kinds)
 
 
 def make_epoch(spec):
@@ -114,12 +96,12 @@ def make_evaluate(spec):
     return jax.jit(evaluate_fn(spec))
 
 
-def make_probe(spec):
-    return jax.jit(probe_fn(spec))
+def make_probe(spec, kinds=()):
+    return jax.jit(probe_fn(spec, kinds))
 
 
 def init_state(spec, key, dtype=jnp.float32):
-    params = model.init(key, spec.sizes, spec.initializer, dtype)
+    params = model.init(key, spec.sizes, spec.initializer, dtype, batch_norm=spec.batch_norm)
     return params, spec.optimizer.init(params)
 
 
@@ -150,7 +132,7 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, dtype=jnp.
     (params,), (history,) = _train(
         spec, data, state, first=first,
         run_epoch=lambda p, s, e, x, y: epoch(p, s, jax.random.fold_in(shuffle_key, e), x, y),
-        probe=make_probe(spec), evaluate=make_evaluate(spec), split=lambda tree: [tree],
+        probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
         on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
         on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
     )
@@ -178,7 +160,7 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, dtype=jnp.float
     return _train(
         spec, data, jax.vmap(lambda k: init_state(spec, k, dtype))(init_keys), first=0,
         run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
-        probe=jax.jit(jax.vmap(probe_fn(spec), in_axes=(0, None, None))),
+        probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
         evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
         split=lambda tree: [jax.tree.map(lambda a: a[i], tree) for i in range(len(seeds))],
         on_epoch=on_epoch, on_state=on_state, dtype=dtype,
@@ -188,34 +170,48 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, dtype=jnp.float
 def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_epoch, on_state, dtype):
     """The epoch loop of fit and fit_many; split(tree) cuts a result into one tree per network.
 
+    probe(kinds) builds the jitted probe for those optional kinds (once per distinct set).
     A network whose values turn non-finite is recorded once more (so the blow-up is visible) and
     then dropped from the records; the loop ends early when every network has diverged.
+    Histograms and spectra go into the history as arrays stacked over the steps listed in
+    history["probe_steps/hist"] and history["probe_steps/spectrum"], never to on_epoch (MLflow
+    metrics are scalars).
     """
     params, opt_state = state
     splits = {name: (jnp.asarray(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items()}
     x_train, y_train = splits["train"]
     probe_set = (x_train[: spec.probe_size], y_train[: spec.probe_size])
-    histories, diverged = None, None
+    histories, built = None, {}
 
-    def record(step, per_network):
-        for i, (history, values) in enumerate(zip(histories, per_network)):
+    def measure(step):
+        kinds = probes.kinds_at(spec, step, spec.epochs)
+        if kinds not in built:
+            built[kinds] = probe(kinds)
+        return split(jax.device_get(built[kinds](params, *probe_set)))
+
+    def record(step, measured, evaluated=None):
+        for i, (history, m) in enumerate(zip(histories, measured)):
             if "diverged_at" in history:
                 continue
+            values = {**flatten_probe(m), **({} if evaluated is None else flatten_evaluation(evaluated[i]))}
             if on_epoch is not None:
                 on_epoch(i, step, values)
             for name, value in values.items():
                 history.setdefault(name, []).append(value)
+            for group in {name.split("/", 1)[0] for name in m.get("arrays", {})}:  # hist, spectrum
+                history.setdefault(f"probe_steps/{group}", []).append(step)
+            for name, value in m.get("arrays", {}).items():
+                history.setdefault(name, []).append(np.asarray(value))
             if spec.stop_on_divergence and not all(np.isfinite(v) for v in values.values()):
                 history["diverged_at"] = step
 
     for e in range(first, spec.epochs):
-        measured = split(jax.device_get(probe(params, *probe_set)))
+        measured = measure(e)
         if histories is None:
             histories = [{f"init_bias_grad/hidden_{l}": g for l, g in enumerate(m["bias_grad"], 1)} if e == 0 else {}
                          for m in measured]
         params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
-        evaluated = split(jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()}))
-        record(e, [{**flatten_probe(m), **flatten_evaluation(v)} for m, v in zip(measured, evaluated)])
+        record(e, measured, split(jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()})))
         if all("diverged_at" in h for h in histories):
             break
         if on_state is not None:
@@ -223,9 +219,12 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
                 if "diverged_at" not in histories[i]:
                     on_state(i, e, p, s)
     else:
-        final = split(jax.device_get(probe(params, *probe_set)))
-        histories = histories or [{} for _ in final]  # resumed after the last epoch: nothing left
-        record(spec.epochs, [flatten_probe(m) for m in final])
+        final = measure(spec.epochs)
+        if histories is None:  # epochs=0 (measure the initialization only), or resumed after the last epoch
+            histories = [{f"init_bias_grad/hidden_{l}": g for l, g in enumerate(m["bias_grad"], 1)}
+                         if first == 0 else {} for m in final]
+        record(spec.epochs, final, None if spec.epochs else
+               split(jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()})))
     return split(params), [{name: np.asarray(v) for name, v in h.items()} for h in histories]
 
 
@@ -240,7 +239,8 @@ def flatten_evaluation(evaluated):
 
 
 def flatten_probe(measured):
-    """probe output -> {"grad_norm/hidden_1": .., "weight_grad_norm/layer_1": ..} (layers from 1)."""
+    """probe output -> {"grad_norm/hidden_1": .., "weight_grad_norm/layer_1": .., scalars ...} (layers from 1)."""
     flat = {f"grad_norm/hidden_{l}": float(v) for l, v in enumerate(measured["grad_norm"], 1)}
     flat.update({f"weight_grad_norm/layer_{l}": float(v) for l, v in enumerate(measured["weight_grad_norm"], 1)})
+    flat.update({name: float(v) for name, v in measured.get("scalars", {}).items()})
     return flat

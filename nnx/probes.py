@@ -1,0 +1,166 @@
+"""Per-layer measurements on a fixed probe batch: chapter 5's gradients and the papers beyond it.
+
+Always measured (chapter 5): dC/db^l averaged over the probe images (one jax.grad of their mean
+cost: the book's "norm of the mean"), its norm per hidden layer, and ||dC/dW^l|| per layer.
+Optional kinds (probes.kinds), each measured at init, every probes.every epochs and at the end:
+  activations  per hidden layer: mean, std and 2/15/50/85/98th percentiles of the weighted input
+               z^l (the activation's input) and of the activation a^l over the probe batch;
+               the same percentiles of one unit's input (unit 0, Ioffe & Szegedy's "typical
+               sigmoid"); the saturation fraction; the spread (std) of the entries of dC/db^l
+               and dC/dW^l (Glorot & Bengio's Fig. 7).
+  histograms   fixed-bin histograms of a^l (over the activation's range), and of log10 |g| for
+               each example's delta^l = dC_x/dz^l and for the entries of dC/dW^l. Log-magnitude
+               bins are fixed across layers and epochs although the gradients span decades.
+  jacobians    (probes.jacobian_every: 0 = at init and at the end only) the mean singular
+               value of each hidden layer's Jacobian J^l = diag(sigma'(z^l)) w^l, and the
+               spectrum of the end-to-end Jacobian of the square part of the net, da^L/da^1 =
+               J^L ... J^2 (depth - 1 factors of width x width): mean and variance of its squared
+               singular values and the largest (Saxe 2014; Pennington 2017). Averaged over the
+               first probes.jacobian_examples probe images, one Jacobian per image.
+Scalars go to MLflow as metrics; histograms and spectra are arrays kept in the run's history.npz.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnx import model
+
+KINDS = ("activations", "histograms", "jacobians")
+PERCENTILES = (2, 15, 50, 85, 98)
+BINS = 50
+LOG10_RANGE = (-10.0, 0.0)  # |g| below 1e-10 lands in the first bin, above 1 in the last
+# A unit is saturated where its activation's slope is a small fraction of its largest.
+SATURATED = {
+    "sigmoid": lambda a: (a < 0.01) | (a > 0.99),
+    "tanh": lambda a: jnp.abs(a) > 0.99,
+    "softsign": lambda a: jnp.abs(a) > 0.99,
+    "relu": lambda a: a <= 0,
+    "leaky_relu": lambda a: a <= 0,
+    "identity": lambda a: jnp.zeros(a.shape, bool),
+}
+# Histogram range of each activation's output; values outside land in the edge bins.
+RANGE = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "softsign": (-1.0, 1.0), "relu": (0.0, 4.0),
+         "leaky_relu": (-1.0, 4.0), "identity": (-4.0, 4.0)}
+
+
+def histogram(values, lo, hi, bins=BINS):
+    """Counts of values in `bins` equal bins over [lo, hi], values outside clipped to the edge bins."""
+    index = jnp.clip(jnp.floor((values.ravel() - lo) / (hi - lo) * bins), 0, bins - 1).astype(jnp.int32)
+    return jnp.zeros(bins, jnp.int32).at[index].add(1)
+
+
+def log_histogram(values):
+    return histogram(jnp.log10(jnp.abs(values) + 1e-30), *LOG10_RANGE)
+
+
+def derivative(activation, z):
+    """sigma'(z) elementwise (every hidden activation here is elementwise)."""
+    return jax.jvp(activation, (z,), (jnp.ones_like(z),))[1]
+
+
+def layer_jacobians(params, x, activation):
+    """[per hidden layer: J^l = diag(sigma'(z^l)) w^l for one input row x]."""
+    hidden, _ = model.trace(params, x[None, :], activation)
+    return [derivative(activation, z[0])[:, None] * layer["w"] for (z, _), layer in zip(hidden, params)]
+
+
+def end_to_end_jacobian(jacobians):
+    """da^L/da^1 = J^L ... J^2 (the identity for one hidden layer)."""
+    product = jnp.eye(jacobians[0].shape[0], dtype=jacobians[0].dtype)
+    for j in jacobians[1:]:
+        product = j @ product
+    return product
+
+
+def jacobian_measures(params, x, activation):
+    """Singular values of the layer Jacobians and of the end-to-end Jacobian, over the rows of x."""
+    per_example = jax.vmap(lambda row: layer_jacobians(params, row, activation))(x)
+    layer_sv = [jnp.mean(jnp.linalg.svd(j, compute_uv=False)) for j in per_example]
+    spectrum = jax.vmap(lambda *js: jnp.linalg.svd(end_to_end_jacobian(js), compute_uv=False))(*per_example).ravel()
+    squared = spectrum**2
+    scalars = {f"jacobian_sv_mean/hidden_{l}": v for l, v in enumerate(layer_sv, 1)}
+    if len(params) > 2:
+        scalars.update({"io_jacobian/sq_sv_mean": jnp.mean(squared), "io_jacobian/sq_sv_var": jnp.var(squared),
+                        "io_jacobian/sv_max": jnp.max(spectrum)})
+    return scalars, ({"spectrum/io_jacobian": spectrum} if len(params) > 2 else {})
+
+
+def _stats(prefix, values, l):
+    flat = values.ravel()
+    out = {f"{prefix}_mean/hidden_{l}": jnp.mean(flat), f"{prefix}_std/hidden_{l}": jnp.std(flat)}
+    for p, v in zip(PERCENTILES, jnp.percentile(flat, jnp.array(PERCENTILES))):
+        out[f"{prefix}_p{p:02d}/hidden_{l}"] = v
+    return out
+
+
+def probe_fn(spec, kinds=()):
+    """probe(params, x, y) -> dict, not yet jitted.
+
+    Keys: bias_grad [mean dC/db^l per hidden layer], grad_norm [depth], weight_grad_norm
+    [depth + 1], and with any kinds: scalars {metric name: value} and arrays {name: array}.
+    """
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown probe kinds {sorted(unknown)}; valid: {KINDS}")
+
+    def summed_cost(params, shifts, x, y):
+        hidden, z = model.trace(params, x, spec.activation, shifts)
+        a = spec.output_activation(z)
+        return jnp.sum(spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype))), hidden
+
+    def probe(params, x, y):
+        shifts = [jnp.zeros((x.shape[0], layer["b"].shape[0]), x.dtype) for layer in params[:-1]]
+        (g, deltas), hidden = jax.grad(summed_cost, argnums=(0, 1), has_aux=True)(params, shifts, x, y)
+        g = jax.tree.map(lambda t: t / x.shape[0], g)  # the gradient of the mean cost
+        out = {
+            "bias_grad": [layer["b"] for layer in g[:-1]],
+            "grad_norm": jnp.stack([jnp.linalg.norm(layer["b"]) for layer in g[:-1]]) if len(g) > 1 else jnp.zeros((0,)),
+            "weight_grad_norm": jnp.stack([jnp.linalg.norm(layer["w"]) for layer in g]),
+        }
+        if not kinds:
+            return out
+        scalars, arrays = {}, {}
+        if "activations" in kinds:
+            saturated = SATURATED[spec.activation_name]
+            for l, (z, a) in enumerate(hidden, 1):
+                scalars.update(_stats("pre", z, l))
+                scalars.update(_stats("act", a, l))
+                for p, v in zip(PERCENTILES, jnp.percentile(z[:, 0], jnp.array(PERCENTILES))):
+                    scalars[f"unit_pre_p{p:02d}/hidden_{l}"] = v
+                scalars[f"saturation/hidden_{l}"] = jnp.mean(saturated(a))
+                scalars[f"bias_grad_std/hidden_{l}"] = jnp.std(g[l - 1]["b"])
+            for l, layer in enumerate(g, 1):
+                scalars[f"weight_grad_std/layer_{l}"] = jnp.std(layer["w"])
+        if "histograms" in kinds:
+            lo, hi = RANGE[spec.activation_name]
+            for l, ((_, a), delta) in enumerate(zip(hidden, deltas), 1):
+                arrays[f"hist/activation/hidden_{l}"] = histogram(a, lo, hi)
+                arrays[f"hist/delta/hidden_{l}"] = log_histogram(delta)
+            for l, layer in enumerate(g, 1):
+                arrays[f"hist/weight_grad/layer_{l}"] = log_histogram(layer["w"])
+        if "jacobians" in kinds:
+            more, spectra = jacobian_measures(params, x[: spec.probes.jacobian_examples], spec.activation)
+            scalars.update(more)
+            arrays.update(spectra)
+        out["scalars"], out["arrays"] = scalars, arrays
+        return out
+
+    return probe
+
+
+def histogram_edges(activation_name: str) -> dict:
+    """The bin edges behind every hist/ array, for whoever draws them."""
+    return {"hist_edges/activation": np.linspace(*RANGE[activation_name], BINS + 1),
+            "hist_edges/log10_gradient": np.linspace(*LOG10_RANGE, BINS + 1)}
+
+
+def kinds_at(spec, step: int, last: int) -> tuple:
+    """Which optional kinds to measure at `step` (0 .. last): all at init and at the end, the
+    others every probes.every epochs; jacobians every probes.jacobian_every (0: init and end)."""
+    p = spec.probes
+    edge = step in (0, last)
+    kinds = [k for k in p.kinds if k != "jacobians" and (edge or step % p.every == 0)]
+    if "jacobians" in p.kinds and (edge or (p.jacobian_every and step % p.jacobian_every == 0)):
+        kinds.append("jacobians")
+    return tuple(k for k in KINDS if k in kinds)

@@ -1,0 +1,160 @@
+"""Probes and batch norm against formulas computed independently (numpy, jax.jacfwd, Saxe's isometry)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnx
+from conftest import tiny_cfg
+from nnx import model, probes, train
+from nnx.registry import ConfigError
+from nnx.spec import build
+
+ALL_KINDS = {"size": 40, "kinds": ["activations", "histograms", "jacobians"], "jacobian_examples": 3}
+
+
+def _setup(**overrides):
+    spec = build(tiny_cfg(**{"model": {"depth": 3, "width": 12}, "probes": ALL_KINDS, **overrides}))
+    params = model.init(jax.random.PRNGKey(1), spec.sizes, spec.initializer, batch_norm=spec.batch_norm)
+    x = jax.random.uniform(jax.random.PRNGKey(2), (40, 784))
+    y = jnp.arange(40) % 10
+    return spec, params, x, y
+
+
+def _numpy_forward(params, x, phi):
+    """[(z^l, a^l)] per hidden layer in float64, written out by hand."""
+    a, out = np.asarray(x, np.float64), []
+    for layer in params[:-1]:
+        z = a @ np.asarray(layer["w"], np.float64).T + np.asarray(layer["b"], np.float64)
+        a = phi(z)
+        out.append((z, a))
+    return out
+
+
+def test_activation_statistics_match_numpy():
+    spec, params, x, y = _setup(activation={"name": "tanh"})
+    measured = jax.jit(probes.probe_fn(spec, ("activations",)))(params, x, y)["scalars"]
+    for l, (z, a) in enumerate(_numpy_forward(params, x, np.tanh), 1):
+        np.testing.assert_allclose(measured[f"pre_mean/hidden_{l}"], z.mean(), atol=1e-5)
+        np.testing.assert_allclose(measured[f"act_std/hidden_{l}"], a.std(), rtol=1e-4)
+        np.testing.assert_allclose(measured[f"pre_p85/hidden_{l}"], np.percentile(z, 85), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(measured[f"unit_pre_p15/hidden_{l}"], np.percentile(z[:, 0], 15), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(measured[f"saturation/hidden_{l}"], np.mean(np.abs(a) > 0.99), atol=1e-6)
+
+
+def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
+    spec, params, x, y = _setup()
+    out = jax.jit(probes.probe_fn(spec, ("histograms",)))(params, x, y)
+    for l in range(1, 4):
+        assert int(out["arrays"][f"hist/activation/hidden_{l}"].sum()) == 40 * 12
+        assert int(out["arrays"][f"hist/delta/hidden_{l}"].sum()) == 40 * 12
+    assert int(out["arrays"]["hist/weight_grad/layer_1"].sum()) == 12 * 784
+    # Sigmoid activations lie in (0, 1): a histogram over [0, 1] with values that all sit in one half.
+    counts = np.asarray(probes.histogram(jnp.array([0.1, 0.2, 0.7, 5.0, -3.0]), 0.0, 1.0, bins=2))
+    np.testing.assert_array_equal(counts, [3, 2])  # 5.0 and -3.0 clipped into the edge bins
+
+    def summed(shifts):
+        hidden, z = model.trace(params, x, spec.activation, shifts)
+        return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
+
+    shifts = [jnp.zeros((40, 12))] * 3
+    deltas = jax.grad(summed)(shifts)
+    for l in range(3):
+        np.testing.assert_allclose(jnp.mean(deltas[l], axis=0), out["bias_grad"][l], rtol=1e-5, atol=1e-8)
+
+
+def test_layer_and_end_to_end_jacobians_match_jacfwd():
+    spec, params, x, y = _setup(activation={"name": "tanh"})
+    scalars, arrays = probes.jacobian_measures(params, x[:3], spec.activation)
+    hidden_maps = [lambda a, layer=layer: jnp.tanh(a @ layer["w"].T + layer["b"]) for layer in params[:-1]]
+    singular = {l: [] for l in range(1, 4)}
+    spectra = []
+    for row in x[:3]:
+        a = row
+        for l, f in enumerate(hidden_maps, 1):
+            singular[l].append(np.linalg.svd(np.asarray(jax.jacfwd(f)(a)), compute_uv=False).mean())
+            if l == 1:
+                a1 = f(a)
+            a = f(a)
+        end_to_end = jax.jacfwd(lambda a1: hidden_maps[2](hidden_maps[1](a1)))(a1)
+        spectra.append(np.linalg.svd(np.asarray(end_to_end), compute_uv=False))
+    for l in range(1, 4):
+        np.testing.assert_allclose(scalars[f"jacobian_sv_mean/hidden_{l}"], np.mean(singular[l]), rtol=1e-4)
+    spectra = np.concatenate(spectra)
+    np.testing.assert_allclose(np.sort(arrays["spectrum/io_jacobian"]), np.sort(spectra), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scalars["io_jacobian/sq_sv_var"], np.var(spectra**2), rtol=1e-3)
+
+
+def test_deep_linear_orthogonal_net_is_an_exact_isometry():
+    """Saxe et al. 2014: a product of orthogonal matrices has every singular value 1, at any depth;
+    with scaled Gaussian weights the squared singular values spread out."""
+    cfg = dict(model={"depth": 8, "width": 32}, activation={"name": "identity"}, probes=ALL_KINDS)
+    x = jax.random.uniform(jax.random.PRNGKey(2), (3, 784))
+    spreads = {}
+    for init in ({"name": "orthogonal", "gain": 1.0}, {"name": "gaussian", "sigma_w2": 1.0}):
+        spec = build(tiny_cfg(init=init, **cfg))
+        params = model.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+        scalars, arrays = probes.jacobian_measures(params, x, spec.activation)
+        spreads[init["name"]] = float(scalars["io_jacobian/sq_sv_var"])
+        if init["name"] == "orthogonal":
+            np.testing.assert_allclose(arrays["spectrum/io_jacobian"], 1.0, rtol=1e-4)
+    assert spreads["orthogonal"] < 1e-6 and spreads["gaussian"] > 0.5
+
+
+def test_batch_norm_standardises_each_unit_over_the_batch():
+    spec, params, x, y = _setup(model={"depth": 2, "width": 12, "batch_norm": True}, probes={"size": 40, "kinds": ["activations"]})
+    assert set(params[0]) == {"w", "b", "gamma", "beta"} and set(params[-1]) == {"w", "b"}
+    params[0]["gamma"] = jnp.full((12,), 2.0)
+    params[0]["beta"] = jnp.full((12,), -1.0)
+    hidden, _ = model.trace(params, x, spec.activation)
+    z = np.asarray(x, np.float64) @ np.asarray(params[0]["w"], np.float64).T + np.asarray(params[0]["b"], np.float64)
+    expected = 2.0 * (z - z.mean(0)) / np.sqrt(z.var(0) + model.BN_EPSILON) - 1.0
+    np.testing.assert_allclose(hidden[0][0], expected, rtol=1e-3, atol=1e-4)
+    assert nnx.num_params(spec.sizes, batch_norm=True) == nnx.num_params(spec.sizes) + 4 * 12
+
+
+def test_batch_norm_trains_and_its_gradient_matches_finite_differences():
+    spec, params, x, y = _setup(model={"depth": 2, "width": 12, "batch_norm": True}, probes={"size": 40})
+    loss = train.make_loss(spec)
+    g = jax.grad(loss)(params, x, y)
+    eps = 1e-3
+    for key in ("gamma", "beta"):
+        bumped = jax.tree.map(lambda t: t, params)
+        bumped[1][key] = params[1][key].at[3].add(eps)
+        lowered = jax.tree.map(lambda t: t, params)
+        lowered[1][key] = params[1][key].at[3].add(-eps)
+        numeric = (loss(bumped, x, y) - loss(lowered, x, y)) / (2 * eps)
+        np.testing.assert_allclose(g[1][key][3], numeric, rtol=2e-2, atol=1e-5)
+
+
+def test_schedule_measures_everything_at_the_ends():
+    spec = build(tiny_cfg(probes={**ALL_KINDS, "every": 3, "jacobian_every": 0}, train={"epochs": 7}))
+    assert probes.kinds_at(spec, 0, 7) == ("activations", "histograms", "jacobians")
+    assert probes.kinds_at(spec, 3, 7) == ("activations", "histograms")
+    assert probes.kinds_at(spec, 4, 7) == ()
+    assert probes.kinds_at(spec, 7, 7) == ("activations", "histograms", "jacobians")
+
+
+def test_fit_records_arrays_with_their_steps_and_epochs_zero_measures_the_init():
+    spec = build(tiny_cfg(model={"depth": 2, "width": 8}, probes={**ALL_KINDS, "every": 2}, train={"epochs": 3}))
+    data = spec.dataset(None, spec.train_size)
+    _, history = train.fit(spec, data, key=jax.random.PRNGKey(0))
+    assert list(history["probe_steps/hist"]) == [0, 2, 3] and history["hist/activation/hidden_1"].shape == (3, probes.BINS)
+    assert list(history["probe_steps/spectrum"]) == [0, 3] and len(history["io_jacobian/sq_sv_mean"]) == 2
+    assert len(history["grad_norm/hidden_1"]) == 4  # chapter 5's gradients: every step
+    spec0 = build(tiny_cfg(model={"depth": 2, "width": 8}, probes=ALL_KINDS, train={"epochs": 0}))
+    _, history = train.fit(spec0, data, key=jax.random.PRNGKey(0))
+    assert len(history["val_accuracy"]) == 1 and len(history["act_std/hidden_2"]) == 1
+
+
+@pytest.mark.parametrize("probes_cfg,model_cfg,message", [
+    ({"size": 40, "kinds": ["spectra"]}, {}, "probes.kinds"),
+    ({"size": 40, "kinds": ["jacobians"]}, {"batch_norm": True}, "batch-normalised"),
+    ({"size": 40, "jacobian_examples": 41}, {}, "probes.jacobian_examples"),
+    ({"size": 40, "every": 0}, {}, "probes.every"),
+    ({"size": 40}, {"batch_norm": "yes"}, "model.batch_norm"),
+])
+def test_bad_probe_settings_are_refused(probes_cfg, model_cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        build(tiny_cfg(probes=probes_cfg, model={"depth": 2, "width": 8, **model_cfg}))
