@@ -41,7 +41,7 @@ SEEDS = list(range(8))
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def config(depth, width, mini_batch_size, train_size, epochs=1) -> dict:
+def config(depth, width, mini_batch_size, train_size, epochs=1, extra=()) -> dict:
     """nnx-train's own config (conf/) with chapter 1's network.py hyperparameters, as nnx.build takes it."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -49,7 +49,7 @@ def config(depth, width, mini_batch_size, train_size, epochs=1) -> dict:
     overrides = [
         f"model.depth={depth}", f"model.width={width}", "activation=sigmoid", "init=large", "cost=quadratic",
         "optimizer=sgd", f"optimizer.eta={ETA}", "optimizer.lmbda=0.0", f"data.train_size={train_size}",
-        f"train.epochs={epochs}", f"train.mini_batch_size={mini_batch_size}", "seed=0",
+        f"train.epochs={epochs}", f"train.mini_batch_size={mini_batch_size}", "seed=0", *extra,
     ]
     with initialize_config_dir(config_dir=str(tracking.ROOT / "conf"), version_base="1.3"):
         return OmegaConf.to_container(compose(config_name="train", overrides=overrides), resolve=True)
@@ -235,6 +235,30 @@ def tracking_overhead(data, train_size) -> dict:
             "logging_s": min(logging_s), "logging_pct": min(logging_s) / t_off * 100}
 
 
+def probes_overhead(train_size) -> dict:
+    """A 10-epoch fit of chapter 5's [784,30,30,30,30,10] with every optional probe measured after
+    every epoch (activations, histograms, Jacobian spectra of 8 images) against chapter 5's
+    gradients only, in %. Each mode is timed twice (compilation included, as a user pays it)
+    and its best kept."""
+    import jax
+
+    import nnx
+
+    data = nnx.load(train_size=train_size)
+    every = ["probes.kinds=[activations,histograms,jacobians]", "probes.every=1", "probes.jacobian_every=1"]
+    specs = {"off": nnx.build(config(4, 30, 10, train_size, epochs=10)),
+             "on": nnx.build(config(4, 30, 10, train_size, epochs=10, extra=every))}
+    times = {"off": [], "on": []}
+    for _ in range(2):
+        for mode, spec in specs.items():
+            start = time.perf_counter()
+            nnx.fit(spec, data, key=jax.random.PRNGKey(0))
+            times[mode].append(time.perf_counter() - start)
+    t_off, t_on = min(times["off"]), min(times["on"])
+    return {"train_size": train_size, "epochs": 10, "sizes": [784, 30, 30, 30, 30, 10], "off_s": t_off, "on_s": t_on,
+            "pct": (t_on - t_off) / t_off * 100}
+
+
 def multi_seed(data) -> dict | None:
     """nnx.train.fit_many over 8 seeds (one vmapped program) against 8 fit calls in a row."""
     import jax
@@ -331,6 +355,10 @@ def main(argv=None):
     print(f"tracking overhead: {overhead['pct']:.1f}% ({overhead['on_s']:.2f} s with MLflow, {overhead['off_s']:.2f} s "
           f"without; 30 epochs of [784,30,10] mb 10 on {overhead['train_size']} images); time inside the MLflow "
           f"calls: {overhead['logging_s']:.2f} s = {overhead['logging_pct']:.1f}%", flush=True)
+    probing = probes_overhead(10_000 if args.quick else 50_000)
+    print(f"probes overhead: {probing['pct']:.1f}% ({probing['on_s']:.2f} s with every probe after every epoch, "
+          f"{probing['off_s']:.2f} s with chapter 5's gradients only; 10 epochs of [784,30,30,30,30,10] mb 10 on "
+          f"{probing['train_size']} images)", flush=True)
     seeds = multi_seed(data)
     if seeds:
         print(f"multi-seed: {seeds['seeds']} seeds in {seeds['vmapped_s']:.1f} s vmapped, {seeds['sequential_s']:.1f} s "
@@ -340,6 +368,7 @@ def main(argv=None):
     print()
     print_table(cases)
     report = {"machine": info, "cases": cases, "tracking_overhead_pct": overhead["pct"], "tracking_overhead": overhead,
+              "probes_overhead_pct": probing["pct"], "probes_overhead": probing,
               "multi_seed": seeds or {"seeds": len(SEEDS), "vmapped_s": None, "sequential_s": None}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -39,6 +39,7 @@ def test_activation_statistics_match_numpy():
         np.testing.assert_allclose(measured[f"pre_mean/hidden_{l}"], z.mean(), atol=1e-5)
         np.testing.assert_allclose(measured[f"act_std/hidden_{l}"], a.std(), rtol=1e-4)
         np.testing.assert_allclose(measured[f"pre_p85/hidden_{l}"], np.percentile(z, 85), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(measured[f"act_p02/hidden_{l}"], np.percentile(a, 2), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(measured[f"unit_pre_p15/hidden_{l}"], np.percentile(z[:, 0], 15), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(measured[f"saturation/hidden_{l}"], np.mean(np.abs(a) > 0.99), atol=1e-6)
 
