@@ -35,6 +35,7 @@ CLAIM = {"glorot_normal": "halves per layer towards the input", "he_normal": "ke
 # Which nets the paper says train (papers.md): 30 layers stall with Xavier, train with He; 22 layers
 # train with both (secondary). Depths not listed are beyond the paper.
 PUBLISHED_TRAINS = {30: {"glorot_normal": False, "he_normal": True}, 22: {"glorot_normal": True, "he_normal": True}}
+SECONDARY = {22: " (secondary)"}  # claims papers.md has from others' summaries, not the paper itself
 CHANCE = 10.0  # % accuracy of a net that has learnt nothing (10 balanced classes)
 STALL_MARGIN = 5.0  # a stalled net ends within this many points of chance
 TRAINS_ABOVE = 50.0  # a net that trains ends above this % training accuracy within the budget
@@ -133,6 +134,32 @@ def init_gradients(client, out, cells, sq_norm):
     return rows
 
 
+def _hidden_weight_grad(client, run, depth) -> float:
+    """Median ||dC/dW^l|| at init over the hidden-to-hidden layers 2..L (level in l, so one number)."""
+    return float(np.median(_at_init(client, run, "weight_grad_norm/layer", depth)[1:depth]))
+
+
+def gradient_scale(client, cells):
+    """How much smaller every hidden weight gradient starts under Xavier than under He, seed by seed.
+
+    Rough theory: per example ||dC/dW^l|| ~ ||delta^l|| ||a^(l-1)||; under Xavier the backward factor
+    shrinks 2^-(1/2) per layer below L and the forward one 2^-(1/2) per layer above 1, so the product
+    is 2^-((L-1)/2) of He's, before the first and output layers' own fan-in/fan-out corrections.
+    """
+    rows = []
+    for depth in sorted({d for _, d in cells}):
+        if ("glorot_normal", depth) not in cells or ("he_normal", depth) not in cells:
+            continue
+        seeds = {i: {param(r, "seed"): r for r in cells[(i, depth)]} for i in ("glorot_normal", "he_normal")}
+        paired = sorted(set(seeds["glorot_normal"]) & set(seeds["he_normal"]))
+        ratios = [np.log2(_hidden_weight_grad(client, seeds["glorot_normal"][s], depth)
+                          / _hidden_weight_grad(client, seeds["he_normal"][s], depth)) for s in paired]
+        rows.append(row("he.scale", f"{depth} layers: log2 of the median hidden ||dC/dW^l|| at init, Xavier / He, "
+                        f"paired by seed (rough theory, before the first and output layers' corrections: "
+                        f"-(L-1)/2 = {-(depth - 1) / 2:g})", None, ratios, 0.0, "none"))
+    return rows
+
+
 def training(client, out, cells):
     """Training accuracy and cost per epoch: which init stalls as depth grows."""
     depths = sorted({d for _, d in cells})
@@ -160,7 +187,7 @@ def training(client, out, cells):
         if trains is None:
             rows.append(row("he.train", f"{depth} layers, {name}: final training accuracy % (beyond the paper)", None, final, 0.0, "none"))
         elif trains:
-            rows.append(row("he.train", f"{depth} layers, {name}: final training accuracy % (paper: trains; "
+            rows.append(row("he.train", f"{depth} layers, {name}: final training accuracy % (paper{SECONDARY.get(depth, '')}: trains; "
                             f"agrees if above {TRAINS_ABOVE:g}%)", None, final, TRAINS_ABOVE, "greater"))
         else:
             rows.append(row("he.train", f"{depth} layers, {name}: final training accuracy % (paper: stalls; "
@@ -176,7 +203,7 @@ def training(client, out, cells):
 NOTES = [
     "Scaled down (papers.md): MLPs of 256 ReLU units on the first 4000 MNIST images, 8 epochs of SGD "
     "(mini-batch 40, eta 0.01, no weight decay), against the paper's conv nets on ImageNet. The paper's own "
-    "size is out of reach here; `nnx-reproduce he2015 data.train_size=50000 train.epochs=30` trains longer.",
+    "size is out of reach here; `nnx-reproduce he2015 data.train_size=50000 train.epochs=30` trains longer (hours here).",
     "Gradients at init are the norm of the mean over the first 1000 training images of dC/db^l (chapter 5's "
     "measure), step 0 of each run. Slopes are least-squares fits of log2 ||.||^2 against the layer index, so "
     "Xavier's 'halves each layer' is a slope of +1 (the gradient shrinks towards the input) and He's is 0.",
@@ -185,7 +212,7 @@ NOTES = [
     "this theory, not with a number from the paper.",
     "Why Xavier stalls here: each hidden layer halves the forward signal's variance too, so the logits of an "
     "L-layer Xavier net start ~2^(-L/2) times smaller than a He net's and every weight gradient (level across "
-    "layers, as the he.weight_slope rows show) is small by the same factor; at one shared learning rate the net "
+    "layers, as the he.weight_slope rows show) is small by the same factor (he.scale rows); at one shared learning rate the net "
     "barely moves within the budget. The paper's 22-layer Xavier net (an ImageNet conv net trained for far more "
     "steps) converges, more slowly than He's (secondary, papers.md); a longer budget is the override to try "
     "(untested here: train.epochs=50).",
@@ -199,6 +226,7 @@ def build_report(client, out):
     cells = _by_init_and_depth(sweep_runs(client, EXPERIMENT, "he2015"))
     probe_size = min(min(param(r, "probes.size", int), param(r, "data.train_size", int)) for runs in cells.values() for r in runs)
     rows = init_gradients(client, out, cells, _input_sq_norm(probe_size))
+    rows += gradient_scale(client, cells)
     rows += training(client, out, cells)
-    rows.sort(key=lambda r: ("he.slope", "he.weight_slope", "he.train").index(r["id"]))
+    rows.sort(key=lambda r: ("he.slope", "he.weight_slope", "he.scale", "he.train").index(r["id"]))
     return rows, sorted(p.stem for p in out.glob("fig_*.png"))
