@@ -18,6 +18,7 @@ Optional kinds (probes.kinds), each measured at init, every probes.every epochs 
                singular values and the largest (Saxe 2014; Pennington 2017). Averaged over the
                first probes.jacobian_examples probe images, one Jacobian per image.
 Scalars go to MLflow as metrics; histograms and spectra are arrays kept in the run's history.npz.
+The probe itself is jitted; the singular values are computed on the host (see spectra).
 """
 
 import jax
@@ -73,27 +74,33 @@ def end_to_end_jacobian(jacobians):
     return product
 
 
-def singular_values_by_gram(j):
-    """Singular values of a batch of matrices as the square roots of the eigenvalues of the smaller
-    Gram matrix: XLA's CPU SVD of a 30 x 784 matrix costs 100 times more. Values below about 1e-3 of
-    the largest lose their relative precision in float32, which a mean does not feel."""
-    gram = j @ jnp.swapaxes(j, -1, -2) if j.shape[-2] <= j.shape[-1] else jnp.swapaxes(j, -1, -2) @ j
-    return jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0))
+def jacobian_matrices(params, x, activation):
+    """Per row of x: each hidden layer's J^l and the end-to-end product, stacked over the rows."""
+    per_example = jax.vmap(lambda row: layer_jacobians(params, row, activation))(x)
+    return {"layers": per_example, "end_to_end": jax.vmap(lambda *js: end_to_end_jacobian(js))(*per_example)}
+
+
+def spectra(matrices, depth: int):
+    """Singular values on the host, in float64 (numpy's LAPACK).
+
+    Not inside the jitted probe: XLA's CPU runtime was seen to hang when its LAPACK calls ran
+    beside the sorts of the activation statistics, and float64 keeps the smallest singular
+    values of a deep product (Saxe's collapse) instead of float32 round-off.
+    """
+    layer_sv = [np.linalg.svd(np.asarray(j, np.float64), compute_uv=False) for j in matrices["layers"]]
+    scalars = {f"jacobian_sv_mean/hidden_{l}": float(sv.mean()) for l, sv in enumerate(layer_sv, 1)}
+    if depth < 2:
+        return scalars, {}
+    spectrum = np.linalg.svd(np.asarray(matrices["end_to_end"], np.float64), compute_uv=False).ravel()
+    squared = spectrum**2
+    scalars.update({"io_jacobian/sq_sv_mean": float(squared.mean()), "io_jacobian/sq_sv_var": float(squared.var()),
+                    "io_jacobian/sv_max": float(spectrum.max())})
+    return scalars, {"spectrum/io_jacobian": spectrum}
 
 
 def jacobian_measures(params, x, activation):
-    """Singular values of the layer Jacobians and of the end-to-end Jacobian, over the rows of x.
-
-    The end-to-end spectrum is a full SVD: its smallest values are the point (Saxe's collapse)."""
-    per_example = jax.vmap(lambda row: layer_jacobians(params, row, activation))(x)
-    layer_sv = [jnp.mean(singular_values_by_gram(j)) for j in per_example]
-    spectrum = jax.vmap(lambda *js: jnp.linalg.svd(end_to_end_jacobian(js), compute_uv=False))(*per_example).ravel()
-    squared = spectrum**2
-    scalars = {f"jacobian_sv_mean/hidden_{l}": v for l, v in enumerate(layer_sv, 1)}
-    if len(params) > 2:
-        scalars.update({"io_jacobian/sq_sv_mean": jnp.mean(squared), "io_jacobian/sq_sv_var": jnp.var(squared),
-                        "io_jacobian/sv_max": jnp.max(spectrum)})
-    return scalars, ({"spectrum/io_jacobian": spectrum} if len(params) > 2 else {})
+    """(scalars, arrays) of the Jacobian spectra over the rows of x (see spectra)."""
+    return spectra(jax.device_get(jax.jit(jacobian_matrices, static_argnums=2)(params, x, activation)), len(params) - 1)
 
 
 def percentiles_of_sorted(ordered):
@@ -161,14 +168,22 @@ def probe_fn(spec, kinds=()):
                 arrays[f"hist/delta/hidden_{l}"] = log_histogram(delta)
             for l, layer in enumerate(g, 1):
                 arrays[f"hist/weight_grad/layer_{l}"] = log_histogram(layer["w"])
-        if "jacobians" in kinds:
-            more, spectra = jacobian_measures(params, x[: spec.probes.jacobian_examples], spec.activation)
-            scalars.update(more)
-            arrays.update(spectra)
+        if "jacobians" in kinds:  # their singular values are taken on the host: finish()
+            out["jacobian_matrices"] = jacobian_matrices(params, x[: spec.probes.jacobian_examples], spec.activation)
         out["scalars"], out["arrays"] = scalars, arrays
         return out
 
     return probe
+
+
+def finish(measured: dict, depth: int) -> dict:
+    """A probe's output fetched to the host, with its Jacobians turned into spectra."""
+    matrices = measured.pop("jacobian_matrices", None)
+    if matrices is not None:
+        scalars, arrays = spectra(matrices, depth)
+        measured["scalars"] = {**measured["scalars"], **scalars}
+        measured["arrays"] = {**measured["arrays"], **arrays}
+    return measured
 
 
 def histogram_edges(activation_name: str) -> dict:

@@ -187,7 +187,7 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         kinds = probes.kinds_at(spec, step, spec.epochs)
         if kinds not in built:
             built[kinds] = probe(kinds)
-        return split(jax.device_get(built[kinds](params, *probe_set)))
+        return [probes.finish(m, len(spec.sizes) - 2) for m in split(jax.device_get(built[kinds](params, *probe_set)))]
 
     def record(step, measured, evaluated=None):
         for i, (history, m) in enumerate(zip(histories, measured)):
