@@ -7,7 +7,8 @@ Optional kinds (probes.kinds), each measured at init, every probes.every epochs 
                z^l (the activation's input) and of the activation a^l over the probe batch;
                the same percentiles of one unit's input (unit 0, Ioffe & Szegedy's "typical
                sigmoid"); the saturation fraction; the spread (std) of the entries of dC/db^l
-               and dC/dW^l (Glorot & Bengio's Fig. 7).
+               and dC/dW^l (Glorot & Bengio's Fig. 7); the root mean square over images of each
+               image's ||delta^l|| (the per-example norm the mean-field theory describes).
   histograms   fixed-bin histograms of a^l (over the activation's range), and of log10 |g| for
                each example's delta^l = dC_x/dz^l and for the entries of dC/dW^l. Log-magnitude
                bins are fixed across layers and epochs although the gradients span decades.
@@ -159,6 +160,9 @@ def probe_fn(spec, kinds=()):
                     scalars[f"unit_pre_p{p:02d}/hidden_{l}"] = v
                 scalars[f"saturation/hidden_{l}"] = jnp.mean(saturated(a))
                 scalars[f"bias_grad_std/hidden_{l}"] = jnp.std(g[l - 1]["b"])
+                # The mean-field theory's quantity: E_x ||delta_x^l||^2 scales by chi_1 per layer,
+                # while the norm of the mean (grad_norm) also carries the images' cross terms.
+                scalars[f"delta_rms/hidden_{l}"] = jnp.sqrt(jnp.mean(jnp.sum(deltas[l - 1] ** 2, axis=1)))
             for l, layer in enumerate(g, 1):
                 scalars[f"weight_grad_std/layer_{l}"] = jnp.std(layer["w"])
         if "histograms" in kinds:

@@ -63,6 +63,8 @@ def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
     deltas = jax.grad(summed)(shifts)
     for l in range(3):
         np.testing.assert_allclose(jnp.mean(deltas[l], axis=0), out["bias_grad"][l], rtol=1e-5, atol=1e-8)
+    rms = jax.jit(probes.probe_fn(spec, ("activations",)))(params, x, y)["scalars"]["delta_rms/hidden_2"]
+    np.testing.assert_allclose(rms, np.sqrt(np.mean(np.sum(np.asarray(deltas[1], np.float64) ** 2, axis=1))), rtol=1e-5)
 
 
 def test_layer_and_end_to_end_jacobians_match_jacfwd():
