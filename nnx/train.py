@@ -14,14 +14,45 @@ import optax
 from nnx import model, probes
 
 
-def make_loss(spec):
-    """C = mean over the mini-batch of C_x (no L2 term: the optimizer adds its gradient)."""
+def make_loss(spec, product=model.times_transpose):
+    """C = mean over the mini-batch of C_x (no L2 term: the optimizer adds its gradient).
+
+    product(a, w) = a @ w.T, as model.feedforward takes it (epoch_fn passes times_transpose_grad).
+    """
 
     def loss(params, x, y):
-        z, a = model.feedforward(params, x, spec.activation, spec.output_activation)
+        z, a = model.feedforward(params, x, spec.activation, spec.output_activation, product)
         return jnp.mean(spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)))
 
     return loss
+
+
+@jax.custom_vjp
+def times_transpose_grad(a, w):
+    """a @ w.T as model.times_transpose, with the same gradient computed faster on XLA's CPU.
+
+    jax.grad's own rule writes dC/dw = delta.T @ a as one dot contracting the batch axis of both
+    operands; XLA's CPU backend hands that form to Eigen, which for the [30,784] gradient of a
+    10-row mini-batch took ~5 us of an ~18 us step. With delta.T laid out in memory first (the
+    barrier keeps XLA from folding the transpose back into the dot) the same product goes to
+    YNNPACK in about half that; the transpose fuses into the fusion that computes delta.
+    ([784,30,10], mb 10: ~9% less per epoch; [784,30,30,30,30,10]: ~12%.) The sums are the same,
+    so only float32 rounding differs. Only jax.grad may go through it: a custom_vjp function
+    has no forward-mode derivative.
+    """
+    return a @ w.T
+
+
+def _times_transpose_fwd(a, w):
+    return a @ w.T, (a, w)
+
+
+def _times_transpose_bwd(residuals, g):
+    a, w = residuals
+    return g @ w, jax.lax.optimization_barrier(g.T) @ a
+
+
+times_transpose_grad.defvjp(_times_transpose_fwd, _times_transpose_bwd)
 
 
 # Two steps per loop iteration: XLA's CPU while loop costs ~2 us per trip, a tenth of a small
@@ -44,7 +75,7 @@ def epoch_fn(spec):
     Rows are gathered by index a chunk of mini-batches at a time: the shuffled set is never
     copied whole, and no step waits on a small gather.
     """
-    grad = jax.grad(make_loss(spec))
+    grad = jax.grad(make_loss(spec, times_transpose_grad))
     m = spec.mini_batch_size
 
     def step(carry, batch):

@@ -37,6 +37,26 @@ def test_jax_grad_equals_bp1_to_bp4(cost, output, activation):
         np.testing.assert_allclose(grads[l]["w"], expected_w, rtol=1e-9, atol=1e-12)
 
 
+def test_training_product_has_jax_grads_own_gradient():
+    """epoch_fn differentiates through train.times_transpose_grad: the same numbers as jax's rule."""
+    from nnx import train
+
+    cfg = tiny_cfg(model={"depth": 2, "width": 7, "output_activation": "sigmoid"}, cost={"name": "cross_entropy"})
+    with jax.enable_x64(True):
+        spec = nnx.build(cfg)
+        sizes = (784, 7, 7, 10)
+        params = [{"w": rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), "b": rng.normal(size=n_out)}
+                  for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        x, labels = rng.uniform(size=(6, 784)), rng.integers(0, 10, size=6)
+        expected = jax.grad(nnx.make_loss(spec))(params, x, labels)
+        got = jax.jit(jax.grad(nnx.make_loss(spec, train.times_transpose_grad)))(params, x, labels)
+        np.testing.assert_allclose(nnx.make_loss(spec, train.times_transpose_grad)(params, x, labels),
+                                   nnx.make_loss(spec)(params, x, labels), rtol=1e-15)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g["w"], e["w"], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(g["b"], e["b"], rtol=1e-12, atol=1e-15)
+
+
 def test_cross_entropy_output_delta_is_a_minus_y_even_when_saturated():
     """Chapter 3: dC/dz^L = a - y, also where float32 rounds sigma(z) to exactly 1."""
     fn = nnx.COSTS["cross_entropy"]("sigmoid")
