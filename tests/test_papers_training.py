@@ -1,0 +1,109 @@
+"""Glorot & Bengio 2010 and Ioffe & Szegedy 2015 end to end on a shrunken config, each into its own
+temporary store, plus the small measures their reports are made of.
+
+Both pipelines start at once and each fixture waits for its own (the pattern of test_chapters.py).
+Every figure and report row must exist and be finite; numbers are meaningless at this size.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import BIN
+from experiments import glorot2010, ioffe2015
+from experiments.store import sweep_runs
+
+SHRUNK = {
+    # 5 hidden layers of 16 (the paper's depth; the reports read the depth from the runs), 1 epoch of
+    # 30 updates: enough for the normalized nets to move off chance, so the ranking is defined.
+    "glorot2010": ["model.width=16", "data.train_size=300", "train.epochs=1", "probes.size=50"],
+    # 5 updates an epoch, 3 probe points, 2 seeds in one vmapped job per case.
+    "ioffe2015": ["model.width=16", "data.train_size=300", "train.epochs=2", "probes.size=50", "seeds=[0,1]"],
+}
+FIGURES = {
+    "glorot2010": {"fig_glorot_activations", "fig_glorot_histograms_init", "fig_glorot_jacobians",
+                   "fig_glorot_weight_gradients", "fig_glorot_test_error"},
+    "ioffe2015": {"fig_ioffe_test_accuracy", "fig_ioffe_sigmoid_input"},
+}
+IDS = {"glorot2010": {"G.T1", "G.fig2", "G.fig7", "G.4.2.1", "G.fig9"}, "ioffe2015": {"I.1a", "I.1bc"}}
+
+
+@pytest.fixture(scope="module")
+def launched(migrated_store, tmp_path_factory):
+    """{paper: (folder, uri, Popen)}: both pipelines started, none waited for."""
+    started = {}
+    for paper, overrides in SHRUNK.items():
+        folder = tmp_path_factory.mktemp(paper)
+        (folder / "mlruns").mkdir()
+        shutil.copy(migrated_store, folder / "mlruns" / "mlflow.db")
+        uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+        command = [str(BIN / "nnx-reproduce"), paper, "--tracking-uri", uri, "--jobs", "1", "--out", str(folder / "report"), *overrides]
+        started[paper] = folder, uri, subprocess.Popen(command, cwd=folder, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield started
+    for _, _, process in started.values():
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture(scope="module", params=sorted(SHRUNK))
+def finished(request, launched):
+    folder, uri, process = launched[request.param]
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return request.param, folder, mlflow.MlflowClient(uri), output
+
+
+def test_every_figure_and_row_exists_and_is_finite(finished):
+    paper, folder, _, output = finished
+    out = folder / "report"
+    for name in FIGURES[paper]:
+        assert (out / f"{name}.png").stat().st_size > 1000, name
+        assert len((out / f"{name}.csv").read_text().splitlines()) > 1, name
+    assert {p.stem for p in out.glob("fig_*.png")} == FIGURES[paper]
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert {r["id"] for r in rows} == IDS[paper]
+    for r in rows:
+        assert math.isfinite(r["ours_mean"]) and math.isfinite(r["ours_sd"]) and r["verdict"] != "no data", r
+    assert f"| {rows[0]['id']} |" in output and (out / "report.md").exists()
+
+
+def test_the_report_is_an_mlflow_run_beside_every_case(finished):
+    paper, _, client, _ = finished
+    experiment = client.get_experiment_by_name(paper).experiment_id
+    report = client.search_runs([experiment], f"tags.`nnx.report` = '{paper}'")[0]
+    assert {"report.md", "report.json"} <= {a.path for a in client.list_artifacts(report.info.run_id)}
+    module = {"glorot2010": glorot2010, "ioffe2015": ioffe2015}[paper]
+    trained = [r for preset in module.SWEEPS for r in sweep_runs(client, paper, preset)]
+    # glorot: 3 activations x 2 inits, trained and (the Jacobian sweep) at init; ioffe: 2 cases x 2 seeds
+    assert len(trained) == {"glorot2010": 12, "ioffe2015": 4}[paper]
+    assert all(r.info.status == "FINISHED" for r in trained)
+
+
+def test_ranks_share_ties_like_spearman():
+    assert glorot2010.ranks([1.64, 1.72, 1.76, 1.64, 2.21]).tolist() == [1.5, 3.0, 4.0, 1.5, 5.0]
+
+
+def test_typical_log10_is_the_histograms_centre_of_mass():
+    edges = np.linspace(-10.0, 0.0, 51)
+    counts = np.zeros(50)
+    counts[[10, 30]] = [1, 3]  # bins centred on -7.9 and -3.9
+    assert glorot2010.typical_log10(counts, edges) == pytest.approx((-7.9 + 3 * -3.9) / 4)
+
+
+def test_drift_is_the_mean_range_of_the_percentiles():
+    steady = np.array([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]])
+    assert ioffe2015.drift(steady) == 0.0
+    assert ioffe2015.drift(np.array([[-1.0, -2.0, -1.5], [0.0, 0.3, 0.0], [1.0, 1.0, 1.6]])) == pytest.approx((1.0 + 0.3 + 0.6) / 3)
+
+
+def test_updates_to_reach_counts_whole_epochs_and_the_budget_if_never():
+    accuracy = np.array([0.1, 0.5, 0.9, 0.95])
+    assert ioffe2015.updates_to_reach(accuracy, 0.9, 100) == 300  # reached after the third epoch
+    assert ioffe2015.updates_to_reach(accuracy, 0.99, 100) == 400
