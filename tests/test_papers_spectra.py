@@ -1,0 +1,104 @@
+"""saxe2014 and pennington2017 end to end on a shrunken config, each into its own temporary store,
+and their spectra against formulas computed independently (numpy SVDs, Fuss-Catalan moments).
+
+Width 24, depths 3 and 4 (L = 2, 3 factors): numbers mean little at this size, but
+every figure and row must exist and be finite, and the linear cases are exact at any size.
+"""
+
+import json
+import math
+import subprocess
+from math import comb
+from pathlib import Path
+
+import jax.numpy as jnp
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BIN, ROOT, copy_store
+from experiments import spectra
+from experiments.store import artifact_npz, sweep_runs
+from nnx import meanfield
+
+SHRUNK = ["model.width=24", "model.depth=3,4", "data.train_size=20"]
+FIGURES = {"saxe2014": {"fig_saxe_spectra", "fig_saxe_spread_vs_depth"},
+           "pennington2017": {"fig_pennington_spectra", "fig_pennington_variance_vs_depth"}}
+IDS = {"saxe2014": {"saxe.orthogonal", "saxe.gaussian", "saxe.tanh"},
+       "pennington2017": {"pen.critical", "pen.relu", "pen.tanh", "pen.linear", "pen.order"}}
+
+
+def _reproduce(paper, folder, uri):
+    done = subprocess.run([str(BIN / "nnx-reproduce"), paper, "--tracking-uri", uri, "--jobs", "1",
+                           "--out", str(folder / "report"), *SHRUNK],
+                          cwd=folder, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module", params=sorted(FIGURES))
+def pipeline(request, migrated_store, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    uri = copy_store(migrated_store, folder)
+    done = _reproduce(request.param, folder, uri)
+    return request.param, folder, mlflow.MlflowClient(uri), done
+
+
+def test_every_figure_and_row_exists_and_is_finite(pipeline):
+    paper, folder, _, done = pipeline
+    out = folder / "report"
+    for name in FIGURES[paper]:
+        assert (out / f"{name}.png").stat().st_size > 1000, name
+        assert len((out / f"{name}.csv").read_text().splitlines()) > 1, name
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert {r["id"] for r in rows} == IDS[paper]
+    for r in rows:
+        assert math.isfinite(r["ours_mean"]) and math.isfinite(r["ours_sd"]) and r["verdict"] != "no data", r
+    assert f"| {sorted(IDS[paper])[0]} |" in done.stdout
+
+
+def test_linear_cases_are_exact_at_any_size(pipeline):
+    """Orthogonal linear chains are isometries; Gaussian chains' stored spectra equal numpy's SVD of
+    the product of the stored weights (float64), and critical scales have chi_1 = 1."""
+    paper, folder, client, _ = pipeline
+    rows = json.loads((folder / "report" / "report.json").read_text())["rows"]
+    if paper == "saxe2014":
+        (isometry,) = [r for r in rows if r["id"] == "saxe.orthogonal"]
+        assert isometry["verdict"] == "agrees" and isometry["ours_mean"] < 1e-5
+        runs = sweep_runs(client, "saxe2014", "saxe2014_linear")
+    else:
+        assert all(r["verdict"] == "agrees" for r in rows if r["id"] == "pen.critical")
+        runs = [r for r in sweep_runs(client, "pennington2017", "pennington2017") if r.data.params["activation.name"] == "identity"]
+    assert len(runs) == 4
+    for run in runs:
+        weights = artifact_npz(client, run, "params.npz")
+        depth = int(run.data.params["model.depth"])
+        product = np.eye(24)
+        for l in range(2, depth + 1):
+            product = weights[f"layer_{l}/w"].astype(np.float64) @ product
+        stored = spectra.spectrum(client, run)
+        assert stored.shape == (24,)  # one probe image: the presets know a linear Jacobian is input-free
+        np.testing.assert_allclose(np.sort(stored), np.sort(np.linalg.svd(product, compute_uv=False)), rtol=1e-4, atol=1e-6)
+
+
+def test_linear_gaussian_variance_is_the_fuss_catalan_one():
+    """Var(sigma^2) = FC_L(2) - FC_L(1)^2 = L, and a wide numpy product agrees within 10%."""
+    for L in range(1, 9):
+        fuss_catalan = [comb((L + 1) * k, k) / (L * k + 1) for k in (1, 2)]
+        assert fuss_catalan[1] - fuss_catalan[0] ** 2 == spectra.linear_gaussian_variance(L)
+    rng = np.random.default_rng(0)
+    n, L = 600, 4
+    product = np.eye(n)
+    for _ in range(L):
+        product = rng.standard_normal((n, n)) / np.sqrt(n) @ product
+    assert spectra.sq_variance(np.linalg.svd(product, compute_uv=False)) == pytest.approx(L, rel=0.1)
+    assert spectra.fraction_near_one([0.49, 0.5, 1.0, 2.0, 2.01]) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("init", ["gaussian", "orthogonal"])
+def test_the_tanh_cases_sit_at_chi_1_equal_1(init):
+    """The preset's scales (written in YAML) are recomputed here with nnx.meanfield."""
+    case = yaml.safe_load(Path(ROOT / "conf/experiment/pennington2017_cases" / f"tanh_{init}.yaml").read_text())["init"]
+    sigma_w2 = case["gain"] ** 2 if init == "orthogonal" else case["sigma_w2"]
+    assert meanfield.chi_1(jnp.tanh, sigma_w2, case["sigma_b2"]) == pytest.approx(1.0, abs=1e-6)
