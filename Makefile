@@ -17,8 +17,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Two workers, one test file each at a time (module fixtures such as the pipelines stay in one
+# worker): the end-to-end tests wait on subprocesses and the store as much as on the CPU.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 reproduce: $(STAMP)
 	$(BIN)/nnx-reproduce ch5
