@@ -61,8 +61,9 @@ def _fmt(x, digits=4):
     return str(x)
 
 
-def markdown_table(rows) -> str:
-    lines = ["| id | quantity | book | ours (mean ± sd) | seeds | tolerance | verdict |", "|---|---|---|---|---|---|---|"]
+def markdown_table(rows, reference: str = "book") -> str:
+    """reference: the heading of the column we compare with ("book", or "published" for a paper)."""
+    lines = [f"| id | quantity | {reference} | ours (mean ± sd) | seeds | tolerance | verdict |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         tol = f"{r['tolerance_kind']} {_fmt(r['tolerance'])}"
         lines.append(
@@ -72,11 +73,12 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
-def write(out: Path, title: str, rows, notes: list[str], figures: list[str]):
-    """report.json (machine-readable rows) and report.md (table, notes, figures)."""
+def write(out: Path, title: str, rows, notes: list[str], figures: list[str], reference: str = "book"):
+    """report.json (machine-readable rows; the compared value is always under "book") and report.md
+    (table, notes, figures)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps({"title": title, "rows": rows}, indent=1))
-    md = [f"# {title}", "", markdown_table(rows), "", "## Notes", ""]
+    md = [f"# {title}", "", markdown_table(rows, reference), "", "## Notes", ""]
     md += [f"- {n}" for n in notes]
     md += ["", "## Figures", ""] + [f"![{f}]({f}.png)" for f in figures]
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -88,9 +88,12 @@ def reproduce(chapter: str, args, out: Path | None):
     except MissingRuns as err:
         sys.exit(f"nnx-reproduce: error: {err}")
     title = getattr(module, "TITLE", f"Chapter {chapter.removeprefix('ch')} reproduced with nnx")
-    report.write(out, title, rows, module.NOTES, figures)
+    reference = "published" if chapter in PAPERS else "book"
+    if chapter in PAPERS:  # a row with nothing to compare is beyond the paper, not the book
+        rows = [{**r, "verdict": "no published number"} if r["verdict"] == "beyond the book" else r for r in rows]
+    report.write(out, title, rows, module.NOTES, figures, reference)
     run_id = report.log_report_run(client, experiment_id, chapter, out, {})
-    print(report.markdown_table(rows))
+    print(report.markdown_table(rows, reference))
     print(f"\nnnx-reproduce: {len(rows)} rows, {len(figures)} figures in {out} (MLflow run {run_id}, "
           f"tag nnx.report={chapter}); {time.perf_counter() - started:.0f} s", flush=True)
 
