@@ -123,7 +123,7 @@ def init_gradients(client, out, cells, sq_norm):
                         f"(paper: {CLAIM.get(init, 'no claim')}; mean field {expected:.2f})",
                         published, slopes, 0.15, "abs" if published is not None else "none"))
         rows.append(row("he.weight_slope", f"{depth} layers, {name}: slope of log2 ||dC/dW^l||^2 over hidden-to-hidden "
-                        "layers at init (book column: theory, level under either init)",
+                        "layers at init (published column: theory, level under either init)",
                         0.0, [log2_slope(w[1:depth] ** 2) for w in weight], 0.15, "abs"))
     axes[0, 0].set_ylabel("log2 ||dC/db^l||^2 / ||dC/db^L||^2 at init")
     axes[1, 0].set_ylabel("log2 ||dC/dW^l||^2 / ||dC/dW^L||^2 at init")

@@ -196,13 +196,13 @@ def gradient_slopes(client, out, runs, curves):
     save_figure(out, "fig_schoenholz_gradient_slopes", fig, ("sigma_w2", "depth", "slope", "predicted"), table)
 
     rows = [row("s.slope", f"sigma_w2 = {s:g}: slope of ln ||dC/db^l|| over l at init, depths >= {MIN_FIT_DEPTH} "
-                f"(book column: -(1/2) ln chi_1, chi_1 = {chi[round(s, 4)]:.3f})",
+                f"(published column: -(1/2) ln chi_1, chi_1 = {chi[round(s, 4)]:.3f})",
                 round(float(predicted_slope(chi[round(s, 4)])), 4), [v for d, v in points if d >= MIN_FIT_DEPTH], 0.03, "abs")
             for s, points in measured.items() if any(d >= MIN_FIT_DEPTH for d, _ in points)]
     sigmas = [s for s, points in measured.items() if any(d >= MIN_FIT_DEPTH for d, _ in points)]
     mean_slope = [np.mean([v for d, v in measured[s] if d >= MIN_FIT_DEPTH]) for s in sigmas]
     critical = zero_crossing(curves["sigma_w2"], curves["chi_1"] - 1)
-    rows.append(row("s.critical", "sigma_w2 where the measured slope changes sign (book column: chi_1 = 1, the edge of chaos)",
+    rows.append(row("s.critical", "sigma_w2 where the measured slope changes sign (published column: chi_1 = 1, the edge of chaos)",
                     round(critical, 3), [zero_crossing(sigmas, mean_slope)], 0.25, "abs"))
     return rows
 
