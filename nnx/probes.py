@@ -85,8 +85,8 @@ def spectra(matrices, depth: int):
     """Singular values on the host, in float64 (numpy's LAPACK).
 
     Not inside the jitted probe: XLA's CPU runtime was seen to hang when its LAPACK calls ran
-    beside the sorts of the activation statistics, and float64 keeps the smallest singular
-    values of a deep product (Saxe's collapse) instead of float32 round-off.
+    beside the sorts of the activation statistics. The SVD in float64 adds no round-off of its
+    own; the product itself is float32, so values below about 1e-6 of the largest are noise.
     """
     layer_sv = [np.linalg.svd(np.asarray(j, np.float64), compute_uv=False) for j in matrices["layers"]]
     scalars = {f"jacobian_sv_mean/hidden_{l}": float(sv.mean()) for l, sv in enumerate(layer_sv, 1)}
