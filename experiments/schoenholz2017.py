@@ -125,7 +125,11 @@ def _final_accuracy(client, run) -> float:
 
 
 def _at_init(client, run, depth) -> np.ndarray:
-    return np.array([history(client, run, f"grad_norm/hidden_{l}")[0] for l in range(1, depth + 1)])
+    """Per hidden layer at init: the root mean square over images of each image's ||delta^l||, the
+    quantity the theory describes (probes.kinds=activations); chapter 5's norm of the mean
+    gradient for runs recorded without it."""
+    key = "delta_rms" if "delta_rms/hidden_1" in run.data.metrics else "grad_norm"
+    return np.array([history(client, run, f"{key}/hidden_{l}")[0] for l in range(1, depth + 1)])
 
 
 def heat_map(client, out, runs, curves):
@@ -171,7 +175,7 @@ def heat_map(client, out, runs, curves):
 
 
 def gradient_slopes(client, out, runs, curves):
-    """Slope of ln ||dC/db^l|| over l at init against -(1/2) ln chi_1, per sigma_w2."""
+    """Slope of ln ||delta^l|| (rms over images) over l at init against -(1/2) ln chi_1, per sigma_w2."""
     measured = {}
     for r in runs:
         depth = param(r, "model.depth", int)
@@ -189,13 +193,13 @@ def gradient_slopes(client, out, runs, curves):
         ys = [v for points in measured.values() for dd, v in points if dd == d]
         ax.plot(xs, ys, "o", color=cmap(k / max(1, len(depths) - 1)), ms=4, label=f"depth {d}")
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(xlabel="sigma_w^2", ylabel="slope of ln ||dC/db^l|| over l at init",
+    ax.set(xlabel="sigma_w^2", ylabel="slope of ln rms_x ||delta_x^l|| over l at init",
            title="Schoenholz 2017: per-layer gradient growth at init (> 0: vanishing towards the input)")
     ax.legend(fontsize=7, ncol=2)
     table = [(s, d, v, predicted_slope(chi[round(s, 4)])) for s, points in measured.items() for d, v in points]
     save_figure(out, "fig_schoenholz_gradient_slopes", fig, ("sigma_w2", "depth", "slope", "predicted"), table)
 
-    rows = [row("s.slope", f"sigma_w2 = {s:g}: slope of ln ||dC/db^l|| over l at init, depths >= {MIN_FIT_DEPTH} "
+    rows = [row("s.slope", f"sigma_w2 = {s:g}: slope of ln rms_x ||delta_x^l|| over l at init, depths >= {MIN_FIT_DEPTH} "
                 f"(published column: -(1/2) ln chi_1, chi_1 = {chi[round(s, 4)]:.3f})",
                 round(float(predicted_slope(chi[round(s, 4)])), 4), [v for d, v in points if d >= MIN_FIT_DEPTH], 0.03, "abs")
             for s, points in measured.items() if any(d >= MIN_FIT_DEPTH for d, _ in points)]
@@ -217,13 +221,13 @@ NOTES = [
     "(Gauss-Hermite quadrature) for the sweep's activation and sigma_b2, stored as the analysis run "
     f"'{THEORY}'. A short budget can leave a net near the line untrained that would train given longer.",
     "Slope derivation: backprop through a wide layer at q* gives E||delta^l||^2 = chi_1 E||delta^{l+1}||^2, so "
-    "ln ||delta^l|| has slope -(1/2) ln chi_1 over l. The measure here is chapter 5's norm of the mean of dC/db "
-    "over 1000 images: ||mean_x delta_x||^2 is 1/1000 of the per-example term (scaling by chi_1 per layer) plus "
-    "the cross terms <delta_x, delta_x'>, which scale by sigma_w2 E[phi'(u_x) phi'(u_x')] at the images' "
-    "correlation (chi_c, below chi_1 in the chaotic phase). The cross terms dominate near the output and fade "
-    "towards the input, so only deep nets show the chi_1 slope: the figure has every depth >= "
-    f"{MIN_DRAWN_DEPTH}, and the rows use depths >= {MIN_FIT_DEPTH}, a cut chosen after seeing the 10- and 20-layer "
-    "nets deviate in the chaotic phase.",
+    "ln ||delta^l|| has slope -(1/2) ln chi_1 over l. The measure is that per-image quantity: the root mean square "
+    "over the 1000 probe images of each image's ||dC/dz^l|| (probe delta_rms). Chapter 5's norm of the mean "
+    "gradient is not it: ||mean_x delta_x||^2 also holds the cross terms <delta_x, delta_x'>, which scale by "
+    "chi_c at the images' correlation; measured that way the slopes missed at sigma_w2 = 2 and the sign change "
+    "sat at 2.11 (an earlier run of this reproduction). The figure has every depth >= "
+    f"{MIN_DRAWN_DEPTH}; the rows use depths >= {MIN_FIT_DEPTH}, a cut chosen (with the earlier measure) after "
+    "seeing the 10- and 20-layer nets deviate.",
     "Slopes are least-squares fits over all hidden layers, including the first few where q has not yet reached "
     "q*; one seed per cell (widen with seed=0,1,2).",
 ]
