@@ -1,7 +1,7 @@
 """Training as pure functions built once per Spec and jitted once (network2.SGD, in JAX).
 
 epoch_fn is one epoch of mini-batch SGD as a lax.scan; evaluate_fn the book's reported cost and
-accuracy; probe_fn chapter 5's per-layer gradient measurements. make_* jit them for one network;
+accuracy; probe_fn the per-layer probes of nnx.probes (chapter 5's gradients and more). make_* jit them for one network;
 fit_many vmaps them over seeds, so several seeds train as one compiled program. fit() strings
 them together and returns the history, calling `on_epoch` so the caller can record as it goes.
 """
