@@ -47,6 +47,25 @@ def migrated_store(tmp_path_factory):
     return folder / "mlflow.db"
 
 
+def check_report(out, figures: set, ids: set, printed: str) -> list:
+    """A reproduction's report folder holds exactly `figures` (PNG and the CSV behind each) and rows
+    with exactly `ids`, every row complete and finite, and the table was printed. Returns the rows."""
+    import json
+    import math
+
+    for name in figures:
+        assert (out / f"{name}.png").stat().st_size > 1000, name
+        assert len((out / f"{name}.csv").read_text().splitlines()) > 1, name
+    assert {p.stem for p in out.glob("fig_*.png")} == figures
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert {r["id"] for r in rows} == ids
+    for r in rows:
+        assert set(r) >= {"id", "quantity", "book", "ours_mean", "ours_sd", "n_seeds", "tolerance", "tolerance_kind", "verdict"}
+        assert math.isfinite(r["ours_mean"]) and math.isfinite(r["ours_sd"]) and r["verdict"] != "no data", r
+    assert f"| {sorted(ids)[0]} |" in printed and (out / "report.md").exists()
+    return rows
+
+
 def copy_store(migrated_store, folder) -> str:
     """A fresh embedded store at folder/mlruns/mlflow.db, copied from the migrated one; its URI."""
     (folder / "mlruns").mkdir()

@@ -6,7 +6,6 @@ and be finite; numbers are meaningless at this size.
 """
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import subprocess
 import mlflow
 import pytest
 
-from conftest import BIN
+from conftest import BIN, check_report
 
 # 200 images (so the full batch, 200, differs from mini-batch 100), 2 epochs, no checkpoints, and 2 seeds
 # trained by one vmapped job (seeds=[0,1]; seed=0 replaces each preset's seed sweep): the same runs, one
@@ -91,17 +90,7 @@ def ch3(launched):
 @pytest.mark.parametrize("chapter", sorted(FIGURES))
 def test_every_figure_and_row_exists_and_is_finite(request, chapter):
     folder, _, _, output = request.getfixturevalue(chapter)
-    out = folder / "report"
-    for name in FIGURES[chapter]:
-        assert (out / f"{name}.png").stat().st_size > 1000, name
-        assert len((out / f"{name}.csv").read_text().splitlines()) > 1, name
-    assert {p.stem for p in out.glob("fig_*.png")} == FIGURES[chapter]
-    rows = json.loads((out / "report.json").read_text())["rows"]
-    assert {r["id"] for r in rows} == IDS[chapter]
-    for r in rows:
-        assert set(r) >= {"id", "quantity", "book", "ours_mean", "ours_sd", "n_seeds", "tolerance", "tolerance_kind", "verdict"}
-        assert math.isfinite(r["ours_mean"]) and math.isfinite(r["ours_sd"]) and r["verdict"] != "no data", r
-    assert f"| {sorted(IDS[chapter])[0]} |" in output and (out / "report.md").exists()
+    check_report(folder / "report", FIGURES[chapter], IDS[chapter], output)
 
 
 @pytest.mark.parametrize("chapter", sorted(FIGURES))

@@ -11,7 +11,7 @@ import pytest
 from scipy import integrate, special
 
 import nnx
-from conftest import BIN, copy_store, tiny_cfg
+from conftest import BIN, check_report, copy_store, tiny_cfg
 from experiments import ch5, he2015, schoenholz2017
 
 # Numbers are meaningless at this size; the pipelines' structure is what is tested. Depth 22 keeps
@@ -42,16 +42,7 @@ def pipeline(request, migrated_store, tmp_path_factory):
 def test_every_figure_and_row_exists_and_is_finite(pipeline):
     paper, folder, _, stdout = pipeline
     _, figures, ids = PAPERS[paper]
-    out = folder / "report"
-    assert {p.stem for p in out.glob("fig_*.png")} == figures
-    for name in figures:
-        assert (out / f"{name}.png").stat().st_size > 1000
-        assert len((out / f"{name}.csv").read_text().splitlines()) > 1
-    rows = json.loads((out / "report.json").read_text())["rows"]
-    assert {r["id"] for r in rows} == ids
-    for r in rows:
-        assert math.isfinite(r["ours_mean"]) and math.isfinite(r["ours_sd"]) and r["verdict"] != "no data", r
-    assert f"| {rows[0]['id']} |" in stdout and (out / "report.md").exists()
+    check_report(folder / "report", figures, ids, stdout)
 
 
 def test_the_report_and_theory_are_mlflow_runs(pipeline):

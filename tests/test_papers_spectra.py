@@ -6,7 +6,6 @@ every figure and row must exist and be finite, and the linear cases are exact at
 """
 
 import json
-import math
 import subprocess
 from math import comb
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, copy_store
+from conftest import BIN, ROOT, check_report, copy_store
 from experiments import spectra
 from experiments.store import artifact_npz, sweep_runs
 from nnx import meanfield
@@ -47,15 +46,7 @@ def pipeline(request, migrated_store, tmp_path_factory):
 
 def test_every_figure_and_row_exists_and_is_finite(pipeline):
     paper, folder, _, done = pipeline
-    out = folder / "report"
-    for name in FIGURES[paper]:
-        assert (out / f"{name}.png").stat().st_size > 1000, name
-        assert len((out / f"{name}.csv").read_text().splitlines()) > 1, name
-    rows = json.loads((out / "report.json").read_text())["rows"]
-    assert {r["id"] for r in rows} == IDS[paper]
-    for r in rows:
-        assert math.isfinite(r["ours_mean"]) and math.isfinite(r["ours_sd"]) and r["verdict"] != "no data", r
-    assert f"| {sorted(IDS[paper])[0]} |" in done.stdout
+    check_report(folder / "report", FIGURES[paper], IDS[paper], done.stdout)
 
 
 def test_linear_cases_are_exact_at_any_size(pipeline):

@@ -5,8 +5,6 @@ Both pipelines start at once and each fixture waits for its own (the pattern of 
 Every figure and report row must exist and be finite; numbers are meaningless at this size.
 """
 
-import json
-import math
 import os
 import shutil
 import subprocess
@@ -15,7 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import BIN
+from conftest import BIN, check_report
 from experiments import glorot2010, ioffe2015
 from experiments.store import sweep_runs
 
@@ -62,16 +60,7 @@ def finished(request, launched):
 
 def test_every_figure_and_row_exists_and_is_finite(finished):
     paper, folder, _, output = finished
-    out = folder / "report"
-    for name in FIGURES[paper]:
-        assert (out / f"{name}.png").stat().st_size > 1000, name
-        assert len((out / f"{name}.csv").read_text().splitlines()) > 1, name
-    assert {p.stem for p in out.glob("fig_*.png")} == FIGURES[paper]
-    rows = json.loads((out / "report.json").read_text())["rows"]
-    assert {r["id"] for r in rows} == IDS[paper]
-    for r in rows:
-        assert math.isfinite(r["ours_mean"]) and math.isfinite(r["ours_sd"]) and r["verdict"] != "no data", r
-    assert f"| {rows[0]['id']} |" in output and (out / "report.md").exists()
+    check_report(folder / "report", FIGURES[paper], IDS[paper], output)
 
 
 def test_the_report_is_an_mlflow_run_beside_every_case(finished):
