@@ -53,7 +53,7 @@ def weighted_input(layer, a, product=times_transpose):
     return layer["gamma"][None, :] * (z - mean) * jax.lax.rsqrt(var + BN_EPSILON) + layer["beta"][None, :]
 
 
-def trace(params, x, activation, shifts=None):
+def trace(params, x, activation, shifts=None, product=times_transpose):
     """Every hidden layer's weighted input z^l and activation a^l, and the output layer's z.
 
     shifts, if given, are added to each hidden z^l (zeros of z^l's shape): the gradient of the
@@ -63,24 +63,22 @@ def trace(params, x, activation, shifts=None):
     """
     a, hidden = x, []
     for l, layer in enumerate(params[:-1]):
-        z = weighted_input(layer, a)
+        z = weighted_input(layer, a, product)
         if shifts is not None:
             z = z + shifts[l]
         a = activation(z)
         hidden.append((z, a))
-    return hidden, a @ params[-1]["w"].T + params[-1]["b"][None, :]
+    return hidden, product(a, params[-1]["w"]) + params[-1]["b"][None, :]
 
 
 def feedforward(params, x, activation, output_activation, product=times_transpose):
     """a^l = sigma(w^l a^{l-1} + b^l) layer by layer (chapter 2, eq. 25), batched over rows of x.
 
+    product(a, w) computes a @ w.T; training passes one that differentiates faster (nnx.train).
     Returns:
       (z, a) of the output layer, each [batch, sizes[-1]]: costs need z for a stable form.
     """
-    a = x
-    for layer in params[:-1]:
-        a = activation(weighted_input(layer, a, product))
-    z = product(a, params[-1]["w"]) + params[-1]["b"][None, :]
+    _, z = trace(params, x, activation, product=product)
     return z, output_activation(z)
 
 

@@ -229,6 +229,11 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
             built[kinds] = probe(kinds)
         return [probes.finish(m, len(spec.sizes) - 2) for m in split(jax.device_get(built[kinds](params, *probe_set)))]
 
+    def start_histories(measured):
+        """One history per network; 5.5's bars (dC/db at init) only where step 0 is measured."""
+        return [{f"init_bias_grad/hidden_{l}": g for l, g in enumerate(m["bias_grad"], 1)} if first == 0 else {}
+                for m in measured]
+
     def record(step, measured, evaluated=None):
         for i, (history, m) in enumerate(zip(histories, measured)):
             if "diverged_at" in history:
@@ -247,9 +252,7 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
 
     for e in range(first, spec.epochs):
         measured = measure(e)
-        if histories is None:
-            histories = [{f"init_bias_grad/hidden_{l}": g for l, g in enumerate(m["bias_grad"], 1)} if e == 0 else {}
-                         for m in measured]
+        histories = histories or start_histories(measured)
         params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
         record(e, measured, split(jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()})))
         if all("diverged_at" in h for h in histories):
@@ -260,9 +263,8 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
                     on_state(i, e, p, s)
     else:
         final = measure(spec.epochs)
-        if histories is None:  # epochs=0 (measure the initialization only), or resumed after the last epoch
-            histories = [{f"init_bias_grad/hidden_{l}": g for l, g in enumerate(m["bias_grad"], 1)}
-                         if first == 0 else {} for m in final]
+        # epochs=0 (measure the initialization only), or resumed after the last epoch
+        histories = histories or start_histories(final)
         record(spec.epochs, final)  # epochs=0: no accuracies, which would cost a pass over 70000 images
     return split(params), [{name: np.asarray(v) for name, v in h.items()} for h in histories]
 
