@@ -2,7 +2,7 @@
 
 Every function here reads finished runs back by tag (experiments.store) and writes figures,
 CSVs and report rows; none sees a training result in memory. The small helpers at the top
-(curves, band, seconds) are shared with chapter 3.
+(runs_of, curves, table) are shared with chapter 3.
 """
 
 import matplotlib
@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import artifact_npz, group, history, param, sweep_runs  # noqa: E402
+from experiments.plots import band  # noqa: E402
+from experiments.store import final_params, group, history, param, seconds, sweep_runs  # noqa: E402
 
 EXPERIMENT = "ch1"
 SWEEPS = ("ch1_accuracy", "ch1_eta", "ch1_online")
@@ -34,25 +35,9 @@ def curves(client, runs, key, scale=100.0) -> np.ndarray:
     return np.stack([scale * history(client, r, key) for r in runs])
 
 
-def band(ax, x, values, color, label, ls="-"):
-    """Mean line with the seeds' min-max as a band (no band for one seed)."""
-    values = np.asarray(values)
-    ax.plot(x, values.mean(axis=0), color=color, label=f"{label} ({len(values)} seeds)" if len(values) > 1 else label,
-            lw=1.3, ls=ls)
-    if len(values) > 1:
-        ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2, lw=0)
-
-
 def table(runs, values, *columns) -> list:
     """CSV rows (column values..., seed, epoch, value) for [seeds, steps] values."""
     return [(*columns, param(r, "seed"), e, v) for r, curve in zip(runs, values) for e, v in enumerate(curve)]
-
-
-def seconds(client, run, key="test_accuracy") -> np.ndarray:
-    """Wall-clock seconds from the run's start to each logged value of `key`: MLflow stores a
-    timestamp with every metric value, so the time each epoch took needs no metric of its own."""
-    points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-    return np.array([(m.timestamp - run.info.start_time) / 1000 for m in points])
 
 
 def unlearned_digits(client, runs, test) -> np.ndarray:
@@ -62,9 +47,7 @@ def unlearned_digits(client, runs, test) -> np.ndarray:
 
     counts = []
     for r in runs:
-        saved = artifact_npz(client, r, "params.npz")
-        params = [{"w": saved[f"layer_{l}/w"], "b": saved[f"layer_{l}/b"]} for l in range(1, len(saved) // 2 + 1)]
-        _, a = feedforward(params, test.x, ACTIVATIONS[param(r, "activation.name")](),
+        _, a = feedforward(final_params(client, r), test.x, ACTIVATIONS[param(r, "activation.name")](),
                            OUTPUT_ACTIVATIONS[param(r, "model.output_activation")]())
         guess = np.argmax(np.asarray(a), axis=1)
         counts.append(sum(np.mean(guess[test.y == d] == d) < 0.5 for d in range(10)))

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from experiments import backprop_numpy  # noqa: E402
 from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import history, latest_run  # noqa: E402
+from experiments.store import history, latest_run, record_analysis_run  # noqa: E402
 
 EXPERIMENT = "ch2"
 SWEEPS = ()  # chapter 2 trains nothing
@@ -43,14 +43,15 @@ def _spec(case):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from nnx import build, tracking
+    from nnx import build
+    from nnx.edges import paths
 
     sizes, act, cost, out = case
     overrides = [f"model.depth={len(sizes) - 2}", f"model.width={sizes[1]}", f"activation={act}", f"cost={cost}",
                  f"model.output_activation={out}", "optimizer.lmbda=0.0"]
     if act == "leaky_relu":
         overrides.append(f"activation.negative_slope={backprop_numpy.LEAKY_SLOPE}")
-    with initialize_config_dir(config_dir=str(tracking.ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
         return build(OmegaConf.to_container(compose("train", overrides=overrides), resolve=True))
 
 
@@ -71,17 +72,14 @@ def compare(case, x, labels, rng) -> dict:
 
 def record_analysis(client, experiment_id):
     """Every case's comparison as one MLflow run (step i = case i), like any result."""
-    from nnx import load, tracking
+    from nnx import load
 
     train = load(train_size=BATCH).train
     x, labels = train.x.astype(np.float64), np.asarray(train.y)
     rng = np.random.default_rng(0)
     params = {"batch": BATCH, "seed": 0, **{f"case.{i}": describe(c) for i, c in enumerate(CASES)}}
-    run = tracking.Run.start(client, experiment_id, name=PRESET, params=params,
-                             tags={"nnx.experiment": PRESET, "nnx.role": "analysis", **tracking.environment_tags()})
-    for i, case in enumerate(CASES):
-        run.log_metrics(i, compare(case, x, labels, rng))
-    run.end("FINISHED")
+    compared = [compare(case, x, labels, rng) for case in CASES]
+    record_analysis_run(client, experiment_id, PRESET, {k: [c[k] for c in compared] for k in compared[0]}, params=params)
 
 
 def backprop_check(client, out):

@@ -13,9 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import ch1  # noqa: E402
-from experiments.ch1 import band, curves, runs_of, table  # noqa: E402
+from experiments.ch1 import curves, runs_of, table  # noqa: E402
+from experiments.plots import band  # noqa: E402
 from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import group, history, latest_run, param  # noqa: E402
+from experiments.store import group, history, latest_run, param, record_analysis_run  # noqa: E402
 
 EXPERIMENT = "ch3"
 SWEEPS = ("ch1_accuracy", "ch3_cross_entropy", "ch3_overfitting", "ch3_regularized", "ch3_regularized_full",
@@ -60,16 +61,10 @@ def neuron_costs(cost: str, start, eta: float, epochs: int) -> np.ndarray:
 
 def record_analysis(client, experiment_id):
     """The single neuron's four cost curves as one MLflow run (step = epoch), like any result."""
-    from nnx import tracking
-
     params = {"epochs": NEURON_EPOCHS, "input": 1.0, "target": 0.0, **{f"eta.{k}": v for k, v in NEURON_ETA.items()}}
-    run = tracking.Run.start(client, experiment_id, name="ch3_neuron", params=params,
-                             tags={"nnx.experiment": "ch3_neuron", "nnx.role": "analysis", **tracking.environment_tags()})
     series = {f"{_neuron_key(cost, s)}/cost": neuron_costs(cost, s, eta, NEURON_EPOCHS)
               for cost, eta in NEURON_ETA.items() for s in NEURON_STARTS}
-    for epoch in range(NEURON_EPOCHS + 1):
-        run.log_metrics(epoch, {k: v[epoch] for k, v in series.items()})
-    run.end("FINISHED")
+    record_analysis_run(client, experiment_id, "ch3_neuron", series, params=params)
 
 
 def _epochs_until(costs, fraction):

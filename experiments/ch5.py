@@ -4,7 +4,6 @@ Every function here reads finished runs back by tag (experiments.store) and writ
 CSVs and report rows; none sees a training result in memory.
 """
 
-import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,9 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import artifact_npz, group, history, latest_run, param, sweep_runs  # noqa: E402
-from nnx import meanfield, theory  # noqa: E402
+from experiments.plots import band  # noqa: E402
+from experiments.store import artifact_npz, group, history, latest_run, param, per_hidden_layer, record_analysis_run, sweep_runs  # noqa: E402
+from nnx import meanfield, records, theory  # noqa: E402
 from nnx.activations import ACTIVATIONS  # noqa: E402
+from nnx.data import input_sq_norm  # noqa: E402
 
 EXPERIMENT = "ch5"
 SWEEPS = ("ch5_depth", "ch5_speed", "ch5_activations")
@@ -25,16 +26,7 @@ COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 def _norms(client, run, depth):
     """[depth, steps] gradient norms per hidden layer over the run."""
-    return np.stack([history(client, run, f"grad_norm/hidden_{l}") for l in range(1, depth + 1)])
-
-
-def _band(ax, x, curves, color, label, log=False):
-    """Mean line (geometric on log axes) with the seeds' min-max as a band."""
-    curves = np.asarray(curves)
-    centre = np.exp(np.mean(np.log(curves), axis=0)) if log else np.mean(curves, axis=0)
-    ax.plot(x, centre, color=color, label=label, lw=1.4)
-    if len(curves) > 1:
-        ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.2, lw=0)
+    return per_hidden_layer(client, run, records.GRAD_NORM, depth)
 
 
 def depth_accuracy(client, out):
@@ -45,7 +37,7 @@ def depth_accuracy(client, out):
         curves = np.stack([100 * history(client, r, "val_accuracy") for r in runs])
         for r, curve in zip(runs, curves):
             table += [(depth, param(r, "seed"), e, v) for e, v in enumerate(curve)]
-        _band(ax, np.arange(curves.shape[1]), curves, COLORS[i], f"{depth} hidden")
+        band(ax, np.arange(curves.shape[1]), curves, COLORS[i], f"{depth} hidden")
         lowest = min(lowest, np.floor(curves[:, min(2, curves.shape[1] - 1):].min()))
         ax.axhline(BOOK_ACCURACY[depth], color=COLORS[i], ls="--", lw=0.8)
         sizes = param(runs[0], "model.sizes")
@@ -66,7 +58,7 @@ def bias_gradients(client, out, runs_by_depth):
     fig, ax = plt.subplots(figsize=(7, 3.5))
     table = []
     for l in (1, 2):
-        values = first[f"init_bias_grad/hidden_{l}"][:6]
+        values = first[records.hidden(records.INIT_BIAS_GRAD, l)][:6]
         ax.bar(np.arange(6) + 7 * (l - 1), values, color=COLORS[l - 1], label=f"hidden layer {l}")
         table += [(param(runs[0], "seed"), l, j + 1, v) for j, v in enumerate(values)]
     ax.axhline(0, color="k", lw=0.5)
@@ -75,22 +67,13 @@ def bias_gradients(client, out, runs_by_depth):
            title=f"5.5: [784,30,30,10] at initialization (seed {param(runs[0], 'seed')})")
     ax.legend()
     save_figure(out, "fig_5_5_bias_gradients", fig, ("seed", "layer", "neuron", "dC_db"), table)
-    ratio = [np.mean(np.abs(g["init_bias_grad/hidden_2"][:6])) / np.mean(np.abs(g["init_bias_grad/hidden_1"][:6])) for g in grads]
+    first6 = lambda g, l: np.abs(g[records.hidden(records.INIT_BIAS_GRAD, l)][:6])  # noqa: E731
+    ratio = [np.mean(first6(g, 2)) / np.mean(first6(g, 1)) for g in grads]
     return [row("5.5", "mean |dC/db| of the first 6 neurons, layer 2 / layer 1, at init (book: layer 2's bars are much larger)", None, ratio, 1.0, "greater")]
 
 
-def _input_sq_norm(n=1000):
-    from nnx.data import load
-
-    x = load(train_size=n).train.x
-    return float(np.mean(np.sum(x.astype(np.float64) ** 2, axis=1)))
-
-
 def _predicted(activation, init, depth, last_norm, sq_norm):
-    sizes = [784] + [30] * depth + [10]
-    variances = [theory.init_variances(init, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    _, chi = theory.layer_factors(ACTIVATIONS[activation](), sizes, variances, sq_norm)
-    return theory.predicted_norms(last_norm, chi)
+    return theory.layer_norms(ACTIVATIONS[activation](), init, [784] + [30] * depth + [10], sq_norm, last_norm)
 
 
 def _mean_field_ratio(activation, init, runs_by_depth):
@@ -149,7 +132,7 @@ def speed_of_learning(client, out, runs_by_depth):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         table = []
         for l in range(depth):
-            _band(ax, steps, norms[:, l], COLORS[l], f"hidden layer {l + 1}", log=True)
+            band(ax, steps, norms[:, l], COLORS[l], f"hidden layer {l + 1}", log=True)
             for r, curve in zip(runs, norms[:, l]):
                 table += [(param(r, "seed"), l + 1, s, v) for s, v in enumerate(curve)]
         ax.set_yscale("log")
@@ -158,7 +141,7 @@ def speed_of_learning(client, out, runs_by_depth):
         save_figure(out, f"fig_5_{depth + 5}_speed_{depth}_hidden", fig, ("seed", "layer", "epoch", "grad_norm"), table)
 
         ratio = norms[:, -1] / norms[:, 0]
-        _band(ratio_ax, steps, ratio, COLORS[i], f"{depth} hidden", log=True)
+        band(ratio_ax, steps, ratio, COLORS[i], f"{depth} hidden", log=True)
         ratio_table += [(depth, param(r, "seed"), s, v) for r, curve in zip(runs, ratio) for s, v in enumerate(curve)]
         if depth == 4:
             book_init = BOOK_INIT_NORMS[4][-1] / BOOK_INIT_NORMS[4][0]
@@ -177,18 +160,11 @@ WIDTH_GRID = np.round(np.arange(4.0, 20.01, 0.05), 2)
 
 def record_analysis(client, experiment_id):
     """Computes the analytic part (no training) and stores it as MLflow runs, like any result."""
-    from nnx import tracking
-
-    for preset, metrics in (
-        ("ch5_exploding", {"abs_dC_db": theory.exploding_chain(EXPLODING_DEPTH)}),
-        ("ch5_analytic", {"abs_w": WIDTH_GRID, "allowed_width": theory.allowed_width(WIDTH_GRID),
-                          "allowed_width_book_formula": theory.allowed_width_book(WIDTH_GRID)}),
-    ):
-        run = tracking.Run.start(client, experiment_id, name=preset, params={},
-                                 tags={"nnx.experiment": preset, "nnx.role": "analysis", **tracking.environment_tags()})
-        for step in range(len(next(iter(metrics.values())))):
-            run.log_metrics(step + (preset == "ch5_exploding"), {k: v[step] for k, v in metrics.items()})
-        run.end("FINISHED")
+    record_analysis_run(client, experiment_id, "ch5_exploding", {"abs_dC_db": theory.exploding_chain(EXPLODING_DEPTH)},
+                        first_step=1)
+    record_analysis_run(client, experiment_id, "ch5_analytic",
+                        {"abs_w": WIDTH_GRID, "allowed_width": theory.allowed_width(WIDTH_GRID),
+                         "allowed_width_book_formula": theory.allowed_width_book(WIDTH_GRID)})
 
 
 def exploding(client, out):
@@ -250,7 +226,7 @@ def beyond(client, out, sq_norm):
         init_table += [(act, init, param(r, "seed"), l, v) for r, n in zip(members, at_init) for l, v in zip(layers, n)]
         sax = speed_axes[acts.index(act), inits.index(init)]
         for l in range(depth):
-            _band(sax, np.arange(norms.shape[2]), np.maximum(norms[:, l], 1e-30), COLORS[l], f"layer {l + 1}", log=True)
+            band(sax, np.arange(norms.shape[2]), np.maximum(norms[:, l], 1e-30), COLORS[l], f"layer {l + 1}", log=True)
         sax.set_yscale("log")
         sax.set_title(f"{act}, {init}", fontsize=9)
         speed_table += [(act, init, param(r, "seed"), l + 1, s, v) for r, n in zip(members, norms) for l in range(depth) for s, v in enumerate(n[l])]
@@ -294,7 +270,7 @@ def build_report(client, out):
     """Every chapter 5 figure and table from the store; returns (rows, figure names)."""
     rows = depth_accuracy(client, out)
     speed = group(sweep_runs(client, EXPERIMENT, "ch5_speed"), "model.depth", int)
-    sq_norm = _input_sq_norm()
+    sq_norm = input_sq_norm(1000)
     rows += bias_gradients(client, out, speed)
     rows += init_norms(client, out, speed, sq_norm)
     rows += speed_of_learning(client, out, speed)

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from experiments.report import row, save_figure  # noqa: E402
 from experiments.store import artifact_npz, history, param, sweep_runs  # noqa: E402
+from nnx import records  # noqa: E402
 
 EXPERIMENT = "glorot2010"
 TITLE = "Glorot & Bengio 2010 reproduced with nnx (scaled down)"
@@ -51,9 +52,9 @@ def label(case) -> str:
     return f"{case[0]}, {INITS[case[1]]}"
 
 
-def per_layer(client, run, key: str, layers) -> np.ndarray:
-    """[layers, steps] of a per-layer metric, e.g. key="act_mean/hidden_{}"."""
-    return np.stack([history(client, run, key.format(l)) for l in layers])
+def per_layer(client, run, name: str, layers, per=records.hidden) -> np.ndarray:
+    """[layers, steps] of a per-layer metric, e.g. name="act_mean" (per=records.layer: weight layers)."""
+    return np.stack([history(client, run, per(name, l)) for l in layers])
 
 
 def typical_log10(counts, edges) -> np.ndarray:
@@ -74,7 +75,7 @@ def activations_over_training(client, out, cases):
     for (act, init), run in cases.items():
         ax = axes[ACTIVATIONS.index(act), list(INITS).index(init)]
         layers = range(1, depth(run) + 1)
-        mean, p02, p98 = (per_layer(client, run, f"act_{s}/hidden_{{}}", layers) for s in ("mean", "p02", "p98"))
+        mean, p02, p98 = (per_layer(client, run, f"act_{s}", layers) for s in ("mean", "p02", "p98"))
         updates = np.arange(mean.shape[1]) * updates_per_epoch(run)
         for i, l in enumerate(layers):
             ax.plot(updates, mean[i], "o-", color=COLORS[i], ms=3, label=f"layer {l}")
@@ -107,18 +108,18 @@ def histograms_at_init(client, out, cases, activation="tanh"):
         if run is None:
             continue
         h = artifact_npz(client, run, "history.npz")
-        at_init = list(h["probe_steps/hist"]).index(0)
-        act_edges, log_edges = h["hist_edges/activation"], h["hist_edges/log10_gradient"]
+        at_init = list(h[records.probe_steps("hist")]).index(0)
+        act_edges, log_edges = h[records.HIST_EDGES["activation"]], h[records.HIST_EDGES["log10_gradient"]]
         layers = range(1, depth(run) + 1)
         typical, occupied = [], []
         for i, l in enumerate(layers):
             for k, (kind, edges) in enumerate((("activation", act_edges), ("delta", log_edges))):
-                counts = h[f"hist/{kind}/hidden_{l}"][at_init]
+                counts = h[records.hist(kind, l)][at_init]
                 centres = (edges[:-1] + edges[1:]) / 2
                 axes[k, j].plot(centres, counts / counts.sum(), color=COLORS[i], label=f"layer {l}")
                 table += [(init, kind, l, c, n) for c, n in zip(centres, counts)]
-            typical.append(typical_log10(h[f"hist/delta/hidden_{l}"][at_init], log_edges))
-            occupied += list(log_edges[np.flatnonzero(h[f"hist/delta/hidden_{l}"][at_init])])
+            typical.append(typical_log10(h[records.hist("delta", l)][at_init], log_edges))
+            occupied += list(log_edges[np.flatnonzero(h[records.hist("delta", l)][at_init])])
         # Zoom on the decades that hold gradients: the fixed bins span 1e-10 .. 1.
         axes[1, j].set_xlim(min(occupied) - 0.5, max(occupied) + 0.7)
         axes[0, j].set(title=f"{activation}, {INITS[init]}: activations", xlabel="activation value")
@@ -147,7 +148,7 @@ def jacobians(client, out, cases):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (case, run) in enumerate(cases.items()):
         layers = np.arange(1, depth(run) + 1)
-        sv = per_layer(client, run, "jacobian_sv_mean/hidden_{}", layers)  # [layers, (init, end)]
+        sv = per_layer(client, run, "jacobian_sv_mean", layers)  # [layers, (init, end)]
         color = COLORS[ACTIVATIONS.index(case[0])]
         ax.plot(layers, sv[:, 0], "o-" if case[1] == "glorot_uniform" else "s--", color=color, label=f"{label(case)}, init")
         ax.plot(layers, sv[:, -1], "o-" if case[1] == "glorot_uniform" else "s--", color=color, alpha=0.35, lw=0.8)
@@ -176,7 +177,7 @@ def weight_gradients(client, out, cases, activation="tanh"):
         if run is None:
             continue
         layers = range(1, depth(run) + 2)  # every weight matrix, the output layer's too
-        spread = per_layer(client, run, "weight_grad_std/layer_{}", layers)
+        spread = per_layer(client, run, "weight_grad_std", layers, records.layer)
         updates = np.arange(spread.shape[1]) * updates_per_epoch(run)
         for i, l in enumerate(layers):
             axes[0, j].semilogy(updates, spread[i], "o-", ms=3, color=COLORS[i], label=f"layer {l}")

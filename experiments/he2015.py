@@ -18,10 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.plots import band  # noqa: E402
 from experiments.report import row, save_figure  # noqa: E402
 from experiments.store import group, history, param, sweep_runs  # noqa: E402
-from nnx import theory  # noqa: E402
+from nnx import records, theory  # noqa: E402
 from nnx.activations import ACTIVATIONS  # noqa: E402
+from nnx.data import input_sq_norm  # noqa: E402
 
 EXPERIMENT = "he2015"
 SWEEPS = ("he2015",)
@@ -49,21 +51,12 @@ def log2_slope(values) -> float:
 
 def theory_norms(activation: str, init: str, sizes, input_sq_norm: float) -> np.ndarray:
     """Mean-field ||delta^l|| / ||delta^L|| for hidden layers l = 1..L (nnx.theory's per-layer factors)."""
-    variances = [theory.init_variances(init, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    _, chi = theory.layer_factors(ACTIVATIONS[activation](), list(sizes), variances, input_sq_norm)
-    return theory.predicted_norms(1.0, chi)
+    return theory.layer_norms(ACTIVATIONS[activation](), init, sizes, input_sq_norm)
 
 
-def _input_sq_norm(n: int) -> float:
-    """E ||x||^2 over the probe images: sets q at the first layer (ReLU's factors do not depend on it)."""
-    from nnx.data import load
-
-    x = load(train_size=n).train.x
-    return float(np.mean(np.sum(x.astype(np.float64) ** 2, axis=1)))
-
-
-def _at_init(client, run, prefix: str, count: int) -> np.ndarray:
-    return np.array([history(client, run, f"{prefix}_{l}")[0] for l in range(1, count + 1)])
+def _at_init(client, run, name: str, count: int, per=records.hidden) -> np.ndarray:
+    """A per-layer metric at step 0 (initialization) for layers 1..count."""
+    return np.array([history(client, run, per(name, l))[0] for l in range(1, count + 1)])
 
 
 def _curves(client, runs, key: str) -> np.ndarray:
@@ -92,8 +85,8 @@ def init_gradients(client, out, cells, sq_norm):
     for (init, depth), runs in cells.items():
         col = depths.index(depth)
         activation, sizes = param(runs[0], "activation.name"), param(runs[0], "model.sizes", ast.literal_eval)
-        bias = np.stack([_at_init(client, r, "grad_norm/hidden", depth) for r in runs])  # [seeds, L]
-        weight = np.stack([_at_init(client, r, "weight_grad_norm/layer", depth + 1) for r in runs])  # [seeds, L + 1]
+        bias = np.stack([_at_init(client, r, records.GRAD_NORM, depth) for r in runs])  # [seeds, L]
+        weight = np.stack([_at_init(client, r, records.WEIGHT_GRAD_NORM, depth + 1, records.layer) for r in runs])  # [seeds, L + 1]
         layers = np.arange(1, depth + 1)
         # Anchored at the last hidden layer: the slope, not the level, is the paper's claim.
         relative = 2 * np.log2(bias / bias[:, -1:])
@@ -136,7 +129,7 @@ def init_gradients(client, out, cells, sq_norm):
 
 def _hidden_weight_grad(client, run, depth) -> float:
     """Median ||dC/dW^l|| at init over the hidden-to-hidden layers 2..L (level in l, so one number)."""
-    return float(np.median(_at_init(client, run, "weight_grad_norm/layer", depth)[1:depth]))
+    return float(np.median(_at_init(client, run, records.WEIGHT_GRAD_NORM, depth, records.layer)[1:depth]))
 
 
 def gradient_scale(client, cells):
@@ -172,9 +165,7 @@ def training(client, out, cells):
         epochs = np.arange(1, accuracy.shape[1] + 1)  # evaluated after each epoch's updates
         steps = param(runs[0], "data.train_size", int) // param(runs[0], "train.mini_batch_size", int)
         for ax, curves in ((axes[0, col], accuracy), (axes[1, col], cost)):
-            ax.plot(epochs, np.nanmean(curves, 0), color=COLORS.get(init), label=NAMES.get(init, init))
-            if len(curves) > 1:
-                ax.fill_between(epochs, np.nanmin(curves, 0), np.nanmax(curves, 0), color=COLORS.get(init), alpha=0.2, lw=0)
+            band(ax, epochs, curves, COLORS.get(init), NAMES.get(init, init))
         axes[0, col].set_title(f"{depth} hidden layers, {steps} steps an epoch")
         axes[0, col].axhline(CHANCE, color="k", lw=0.5, ls=":")
         axes[1, col].set_xlabel("epoch")
@@ -225,7 +216,7 @@ def build_report(client, out):
     """The He 2015 figures and rows from the store; returns (rows, figure names)."""
     cells = _by_init_and_depth(sweep_runs(client, EXPERIMENT, "he2015"))
     probe_size = min(min(param(r, "probes.size", int), param(r, "data.train_size", int)) for runs in cells.values() for r in runs)
-    rows = init_gradients(client, out, cells, _input_sq_norm(probe_size))
+    rows = init_gradients(client, out, cells, input_sq_norm(probe_size))
     rows += gradient_scale(client, cells)
     rows += training(client, out, cells)
     rows.sort(key=lambda r: ("he.slope", "he.weight_slope", "he.scale", "he.train").index(r["id"]))

@@ -11,8 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.plots import band  # noqa: E402
 from experiments.report import row, save_figure  # noqa: E402
 from experiments.store import group, history, param, sweep_runs  # noqa: E402
+from nnx import records  # noqa: E402
 
 EXPERIMENT = "ioffe2015"
 TITLE = "Ioffe & Szegedy 2015 (MNIST, Fig. 1) reproduced with nnx (scaled down)"
@@ -34,7 +36,7 @@ def updates_per_epoch(run) -> int:
 def sigmoid_input(client, run) -> np.ndarray:
     """[3 percentiles, probe steps] of the last hidden layer's unit 0's input (step 0 = init)."""
     top = param(run, "model.depth", int)
-    return np.stack([history(client, run, f"unit_pre_{p}/hidden_{top}") for p in PERCENTILES])
+    return np.stack([history(client, run, records.hidden(f"unit_pre_{p}", top)) for p in PERCENTILES])
 
 
 def drift(percentiles) -> float:
@@ -57,8 +59,7 @@ def accuracy_curves(client, out, cases):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (bn, c) in enumerate(curves.items()):
         updates = (np.arange(c.shape[1]) + 1) * per_epoch  # accuracy at step e is measured after epoch e
-        ax.plot(updates, c.mean(0), color=COLORS[i], label=CASES[bn])
-        ax.fill_between(updates, c.min(0), c.max(0), color=COLORS[i], alpha=0.2, lw=0)
+        band(ax, updates, c, COLORS[i], CASES[bn])
         table += [(CASES[bn], param(r, "seed"), u, a) for r, curve in zip(cases[bn], c) for u, a in zip(updates, curve)]
     ax.set(xlabel="updates (mini-batches of 60)", ylabel="test accuracy", title="Ioffe Fig. 1(a): test accuracy, 3x100 sigmoid")
     ax.set_ylim(max(0.0, min(c[:, -1].min() for c in curves.values()) - 0.15), 1.0)

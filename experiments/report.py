@@ -86,7 +86,7 @@ def write(out: Path, title: str, rows, notes: list[str], figures: list[str], ref
 
 def log_report_run(client, experiment_id: str, chapter: str, out: Path, sources: dict) -> str:
     """One MLflow run tagged nnx.report=<chapter> holding every file of the report."""
-    from nnx import tracking
+    from nnx.edges import tracking
 
     run = tracking.Run.start(
         client, experiment_id, name=f"report {chapter}", params={},

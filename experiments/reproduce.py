@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from nnx import tracking
+from nnx.edges import paths, tracking
 
 # The signal-propagation lab: papers that measured chapter 5's problem more finely.
 PAPERS = ("glorot2010", "he2015", "saxe2014", "schoenholz2017", "pennington2017", "ioffe2015")
@@ -67,7 +67,7 @@ def reproduce(chapter: str, args, out: Path | None):
     from experiments.store import MissingRuns
 
     module = importlib.import_module(CHAPTERS[chapter])
-    out = out or tracking.ROOT / "reports" / chapter
+    out = out or paths.REPORTS / chapter
     uri = tracking.resolve_uri(args.tracking_uri)
     if args.tracking_uri:
         # The sweeps read the store from the environment, like any nnx-train.

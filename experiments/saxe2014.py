@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from experiments import spectra  # noqa: E402
 from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import group, param, sweep_runs  # noqa: E402
+from experiments.store import group, sweep_runs  # noqa: E402
 
 EXPERIMENT = "saxe2014"
 TITLE = "Saxe, McClelland & Ganguli 2014: input-output Jacobian spectra at initialization"

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import MissingRuns, history, latest_run, param, sweep_runs  # noqa: E402
-from nnx import meanfield  # noqa: E402
+from experiments.store import MissingRuns, history, latest_run, param, record_analysis_run, sweep_runs  # noqa: E402
+from nnx import meanfield, records  # noqa: E402
 from nnx.activations import ACTIVATIONS  # noqa: E402
 
 EXPERIMENT = "schoenholz2017"
@@ -79,20 +79,15 @@ def _setting(runs, key):
 
 def record_analysis(client, experiment_id):
     """q*, chi_1 and xi_c over sigma_w2 for the latest sweep's activation and sigma_b2, as an MLflow run."""
-    from nnx import tracking
-
     runs = sweep_runs(client, EXPERIMENT, "schoenholz2017")
     activation, sigma_b2 = _setting(runs, "activation.name"), float(_setting(runs, "init.sigma_b2"))
     swept = sorted({param(r, "init.sigma_w2", float) for r in runs})
     grid = np.round(np.arange(min(swept) - 0.25, max(swept) + 0.25 + 1e-9, THEORY_STEP), 4)
     grid = np.unique(np.concatenate([grid[grid > 0], swept]))  # the swept values exactly, for the cell verdicts
     curves = theory_curves(activation, grid, sigma_b2)
-    run = tracking.Run.start(client, experiment_id, name=THEORY, params={"activation": activation, "sigma_b2": str(sigma_b2)},
-                             tags={"nnx.experiment": THEORY, "nnx.role": "analysis", **tracking.environment_tags()})
-    for step in range(len(grid)):
-        # xi_c is infinite exactly at chi_c = 1; MLflow stores finite numbers only.
-        run.log_metrics(step, {k: float(min(v[step], 1e12)) for k, v in curves.items()})
-    run.end("FINISHED")
+    # xi_c is infinite exactly at chi_c = 1; MLflow stores finite numbers only.
+    record_analysis_run(client, experiment_id, THEORY, {k: np.minimum(v, 1e12) for k, v in curves.items()},
+                        params={"activation": activation, "sigma_b2": str(sigma_b2)})
 
 
 def _theory(client, runs) -> dict:
@@ -128,8 +123,8 @@ def _at_init(client, run, depth) -> np.ndarray:
     """Per hidden layer at init: the root mean square over images of each image's ||delta^l||, the
     quantity the theory describes (probes.kinds=activations); chapter 5's norm of the mean
     gradient for runs recorded without it."""
-    key = "delta_rms" if "delta_rms/hidden_1" in run.data.metrics else "grad_norm"
-    return np.array([history(client, run, f"{key}/hidden_{l}")[0] for l in range(1, depth + 1)])
+    key = "delta_rms" if records.hidden("delta_rms", 1) in run.data.metrics else records.GRAD_NORM
+    return np.array([history(client, run, records.hidden(key, l))[0] for l in range(1, depth + 1)])
 
 
 def heat_map(client, out, runs, curves):

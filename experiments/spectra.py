@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.store import artifact_npz, param  # noqa: E402
-from nnx import meanfield  # noqa: E402
+from nnx import meanfield, records  # noqa: E402
 from nnx.activations import ACTIVATIONS  # noqa: E402
 
 # "Near 1": within a factor 2 either way, |log2 sigma| <= 1. A signal or gradient along such a
@@ -24,7 +24,7 @@ FLOOR = 1e-12  # singular values below this are drawn in the first bin (exact ze
 
 def spectrum(client, run) -> np.ndarray:
     """The singular values of the run's end-to-end Jacobian at initialization (step 0)."""
-    return np.asarray(artifact_npz(client, run, "history.npz")["spectrum/io_jacobian"][0], float)
+    return np.asarray(artifact_npz(client, run, "history.npz")[records.SPECTRUM_IO][0], float)
 
 
 def factors(run) -> int:

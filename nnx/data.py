@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nnx.registry import ConfigError
 
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_BYTES = 17_051_982
@@ -77,6 +76,13 @@ def load(path: str | Path | None = None, train_size: int | None = None) -> Data:
     if train_size is not None:
         data = data._replace(train=Split(data.train.x[:train_size], data.train.y[:train_size]))
     return data
+
+
+def input_sq_norm(n: int) -> float:
+    """E ||x||^2 over the first n training images, in float64: the first layer's input scale,
+    which sets its weighted inputs' variance in the theory (nnx.theory)."""
+    x = load(train_size=n).train.x
+    return float(np.mean(np.sum(x.astype(np.float64) ** 2, axis=1)))
 
 
 @functools.lru_cache(maxsize=1)

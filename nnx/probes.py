@@ -26,26 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnx import model
+from nnx import model, records
 
 KINDS = ("activations", "histograms", "jacobians")
+# The facts of the activation's registry entry (nnx.activations.Activation) each kind needs.
+NEEDS = {"activations": ("saturated",), "histograms": ("range",), "jacobians": ()}
 PERCENTILES = (2, 15, 50, 85, 98)
 BINS = 50
 LOG10_RANGE = (-10.0, 0.0)  # |g| below 1e-10 lands in the first bin, above 1 in the last
-# A unit is saturated where its activation's slope is a small fraction of its largest.
-SATURATED = {
-    "sigmoid": lambda a: (a < 0.01) | (a > 0.99),
-    "tanh": lambda a: jnp.abs(a) > 0.99,
-    "softsign": lambda a: jnp.abs(a) > 0.99,
-    "relu": lambda a: a <= 0,
-    "leaky_relu": lambda a: a <= 0,
-    "identity": lambda a: jnp.zeros(a.shape, bool),
-}
-# Histogram range of each activation's output; values outside land in the edge bins.
-RANGE = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "softsign": (-1.0, 1.0), "relu": (0.0, 4.0),
-         "leaky_relu": (-1.0, 4.0), "identity": (-4.0, 4.0)}
-
-
 def histogram(values, lo, hi, bins=BINS):
     """Counts of values in `bins` equal bins over [lo, hi], values outside clipped to the edge bins."""
     index = jnp.clip(jnp.floor((values.ravel() - lo) / (hi - lo) * bins), 0, bins - 1).astype(jnp.int32)
@@ -89,14 +77,14 @@ def spectra(matrices, depth: int):
     own; the product itself is float32, so values below about 1e-6 of the largest are noise.
     """
     layer_sv = [np.linalg.svd(np.asarray(j, np.float64), compute_uv=False) for j in matrices["layers"]]
-    scalars = {f"jacobian_sv_mean/hidden_{l}": float(sv.mean()) for l, sv in enumerate(layer_sv, 1)}
+    scalars = {records.hidden("jacobian_sv_mean", l): float(sv.mean()) for l, sv in enumerate(layer_sv, 1)}
     if depth < 2:
         return scalars, {}
     spectrum = np.linalg.svd(np.asarray(matrices["end_to_end"], np.float64), compute_uv=False).ravel()
     squared = spectrum**2
     scalars.update({"io_jacobian/sq_sv_mean": float(squared.mean()), "io_jacobian/sq_sv_var": float(squared.var()),
                     "io_jacobian/sv_max": float(spectrum.max())})
-    return scalars, {"spectrum/io_jacobian": spectrum}
+    return scalars, {records.SPECTRUM_IO: spectrum}
 
 
 def jacobian_measures(params, x, activation):
@@ -112,16 +100,16 @@ def percentiles_of_sorted(ordered):
     return ordered[lo] + (position - lo) * (ordered[hi] - ordered[lo])
 
 
-def _stats(z, a, activation, l):
-    """Mean, std and percentiles of z^l and a^l. One sort serves both: every activation here is
-    nondecreasing, so sorting z sorts sigma(z) too (XLA's CPU sort is the costly part)."""
+def _stats(z, a, activation, l, monotone):
+    """Mean, std and percentiles of z^l and a^l. For a nondecreasing activation one sort serves
+    both, since sorting z sorts sigma(z) too (XLA's CPU sort is the costly part)."""
     ordered = jnp.sort(z.ravel())
     out = {}
-    for prefix, values, sorted_values in (("pre", z, ordered), ("act", a, activation(ordered))):
-        out[f"{prefix}_mean/hidden_{l}"] = jnp.mean(values)
-        out[f"{prefix}_std/hidden_{l}"] = jnp.std(values)
+    for prefix, values, sorted_values in (("pre", z, ordered), ("act", a, activation(ordered) if monotone else jnp.sort(a.ravel()))):
+        out[records.hidden(f"{prefix}_mean", l)] = jnp.mean(values)
+        out[records.hidden(f"{prefix}_std", l)] = jnp.std(values)
         for p, v in zip(PERCENTILES, percentiles_of_sorted(sorted_values)):
-            out[f"{prefix}_p{p:02d}/hidden_{l}"] = v
+            out[records.hidden(f"{prefix}_p{p:02d}", l)] = v
     return out
 
 
@@ -152,26 +140,26 @@ def probe_fn(spec, kinds=()):
         if not kinds:
             return out
         scalars, arrays = {}, {}
+        facts = spec.activation_facts
         if "activations" in kinds:
-            saturated = SATURATED[spec.activation_name]
             for l, (z, a) in enumerate(hidden, 1):
-                scalars.update(_stats(z, a, spec.activation, l))
+                scalars.update(_stats(z, a, spec.activation, l, facts.monotone))
                 for p, v in zip(PERCENTILES, percentiles_of_sorted(jnp.sort(z[:, 0]))):
-                    scalars[f"unit_pre_p{p:02d}/hidden_{l}"] = v
-                scalars[f"saturation/hidden_{l}"] = jnp.mean(saturated(a))
-                scalars[f"bias_grad_std/hidden_{l}"] = jnp.std(g[l - 1]["b"])
+                    scalars[records.hidden(f"unit_pre_p{p:02d}", l)] = v
+                scalars[records.hidden("saturation", l)] = jnp.mean(facts.saturated(a))
+                scalars[records.hidden("bias_grad_std", l)] = jnp.std(g[l - 1]["b"])
                 # The mean-field theory's quantity: E_x ||delta_x^l||^2 scales by chi_1 per layer,
                 # while the norm of the mean (grad_norm) also carries the images' cross terms.
-                scalars[f"delta_rms/hidden_{l}"] = jnp.sqrt(jnp.mean(jnp.sum(deltas[l - 1] ** 2, axis=1)))
+                scalars[records.hidden("delta_rms", l)] = jnp.sqrt(jnp.mean(jnp.sum(deltas[l - 1] ** 2, axis=1)))
             for l, layer in enumerate(g, 1):
-                scalars[f"weight_grad_std/layer_{l}"] = jnp.std(layer["w"])
+                scalars[records.layer("weight_grad_std", l)] = jnp.std(layer["w"])
         if "histograms" in kinds:
-            lo, hi = RANGE[spec.activation_name]
+            lo, hi = facts.range
             for l, ((_, a), delta) in enumerate(zip(hidden, deltas), 1):
-                arrays[f"hist/activation/hidden_{l}"] = histogram(a, lo, hi)
-                arrays[f"hist/delta/hidden_{l}"] = log_histogram(delta)
+                arrays[records.hist("activation", l)] = histogram(a, lo, hi)
+                arrays[records.hist("delta", l)] = log_histogram(delta)
             for l, layer in enumerate(g, 1):
-                arrays[f"hist/weight_grad/layer_{l}"] = log_histogram(layer["w"])
+                arrays[records.hist("weight_grad", l)] = log_histogram(layer["w"])
         if "jacobians" in kinds:  # their singular values are taken on the host: finish()
             out["jacobian_matrices"] = jacobian_matrices(params, x[: spec.probes.jacobian_examples], spec.activation)
         out["scalars"], out["arrays"] = scalars, arrays
@@ -190,10 +178,10 @@ def finish(measured: dict, depth: int) -> dict:
     return measured
 
 
-def histogram_edges(activation_name: str) -> dict:
-    """The bin edges behind every hist/ array, for whoever draws them."""
-    return {"hist_edges/activation": np.linspace(*RANGE[activation_name], BINS + 1),
-            "hist_edges/log10_gradient": np.linspace(*LOG10_RANGE, BINS + 1)}
+def histogram_edges(facts) -> dict:
+    """The bin edges behind every hist/ array (facts: the activation's registry entry), for whoever draws them."""
+    return {records.HIST_EDGES["activation"]: np.linspace(*facts.range, BINS + 1),
+            records.HIST_EDGES["log10_gradient"]: np.linspace(*LOG10_RANGE, BINS + 1)}
 
 
 def kinds_at(spec, step: int, last: int) -> tuple:

@@ -9,12 +9,13 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS
+from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from nnx.costs import COSTS
 from nnx.data import DATASETS, MNIST_SIZES
 from nnx.initializers import INITIALIZERS
 from nnx.optimizers import OPTIMIZERS
 from nnx.probes import KINDS as PROBE_KINDS
+from nnx.probes import NEEDS as PROBE_NEEDS
 from nnx.registry import ConfigError, lookup
 
 
@@ -31,6 +32,7 @@ class Spec:
     sizes: tuple[int, ...]
     activation_name: str
     activation: Callable
+    activation_facts: Activation  # the registry entry: range, saturation, monotone (what probes need)
     output_activation: Callable
     cost: Callable  # fn(z, a, y) -> C_x per example
     initializer: Callable
@@ -71,7 +73,7 @@ def _check(ok: bool, key: str, value, rule: str, fix: str):
         raise ConfigError(f"{key}={value!r} is invalid: {rule}. {fix}")
 
 
-def _probes(cfg: dict, probe_size: int, batch_norm: bool) -> Probes:
+def _probes(cfg: dict, probe_size: int, batch_norm: bool, activation: str, facts: Activation) -> Probes:
     kinds = cfg.get("kinds") or []
     _check(isinstance(kinds, list) and all(k in PROBE_KINDS for k in kinds), "probes.kinds", kinds,
            f"each kind must be one of {list(PROBE_KINDS)}", "Use e.g. 'probes.kinds=[activations,histograms]' (quoted in a shell), or [] for none.")
@@ -84,6 +86,12 @@ def _probes(cfg: dict, probe_size: int, batch_norm: bool) -> Probes:
     _check(not (batch_norm and "jacobians" in kinds), "probes.kinds", kinds,
            "a batch-normalised layer has no per-image Jacobian (its output depends on the whole batch)",
            "Drop jacobians from probes.kinds, or set model.batch_norm=false.")
+    for kind in kinds:
+        missing = [fact for fact in PROBE_NEEDS[kind] if getattr(facts, fact) is None]
+        _check(not missing, "probes.kinds", kinds,
+               f"the {kind} probe needs the activation's {' and '.join(missing)}, which activation={activation} does not give",
+               f"Give them in its entry in nnx/activations.py (Activation({activation}, {missing[0] if missing else ''}=...)), "
+               f"or drop {kind} from probes.kinds.")
     return Probes(tuple(k for k in PROBE_KINDS if k in kinds), every, jacobian_every, examples)
 
 
@@ -114,18 +122,21 @@ def build(cfg: dict) -> Spec:
     _check(_is_int(probe_size) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
 
     _check(isinstance(model.get("batch_norm", False), bool), "model.batch_norm", model.get("batch_norm"), "must be true or false", "Use model.batch_norm=true or false.")
-    probes = _probes(cfg["probes"], min(probe_size, train_size), model.get("batch_norm", False))
+    act = cfg["activation"]
+    facts = lookup(ACTIVATIONS, "activation", act["name"])
+    probes = _probes(cfg["probes"], min(probe_size, train_size), model.get("batch_norm", False), act["name"], facts)
 
     seeds = cfg["seeds"]
     _check(seeds is None or (isinstance(seeds, list) and seeds and all(_is_int(s) for s in seeds) and len(set(seeds)) == len(seeds)),
            "seeds", seeds, "a list of distinct integer seeds (or null for the single `seed`)", "Use e.g. 'seeds=[0,1,2,3]' (quoted in a shell).")
 
-    act, init = cfg["activation"], cfg["init"]
+    init = cfg["init"]
     output_name = model["output_activation"]
     return Spec(
         sizes=(784, *([width] * depth), 10),
         activation_name=act["name"],
-        activation=lookup(ACTIVATIONS, "activation", act["name"])(**_hparams(act, "activation")),
+        activation=facts(**_hparams(act, "activation")),
+        activation_facts=facts,
         output_activation=lookup(OUTPUT_ACTIVATIONS, "model.output_activation", output_name)(),
         cost=lookup(COSTS, "cost", cfg["cost"]["name"])(output_name),
         initializer=lookup(INITIALIZERS, "init", init["name"])(**_hparams(init, "init")),

@@ -65,6 +65,14 @@ def predicted_norms(last_norm: float, chi) -> np.ndarray:
     return last_norm * np.append(np.cumprod(np.asarray(chi)[::-1])[::-1], 1.0)
 
 
+def layer_norms(activation, init: str, sizes, input_sq_norm: float, last_norm: float = 1.0) -> np.ndarray:
+    """The simple theory's ||delta^l|| for hidden layers l = 1..L of a net of `sizes` under the
+    named initializer, anchored at `last_norm` for the last hidden layer (the figures' overlay)."""
+    variances = [init_variances(init, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    _, chi = layer_factors(activation, list(sizes), variances, input_sq_norm)
+    return predicted_norms(last_norm, chi)
+
+
 def exploding_chain(depth: int, w: float = 100.0, a0: float = 0.5):
     """The book's exploding gradient: a chain of single sigmoid neurons with w_j = w and
     b_j = -w a_{j-1}, so every z_j = 0 and every factor w sigma'(z_j) = w / 4.

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnx import model, probes
+from nnx import model, probes, records
 
 
 def make_loss(spec, product=model.times_transpose):
@@ -231,35 +231,34 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
 
     def start_histories(measured):
         """One history per network; 5.5's bars (dC/db at init) only where step 0 is measured."""
-        return [{f"init_bias_grad/hidden_{l}": g for l, g in enumerate(m["bias_grad"], 1)} if first == 0 else {}
-                for m in measured]
+        return [records.init_bias_grads(m["bias_grad"]) if first == 0 else {} for m in measured]
 
     def record(step, measured, evaluated=None):
         for i, (history, m) in enumerate(zip(histories, measured)):
-            if "diverged_at" in history:
+            if records.DIVERGED_AT in history:
                 continue
-            values = {**flatten_probe(m), **({} if evaluated is None else flatten_evaluation(evaluated[i]))}
+            values = {**records.flatten_probe(m), **({} if evaluated is None else records.flatten_evaluation(evaluated[i]))}
             if on_epoch is not None:
                 on_epoch(i, step, values)
             for name, value in values.items():
                 history.setdefault(name, []).append(value)
             for group in {name.split("/", 1)[0] for name in m.get("arrays", {})}:  # hist, spectrum
-                history.setdefault(f"probe_steps/{group}", []).append(step)
+                history.setdefault(records.probe_steps(group), []).append(step)
             for name, value in m.get("arrays", {}).items():
                 history.setdefault(name, []).append(np.asarray(value))
             if spec.stop_on_divergence and not all(np.isfinite(v) for v in values.values()):
-                history["diverged_at"] = step
+                history[records.DIVERGED_AT] = step
 
     for e in range(first, spec.epochs):
         measured = measure(e)
         histories = histories or start_histories(measured)
         params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
         record(e, measured, split(jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()})))
-        if all("diverged_at" in h for h in histories):
+        if all(records.DIVERGED_AT in h for h in histories):
             break
         if on_state is not None:
             for i, (p, s) in enumerate(zip(split(params), split(opt_state))):
-                if "diverged_at" not in histories[i]:
+                if records.DIVERGED_AT not in histories[i]:
                     on_state(i, e, p, s)
     else:
         final = measure(spec.epochs)
@@ -267,21 +266,3 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         histories = histories or start_histories(final)
         record(spec.epochs, final)  # epochs=0: no accuracies, which would cost a pass over 70000 images
     return split(params), [{name: np.asarray(v) for name, v in h.items()} for h in histories]
-
-
-def flatten_evaluation(evaluated):
-    """{"train": (cost, accuracy), ...} -> {"train_cost": .., "train_accuracy": .., "val_cost": ..}."""
-    flat = {}
-    for split, (cost, accuracy) in evaluated.items():
-        prefix = "val" if split == "validation" else split
-        flat[f"{prefix}_cost"] = float(cost)
-        flat[f"{prefix}_accuracy"] = float(accuracy)
-    return flat
-
-
-def flatten_probe(measured):
-    """probe output -> {"grad_norm/hidden_1": .., "weight_grad_norm/layer_1": .., scalars ...} (layers from 1)."""
-    flat = {f"grad_norm/hidden_{l}": float(v) for l, v in enumerate(measured["grad_norm"], 1)}
-    flat.update({f"weight_grad_norm/layer_{l}": float(v) for l, v in enumerate(measured["weight_grad_norm"], 1)})
-    flat.update({name: float(v) for name, v in measured.get("scalars", {}).items()})
-    return flat

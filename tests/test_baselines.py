@@ -9,7 +9,7 @@ import pytest
 
 import nnx
 from conftest import tiny_cfg
-from nnx import baselines
+from nnx.edges.bench import baselines
 
 N, ETA = 20, 3.0
 rng = np.random.default_rng(0)

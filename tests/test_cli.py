@@ -53,7 +53,7 @@ def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
     config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
     assert config["model"]["depth"] == 2 and config["activation"]["name"] == "tanh" and config["seed"] == 3
     params = np.load(os.path.join(folder, "params.npz"))
-    assert params["layer_1/w"].shape == (8, 784) and params["layer_3/b"].shape == (10,)
+    assert params["0/w"].shape == (8, 784) and params["2/b"].shape == (10,)
 
 
 def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store):
@@ -114,7 +114,7 @@ def test_an_unreachable_server_fails_before_training(nnx_train, store):
 def test_a_job_that_raises_ends_failed_and_the_sweep_goes_on(store, tmp_path, monkeypatch):
     """A real exception inside training (injected into fit after one epoch is logged)."""
     import nnx.train
-    from nnx import cli
+    from nnx.edges import cli
 
     uri, client = store
     real_fit = nnx.train.fit
@@ -163,7 +163,7 @@ def test_nothing_secret_is_recorded(store, tmp_path):
     import shutil
 
     from nnx.data import default_path
-    from nnx.tracking import redact
+    from nnx.edges.tracking import redact
 
     uri, client = store
     home = tmp_path / "home" / "alice"

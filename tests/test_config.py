@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import nnx
-from nnx.cli import CONF
+from nnx.edges.cli import CONF
 
 GROUPS = {
     "activation": nnx.ACTIVATIONS,

@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 import optax
-import pytest
 
 import nnx
 from conftest import tiny_cfg

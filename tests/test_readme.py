@@ -19,7 +19,7 @@ COVERED_ELSEWHERE = {
     "nnx-reproduce": "test_ch5.py (the pipeline, --plot-only, overrides)",
     "mlflow server": "test_server.py and test_browser.py start it",
     "make ": ".ci/run runs make test; make reproduce is nnx-reproduce ch5",
-    "nnx-train activation=swish": "(runs only after the two edits that README section describes)",
+    "nnx-train activation=swish": "test_readme.py::test_the_readme_recipe_for_a_new_activation_works_as_written",
 }
 
 
@@ -60,3 +60,55 @@ def test_the_slurm_launcher_config_composes(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "SlurmLauncher" in done.stdout and "partition: gpu" in done.stdout
+
+
+def test_the_readme_recipe_for_a_new_activation_works_as_written(tmp_path, monkeypatch):
+    """README, 'Extending nnx': the code and config it gives, used as written, train and probe;
+    without the facts it gives, the probes that need them are refused when the config is built."""
+    import shutil
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import nnx
+    from nnx import probes
+    from nnx.activations import ACTIVATIONS, Activation
+
+    section = (ROOT / "README.md").read_text().split("## Extending nnx")[1].split("\n## ")[0]
+    definition = next(c for c in re.findall(r"`([^`]+)`", section) if c.startswith("def swish"))
+    entry = next(c for c in re.findall(r"`([^`]+)`", section) if c.startswith('"swish": '))
+    namespace = {"jax": jax, "jnp": jnp, "Activation": Activation}
+    exec(definition, namespace)
+    monkeypatch.setitem(ACTIVATIONS, "swish", eval(entry.split(": ", 1)[1], namespace))
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    yaml_lines = [c for c in re.findall(r"`([^`]+)`", section) if c in ("name: swish", "beta: 1.0")]
+    (conf / "activation" / "swish.yaml").write_text("\n".join(yaml_lines) + "\n")
+
+    overrides = ["activation=swish", "activation.beta=2.0", "model.depth=2", "model.width=8", "data.train_size=100",
+                 "probes.size=50", "train.epochs=1", "probes.kinds=[activations,histograms]"]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    spec = nnx.build(cfg)
+    data = nnx.load(train_size=100)
+    _, history = nnx.fit(spec, data, key=jax.random.PRNGKey(0))
+    assert np.all(np.isfinite(history["act_p50/hidden_2"])) and history["hist/activation/hidden_1"].shape == (2, probes.BINS)
+
+    # swish is not monotone: its activations' percentiles are its own, not sigma(percentiles of z).
+    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    measured = jax.jit(probes.probe_fn(spec, ("activations",)))(params, data.train.x[:50], data.train.y[:50])
+    hidden, _ = nnx.model.trace(params, data.train.x[:50], spec.activation)
+    a = np.asarray(hidden[0][1])
+    np.testing.assert_allclose(measured["scalars"]["act_p02/hidden_1"], np.percentile(a, 2), rtol=1e-4, atol=1e-6)
+
+    monkeypatch.setitem(ACTIVATIONS, "swish", Activation(namespace["swish"]))
+    with pytest.raises(nnx.ConfigError, match="needs the activation's saturated"):
+        nnx.build(cfg)
+    cfg["probes"]["kinds"] = ["histograms"]
+    with pytest.raises(nnx.ConfigError, match="needs the activation's range"):
+        nnx.build(cfg)
+    cfg["probes"]["kinds"] = []
+    assert nnx.build(cfg).activation_facts.range is None

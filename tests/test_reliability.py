@@ -5,7 +5,6 @@ import signal
 import subprocess
 
 import numpy as np
-import pytest
 
 from conftest import BIN
 

@@ -1,4 +1,4 @@
-"""nnx-train: the Hydra entry point, and (with nnx.tracking) the only code with side effects.
+"""nnx-train: the Hydra entry point (the runs it trains go through nnx.edges.job).
 
     nnx-train model.depth=3 activation=tanh optimizer.eta=0.1 seed=0
     nnx-train -m model.depth=1,2,3,4 activation=sigmoid,tanh,relu
@@ -18,12 +18,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from nnx import job, tracking
 from nnx.data import DataError
+from nnx.edges import job, paths, tracking
+from nnx.edges.resume import ResumeError, resume
 from nnx.registry import ConfigError
 
-CONF = str(tracking.ROOT / "conf")
-USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, job.ResumeError)
+CONF = str(paths.CONF)
+USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, ResumeError)
 # Override keys shortened in run names: "model.depth=3" reads "depth=3".
 SHORT_PREFIXES = ("model.", "train.", "optimizer.", "data.")
 OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs
@@ -69,39 +70,19 @@ def sweep_parent(client, experiment_id, sweep_dir, preset: str) -> tuple[str, st
 
 
 def finish_sweep(sweep_dir):
-    """Ends the sweep's parent run when the sweep process ends, however it ends.
-
-    Children still RUNNING now lost their worker (the sweep was interrupted): they end KILLED.
-    The parent is FINISHED if every child finished, KILLED if any was killed, else FAILED.
-    """
+    """Ends the sweep's parent run when the sweep process ends, however it ends (tracking.end_sweep),
+    and prints its children's outcome."""
     path = sweep_file(sweep_dir)
     if not path.exists():
         return
     sweep = json.loads(path.read_text())
     if "parent_run_id" not in sweep or sweep.get("finished"):
         return
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=sweep["tracking_uri"])
-    parent = client.get_run(sweep["parent_run_id"])
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sweep['parent_run_id']}'", max_results=50000
-    )
-    statuses = []
-    for child in children:
-        if child.info.status == "RUNNING":
-            client.set_tag(child.info.run_id, "nnx.error", "the sweep ended before this job did")
-            client.set_terminated(child.info.run_id, "KILLED")
-        statuses.append("KILLED" if child.info.status == "RUNNING" else child.info.status)
-    client.set_tag(parent.info.run_id, "nnx.children", json.dumps({s: statuses.count(s) for s in sorted(set(statuses))}))
-    status = "FINISHED" if statuses and set(statuses) == {"FINISHED"} else "KILLED" if "KILLED" in statuses else "FAILED"
-    client.set_terminated(parent.info.run_id, status)
+    status, rows = tracking.end_sweep(tracking.connect(sweep["tracking_uri"]), sweep["parent_run_id"])
     sweep["finished"] = True
     path.write_text(json.dumps(sweep))
-    rows = sorted((c.info.run_name, "KILLED" if c.info.status == "RUNNING" else c.info.status,
-                   c.data.metrics.get("best_val_accuracy")) for c in children)
     width = max((len(r[0]) for r in rows), default=3)
-    print(f"\nnnx: sweep {sweep['sweep_id']} {status}: {len(rows)} runs under parent run {parent.info.run_id}")
+    print(f"\nnnx: sweep {sweep['sweep_id']} {status}: {len(rows)} runs under parent run {sweep['parent_run_id']}")
     for name, state, best in rows:
         print(f"  {name:<{width}}  {state:<8}  {'' if best is None else f'best val {best:.2%}'}")
     print("  Compare them with `make ui`: open the experiment, expand the parent run, select the children, Compare.", flush=True)
@@ -128,10 +109,10 @@ def _raise_interrupt(signum, frame):
 
 
 def train(cfg) -> dict:
-    """One Hydra job: name it, find its sweep's parent, and hand the resolved config to nnx.job."""
+    """One Hydra job: name it, find its sweep's parent, and hand the resolved config to nnx.edges.job."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     if plain["resume"]:
-        return job.resume(plain["resume"], tracking_cfg=plain["tracking"], echo=_echo, progress=_progress())
+        return resume(plain["resume"], tracking_cfg=plain["tracking"], echo=_echo, progress=_progress())
     hc = HydraConfig.get()
     preset = hc.runtime.choices.get("experiment") or "none"
     tags = {"nnx.overrides": " ".join(hc.overrides.task), "nnx.experiment": preset}
@@ -174,7 +155,7 @@ def _hydra_main(cfg):
 
 
 def main():
-    from nnx.preflight import preflight
+    from nnx.edges.preflight import preflight
 
     preflight(sys.argv[1:], CONF, "train")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -2,15 +2,19 @@
 
 The embedded store is a SQLite database plus an artifact folder, both under <project>/mlruns/,
 addressed by absolute paths so that every Hydra job (whatever its working directory) and
-`make ui` see one store.
+`make ui` see one store. Everything else in nnx and experiments/ reads and writes runs through
+the verbs here (find_runs, metric_history, read_config, end_sweep, Run ...); every write goes
+through the retry that SQLite's "database is locked" needs.
 """
 
 import contextlib
+import json
 import os
 import queue
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -18,10 +22,12 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+import yaml
 from filelock import FileLock
 
-ROOT = Path(__file__).resolve().parents[1]
-STORE = ROOT / "mlruns"
+from nnx.edges.paths import ROOT, STORE
+
 # MLflow 3 opens new experiments in its GenAI view unless told this is model training.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PACKAGES = ("jax", "jaxlib", "optax", "hydra-core", "mlflow", "numpy")
@@ -137,6 +143,87 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def connect(uri: str):
+    """A client of an existing store, for reading runs back (nothing is created)."""
+    import mlflow
+
+    _check_reachable(uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client, name: str) -> str | None:
+    found = client.get_experiment_by_name(name)
+    return None if found is None else found.experiment_id
+
+
+def _filter(tags: dict | None, status: str | None) -> str:
+    clauses = [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
+    if status:
+        clauses.append(f"attributes.status = '{status}'")
+    return " and ".join(clauses)
+
+
+def find_runs(client, experiment_ids, *, tags: dict | None = None, status: str | None = None,
+              newest_first: bool = False, max_results: int = 50_000) -> list:
+    """Runs whose tags equal `tags` (e.g. {"mlflow.parentRunId": id}), in `status` if given."""
+    order = ["attributes.start_time DESC"] if newest_first else None
+    return _retry(client.search_runs, list(experiment_ids), _filter(tags, status), order_by=order, max_results=max_results)
+
+
+def get_run(client, run_id: str):
+    """The run, or None if the store has no run of that id."""
+    try:
+        return client.get_run(run_id)
+    except Exception:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        return None
+
+
+def metric_history(client, run_id: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, values, timestamps in ms) of one metric, ordered by step."""
+    points = sorted(_retry(client.get_metric_history, run_id, key), key=lambda m: m.step)
+    return (np.array([m.step for m in points], int), np.array([m.value for m in points], float),
+            np.array([m.timestamp for m in points], np.int64))
+
+
+def artifact_bytes(client, run_id: str, path: str) -> bytes | None:
+    """One artifact's bytes, read without leaving files behind; None if the run has no such file."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = client.download_artifacts(run_id, path, folder)
+        except Exception:  # MlflowException or OSError: no such artifact
+            return None
+        return Path(local).read_bytes()
+
+
+def read_config(client, run_id: str) -> dict:
+    """The resolved config a run logged first (config.yaml)."""
+    raw = artifact_bytes(client, run_id, "config.yaml")
+    if raw is None:
+        raise TrackingError(f"run {run_id} has no config.yaml artifact: it was not started by nnx-train")
+    return yaml.safe_load(raw)
+
+
+def end_sweep(client, parent_run_id: str) -> tuple[str, list]:
+    """Ends a sweep's parent run; children still RUNNING lost their worker and end KILLED.
+
+    The parent is FINISHED if every child finished, KILLED if any was killed, else FAILED.
+    Returns (the parent's status, [(child name, status, best_val_accuracy or None)] sorted by name).
+    """
+    parent = _retry(client.get_run, parent_run_id)
+    children = find_runs(client, [parent.info.experiment_id], tags={"mlflow.parentRunId": parent_run_id})
+    statuses = []
+    for child in children:
+        if child.info.status == "RUNNING":
+            Run(client, child.info.run_id).set_tags({"nnx.error": "the sweep ended before this job did"})
+            _retry(client.set_terminated, child.info.run_id, "KILLED")
+        statuses.append("KILLED" if child.info.status == "RUNNING" else child.info.status)
+    Run(client, parent_run_id).set_tags({"nnx.children": json.dumps({s: statuses.count(s) for s in sorted(set(statuses))})})
+    status = "FINISHED" if statuses and set(statuses) == {"FINISHED"} else "KILLED" if "KILLED" in statuses else "FAILED"
+    _retry(client.set_terminated, parent_run_id, status)
+    rows = sorted((c.info.run_name, s, c.data.metrics.get("best_val_accuracy")) for c, s in zip(children, statuses))
+    return status, rows
+
+
 def _retry(call, *args, attempts=30, **kwargs):
     """Retries a store call that met SQLite's writer lock: parallel jobs on one embedded store
     take turns writing, and SQLite answers a busy turn with "database is locked"."""
@@ -205,6 +292,19 @@ class Run:
 
     def log_artifacts(self, folder: Path):
         _retry(self.client.log_artifacts, self.run_id, str(folder))
+
+    def log_files(self, files: dict):
+        """files: {artifact path: writer(local_path)}; written to a temporary folder, then logged."""
+        with tempfile.TemporaryDirectory() as folder:
+            for name, write in files.items():
+                local = Path(folder) / name
+                local.parent.mkdir(parents=True, exist_ok=True)
+                write(local)
+            self.log_artifacts(Path(folder))
+
+    def reopen(self):
+        """Marks an ended run RUNNING again (a resume trains on in the same run)."""
+        _retry(self.client.update_run, self.run_id, status="RUNNING")
 
     def set_tags(self, tags: dict):
         for key, value in tags.items():

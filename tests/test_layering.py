@@ -1,0 +1,80 @@
+"""The layering contract, over the import graph: the core (nnx/, outside nnx/edges/) imports no
+edge (nnx.edges, MLflow, Hydra, plotting, experiments), and experiments/ use only the core's
+public names. Checked on the source, so a violation fails here before anything runs it."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = sorted(p for p in (ROOT / "nnx").glob("*.py"))
+EDGE_PACKAGES = ("nnx.edges", "mlflow", "hydra", "omegaconf", "matplotlib", "experiments", "filelock", "yaml", "submitit")
+
+
+def imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, names imported from it, line) for every import statement, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, [], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.append((node.module, [a.name for a in node.names], node.lineno))
+    return found
+
+
+def edge_imports(path: Path, root: Path = ROOT) -> list[str]:
+    bad = []
+    for module, names, line in imports(path):
+        targets = [module] + [f"{module}.{n}" for n in names]
+        if any(t == p or t.startswith(p + ".") for t in targets for p in EDGE_PACKAGES):
+            bad.append(f"{path.relative_to(root)}:{line} imports {module} {names or ''}")
+    return bad
+
+
+def private_uses(path: Path, root: Path = ROOT) -> list[str]:
+    """Names starting with _ taken from nnx (imported, or read as nnx.x._y / module._y)."""
+    tree = ast.parse(path.read_text())
+    nnx_aliases, bad = set(), []
+    for module, names, line in imports(path):
+        if module.split(".")[0] == "nnx":
+            bad += [f"{path.relative_to(root)}:{line} imports {module}.{n}" for n in names if n.startswith("_")]
+            nnx_aliases.update(n for n in names)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            nnx_aliases.update((a.asname or a.name).split(".")[0] for a in node.names if a.name.split(".")[0] == "nnx")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in nnx_aliases:
+                bad.append(f"{path.relative_to(root)}:{node.lineno} reads {ast.unparse(node)}")
+    return bad
+
+
+def test_the_core_imports_no_edge():
+    assert CORE and "records.py" in {p.name for p in CORE}
+    assert [b for p in CORE for b in edge_imports(p)] == []
+
+
+def test_experiments_use_only_public_names_of_nnx():
+    assert [b for p in sorted((ROOT / "experiments").glob("*.py")) for b in private_uses(p)] == []
+
+
+def test_the_checks_catch_what_they_claim(tmp_path):
+    """The contract's checks themselves: each flags a planted violation."""
+    core = tmp_path / "core.py"
+    core.write_text("import jax\ndef f():\n    from nnx.edges import tracking\n    import matplotlib.pyplot as plt\n")
+    assert len(edge_imports(core, tmp_path)) == 2
+    experiment = tmp_path / "exp.py"
+    experiment.write_text("from nnx.probes import _stats\nimport nnx\nfrom nnx import probes\nx = probes._stats\ny = nnx.train._train\n")
+    assert len(private_uses(experiment, tmp_path)) == 3
+
+
+def test_importing_the_core_loads_no_edge_package():
+    code = ("import sys, nnx, nnx.model, nnx.train, nnx.probes, nnx.theory, nnx.meanfield, nnx.records, nnx.spec; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'hydra', 'omegaconf', 'matplotlib') "
+            "or m.startswith('nnx.edges')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
