@@ -47,6 +47,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
     args = parser.parse_intermixed_args(argv)
+    paths.use_compilation_cache()  # the analyses (ch2's backprop, the theory curves) compile too
 
     if args.chapter not in GROUPS:
         return reproduce(args.chapter, args, args.out)

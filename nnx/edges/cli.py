@@ -157,6 +157,7 @@ def _hydra_main(cfg):
 def main():
     from nnx.edges.preflight import preflight
 
+    paths.use_compilation_cache()
     preflight(sys.argv[1:], CONF, "train")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from nnx.data import DataError
-from nnx.edges import job, tracking
+from nnx.edges import job, paths, tracking
 from nnx.registry import ConfigError
 
 
@@ -34,6 +34,7 @@ def main(argv=None):
     parser.add_argument("run_id")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
     args = parser.parse_args(argv)
+    paths.use_compilation_cache()
 
     uri = tracking.resolve_uri(args.tracking_uri)
     try:
