@@ -9,12 +9,13 @@
 """
 
 import argparse
-import subprocess
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
 
-from nnx.edges import paths, tracking
+from nnx.edges import cli, paths, tracking
 
 # The signal-propagation lab: papers that measured chapter 5's problem more finely.
 PAPERS = ("glorot2010", "he2015", "saxe2014", "schoenholz2017", "pennington2017", "ioffe2015")
@@ -24,15 +25,17 @@ GROUPS = {"all": ("ch1", "ch2", "ch3", "ch5"), "papers": PAPERS}  # each runs it
 
 
 def run_sweeps(module, overrides: list[str], jobs: int):
-    """Each sweep is a separate nnx-train -m process, exactly as a user would run it."""
+    """Each sweep is one `nnx-train -m experiment=<preset>` as a user would type it, run in this
+    process (nnx.edges.cli.run) with its progress lines silenced."""
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     for preset in module.SWEEPS:
-        command = [str(Path(sys.executable).parent / "nnx-train"), "-m", f"experiment={preset}", *launcher, *overrides]
-        print(f"nnx-reproduce: {' '.join(command[1:])}", flush=True)
+        argv = ["-m", f"experiment={preset}", *launcher, *overrides]
+        print(f"nnx-reproduce: nnx-train {' '.join(argv)}", flush=True)
         started = time.perf_counter()
-        done = subprocess.run(command, stdout=subprocess.DEVNULL)
-        if done.returncode != 0:
-            sys.exit(f"nnx-reproduce: the {preset} sweep failed (exit {done.returncode}); its runs are in MLflow "
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            status = cli.run(argv)
+        if status != 0:
+            sys.exit(f"nnx-reproduce: the {preset} sweep failed (exit {status}); its runs are in MLflow "
                      f"with their errors. Fix the cause and rerun, or redraw what exists with --plot-only.")
         print(f"nnx-reproduce: {preset} done in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -72,8 +75,6 @@ def reproduce(chapter: str, args, out: Path | None):
     uri = tracking.resolve_uri(args.tracking_uri)
     if args.tracking_uri:
         # The sweeps read the store from the environment, like any nnx-train.
-        import os
-
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     try:
         client, experiment_id = tracking.open_experiment(uri, module.EXPERIMENT)

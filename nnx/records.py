@@ -84,6 +84,7 @@ def init_bias_grads(bias_grads) -> dict:
     return {hidden(INIT_BIAS_GRAD, l): g for l, g in enumerate(bias_grads, 1)}
 
 
+@np.errstate(divide="ignore", invalid="ignore")
 def summary(history) -> dict:
     """Scalars that let a runs table answer "which won" (best = highest validation accuracy, the
     earliest such epoch)."""
@@ -100,7 +101,7 @@ def summary(history) -> dict:
             "final_train_accuracy": history["train_accuracy"][-1],
         })
     norms = per_hidden_layer(history, GRAD_NORM)
-    if len(norms) > 1:
+    if len(norms) > 1:  # a dead layer's zero norm gives inf or NaN: recorded as it is
         out["grad_ratio_first_last_init"] = history[norms[0]][0] / history[norms[-1]][0]
         out["grad_ratio_first_last_final"] = history[norms[0]][-1] / history[norms[-1]][-1]
     return {k: float(v) for k, v in out.items()}

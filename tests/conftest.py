@@ -1,5 +1,4 @@
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -112,16 +111,24 @@ def mlflow_server(backend_uri: str, cwd, *extra):
 
 
 @pytest.fixture
-def nnx_train(store, tmp_path):
-    """Runs the nnx-train console script into the test's store; returns the CompletedProcess."""
+def nnx_train(store, tmp_path, monkeypatch):
+    """Runs nnx-train into the test's store, in this process (nnx.edges.cli.run: the console script's
+    own entry point, without paying for a new interpreter); returns a CompletedProcess with its
+    exit status and what it printed. Tests of signals and of parallel workers start real processes."""
+    import io
+
+    from nnx.edges import cli
+
     uri, _ = store
 
-    def run(*args, timeout=300, check=True):
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-        done = subprocess.run(
-            [str(BIN / "nnx-train"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and done.returncode != 0:
+    def run(*args, check=True):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.chdir(tmp_path)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.run(list(args))
+        done = subprocess.CompletedProcess(["nnx-train", *args], status, out.getvalue(), err.getvalue())
+        if check and status != 0:
             raise AssertionError(f"nnx-train {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done
 

@@ -59,7 +59,7 @@ def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
 def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store):
     """The basic launcher; joblib, submitit and a server are in test_reliability and test_server."""
     _, client = store
-    nnx_train("-m", "model.depth=1,2", "seed=0,1", *TINY, timeout=600)
+    nnx_train("-m", "model.depth=1,2", "seed=0,1", *TINY)
     found = runs(client)
     (parent,) = [r for r in found if r.data.tags.get("nnx.role") == "sweep"]
     children = [r for r in found if r is not parent]
@@ -73,24 +73,37 @@ def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store):
         assert len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 2
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["model.dept=3"], "Valid keys under model: model.depth, model.width"),
-        (["activation=swish"], "Available options in 'activation'"),
-        (["model.depth=-1"], "model.depth=-1 is invalid"),
-        (["-m", "model.depth=1,-2"], "model.depth=-2 is invalid"),
-        (["model.width=0"], "model.width=0 is invalid"),
-        (["optimizer.eta=0"], "optimizer.eta=0 is invalid"),
-        (["data.train_size=100", "train.mini_batch_size=500"], "train.mini_batch_size=500 is invalid"),
-        (["data.train_size=50001"], "data.train_size=50001 is invalid"),
-        (["experiment=ch99"], "Available options in 'experiment'"),
-    ],
-)
+BAD_INPUT = [
+    (["model.dept=3"], "Valid keys under model: model.depth, model.width"),
+    (["activation=swish"], "Available options in 'activation'"),
+    (["model.depth=-1"], "model.depth=-1 is invalid"),
+    (["-m", "model.depth=1,-2"], "model.depth=-2 is invalid"),
+    (["model.width=0"], "model.width=0 is invalid"),
+    (["optimizer.eta=0"], "optimizer.eta=0 is invalid"),
+    (["data.train_size=100", "train.mini_batch_size=500"], "train.mini_batch_size=500 is invalid"),
+    (["data.train_size=50001"], "data.train_size=50001 is invalid"),
+    (["experiment=ch99"], "Available options in 'experiment'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUT)
+def test_bad_input_is_refused_before_hydra_runs_a_job(args, message, capsys):
+    """nnx-train's preflight, in this process: every job composed and built, the first bad one named."""
+    from nnx.edges.cli import CONF
+    from nnx.edges.preflight import preflight
+
+    with pytest.raises(SystemExit) as stopped:
+        preflight([*TINY[1:], *args], CONF, "train")
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [BAD_INPUT[0], BAD_INPUT[3]])
 def test_bad_input_fails_before_any_run(nnx_train, store, args, message):
+    """The console script end to end: a misspelt key, and a sweep whose second job is bad."""
     _, client = store
     done = nnx_train(*TINY[1:], *args, check=False)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert message in done.stderr, done.stderr
     assert all_runs(client) == []
 

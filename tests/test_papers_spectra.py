@@ -18,7 +18,7 @@ import yaml
 
 from conftest import BIN, ROOT, check_report, copy_store
 from experiments import spectra
-from experiments.store import artifact_npz, sweep_runs
+from experiments.store import final_params, sweep_runs
 from nnx import meanfield
 
 SHRUNK = ["model.width=24", "model.depth=3,4", "data.train_size=20"]
@@ -63,11 +63,11 @@ def test_linear_cases_are_exact_at_any_size(pipeline):
         runs = [r for r in sweep_runs(client, "pennington2017", "pennington2017") if r.data.params["activation.name"] == "identity"]
     assert len(runs) == 4
     for run in runs:
-        weights = artifact_npz(client, run, "params.npz")
+        params = final_params(client, run)
         depth = int(run.data.params["model.depth"])
         product = np.eye(24)
-        for l in range(2, depth + 1):
-            product = weights[f"layer_{l}/w"].astype(np.float64) @ product
+        for layer in params[1:depth]:  # hidden layers 2 .. depth
+            product = layer["w"].astype(np.float64) @ product
         stored = spectra.spectrum(client, run)
         assert stored.shape == (24,)  # one probe image: the presets know a linear Jacobian is input-free
         np.testing.assert_allclose(np.sort(stored), np.sort(np.linalg.svd(product, compute_uv=False)), rtol=1e-4, atol=1e-6)

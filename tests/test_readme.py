@@ -1,6 +1,5 @@
 """Every command the README shows is run here (shrunk), or named with the test that runs it."""
 
-import os
 import re
 import shlex
 import subprocess
@@ -40,12 +39,10 @@ RUNNABLE = [c for c in readme_commands() if c.startswith("nnx-train") and not an
 
 
 @pytest.mark.parametrize("command", RUNNABLE)
-def test_readme_command_runs(command, store, tmp_path):
-    uri, client = store
+def test_readme_command_runs(command, store, nnx_train):
+    _, client = store
     args = shlex.split(command)[1:]
-    extra = [] if "--help" in args else SHRINK
-    done = subprocess.run([str(BIN / "nnx-train"), *args, *extra], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    done = nnx_train(*args, *([] if "--help" in args else SHRINK), check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     if "--help" in args:
         assert "activation: identity, leaky_relu, relu, sigmoid, softsign, tanh" in done.stdout

@@ -134,7 +134,7 @@ def test_a_relaunched_sweep_skips_finished_jobs(nnx_train, store):
 
 def test_16_parallel_jobs_on_the_embedded_store_lose_nothing(nnx_train, store):
     _, client = store
-    nnx_train("-m", "seed=range(16)", "train.epochs=3", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", timeout=900)
+    nnx_train("-m", "seed=range(16)", "train.epochs=3", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4")
     found = children(client)
     assert len(found) == 16 and {r.info.status for r in found} == {"FINISHED"}
     assert len({r.data.tags["mlflow.parentRunId"] for r in found}) == 1
@@ -144,9 +144,13 @@ def test_16_parallel_jobs_on_the_embedded_store_lose_nothing(nnx_train, store):
         assert len(client.get_metric_history(r.info.run_id, "grad_norm/hidden_1")) == 4
 
 
-def test_submitit_local_links_children_to_the_parent(nnx_train, store):
-    _, client = store
-    nnx_train("-m", "seed=0,1", "train.epochs=1", *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", timeout=600)
+def test_submitit_local_links_children_to_the_parent(store, tmp_path):
+    """A real nnx-train process: submitit's local launcher watches its jobs from the parent process."""
+    uri, client = store
+    process = start(uri, tmp_path, "-m", "seed=0,1", "train.epochs=1", *TINY, "hydra/launcher=submitit_local",
+                    "hydra.launcher.timeout_min=10")
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
     found = children(client)
     (parent,) = [r for r in runs(client) if r.data.tags.get("nnx.role") == "sweep"]
     assert len(found) == 2 and {r.data.tags["mlflow.parentRunId"] for r in found} == {parent.info.run_id}

@@ -166,3 +166,22 @@ def main():
         signal.signal(signal.SIGTERM, previous)
         while OPEN_SWEEPS:
             finish_sweep(OPEN_SWEEPS.pop())
+
+
+def run(argv: list[str]) -> int:
+    """nnx-train with these arguments, in this process: its exit status (0 when every job finished).
+
+    What nnx-reproduce and the tests use: the same entry point a user types, without a new
+    interpreter that imports JAX, Hydra and MLflow again and compiles again what this one has.
+    """
+    saved = sys.argv
+    sys.argv = ["nnx-train", *argv]
+    try:
+        main()
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    finally:
+        sys.argv = saved
+    return 0
