@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 # Two workers, one test file each at a time (module fixtures such as the pipelines stay in one
 # worker): the end-to-end tests wait on subprocesses and the store as much as on the CPU.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 reproduce: $(STAMP)
 	$(BIN)/nnx-reproduce ch5
