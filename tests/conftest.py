@@ -65,6 +65,27 @@ def check_report(out, figures: set, ids: set, printed: str) -> list:
     return rows
 
 
+def reproduce(*args, uri: str, cwd) -> subprocess.CompletedProcess:
+    """nnx-reproduce with these arguments into the store at `uri`, in this process (the console
+    script's own main, run where its sweeps and this test share one interpreter and compile cache)."""
+    import io
+
+    from experiments import reproduce as command
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after: main() sets it for its sweeps
+        patch.chdir(cwd)
+        try:
+            command.main([*map(str, args), "--tracking-uri", uri])
+            status = 0
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if isinstance(stop.code, str):
+                err.write(stop.code)
+    return subprocess.CompletedProcess(["nnx-reproduce", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
 def copy_store(migrated_store, folder) -> str:
     """A fresh embedded store at folder/mlruns/mlflow.db, copied from the migrated one; its URI."""
     (folder / "mlruns").mkdir()

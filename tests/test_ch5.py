@@ -2,15 +2,13 @@
 
 import json
 import math
-import os
-import subprocess
 
 import jax
 import numpy as np
 import pytest
 
 import nnx
-from conftest import BIN, copy_store, tiny_cfg
+from conftest import copy_store, reproduce, tiny_cfg
 
 SHRUNK = ["train.epochs=2", "data.train_size=100", "train.mini_batch_size=50", "probes.size=100", "model.width=8", "seed=0,1"]
 FIGURES = {
@@ -20,9 +18,8 @@ FIGURES = {
 }
 
 
-def reproduce(uri, cwd, *args):
-    done = subprocess.run([str(BIN / "nnx-reproduce"), "ch5", "--tracking-uri", uri, *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=900, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+def reproduce_ch5(uri, cwd, *args):
+    done = reproduce("ch5", *args, uri=uri, cwd=cwd)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
@@ -33,7 +30,7 @@ def pipeline(migrated_store, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("ch5")
     uri = copy_store(migrated_store, folder)
-    done = reproduce(uri, folder, "--out", str(folder / "report"), "--jobs", "1", *SHRUNK)
+    done = reproduce_ch5(uri, folder, "--out", str(folder / "report"), "--jobs", "1", *SHRUNK)
     return folder, uri, mlflow.MlflowClient(uri), done
 
 
@@ -65,7 +62,7 @@ def test_the_report_is_an_mlflow_run(pipeline):
 def test_plot_only_redraws_identical_numbers_without_training(pipeline):
     folder, uri, client, _ = pipeline
     before = len(client.search_runs([client.get_experiment_by_name("ch5").experiment_id], "tags.`nnx.role` != 'report'"))
-    reproduce(uri, folder, "--plot-only", "--out", str(folder / "again"))
+    reproduce_ch5(uri, folder, "--plot-only", "--out", str(folder / "again"))
     after = len(client.search_runs([client.get_experiment_by_name("ch5").experiment_id], "tags.`nnx.role` != 'report'"))
     assert after == before
     for name in FIGURES:
@@ -74,8 +71,7 @@ def test_plot_only_redraws_identical_numbers_without_training(pipeline):
 
 def test_plot_only_on_an_empty_store_says_what_to_run(store, tmp_path):
     uri, _ = store
-    done = subprocess.run([str(BIN / "nnx-reproduce"), "ch5", "--plot-only", "--tracking-uri", uri, "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=300)
+    done = reproduce("ch5", "--plot-only", "--out", tmp_path / "r", uri=uri, cwd=tmp_path)
     assert done.returncode != 0 and "no finished ch5_depth sweep" in done.stderr and "nnx-reproduce ch5" in done.stderr
 
 

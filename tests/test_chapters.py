@@ -1,19 +1,14 @@
-"""Chapters 1, 2 and 3 end to end on a shrunken config, each into its own temporary store.
+"""Chapters 1, 2 and 3 end to end on a shrunken config, in turn into one temporary store.
 
-The three pipelines start at once (chapter 3, the longest, runs beside chapters 1 and 2 on a
-2-core machine); each chapter's fixture waits for its own. Every figure and report row must exist
-and be finite; numbers are meaningless at this size.
+Every figure and report row must exist and be finite; numbers are meaningless at this size.
 """
 
 import json
-import os
-import shutil
-import subprocess
 
 import mlflow
 import pytest
 
-from conftest import BIN, check_report
+from conftest import check_report, copy_store, reproduce
 
 # 200 images (so the full batch, 200, differs from mini-batch 100), 2 epochs, no checkpoints, and 2 seeds
 # trained by one vmapped job (seeds=[0,1]; seed=0 replaces each preset's seed sweep): the same runs, one
@@ -39,58 +34,42 @@ IDS = {
 }
 
 
-def command(chapter, uri, *args):
-    return [str(BIN / "nnx-reproduce"), chapter, "--tracking-uri", uri, "--jobs", "1", *args]
-
-
-def environment(uri):
-    return {**os.environ, "MLFLOW_TRACKING_URI": uri}
-
-
 @pytest.fixture(scope="module")
-def launched(migrated_store, tmp_path_factory):
-    """{chapter: (folder, uri, Popen)}: every pipeline started, none waited for."""
-    started = {}
+def chapters(migrated_store, tmp_path_factory):
+    """ch1, ch2 and ch3 reproduced in turn into one store, as `nnx-reproduce all` would: ch3's own
+    ch1_accuracy sweep finds chapter 1's runs FINISHED and trains nothing twice.
+    Returns (folder, uri, client, {chapter: CompletedProcess})."""
+    folder = tmp_path_factory.mktemp("chapters")
+    uri = copy_store(migrated_store, folder)
+    done = {}
     for chapter in FIGURES:
-        folder = tmp_path_factory.mktemp(chapter)
-        (folder / "mlruns").mkdir()
-        shutil.copy(migrated_store, folder / "mlruns" / "mlflow.db")
-        uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
-        process = subprocess.Popen(command(chapter, uri, "--out", str(folder / "report"), *SHRUNK), cwd=folder,
-                                   env=environment(uri), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        started[chapter] = folder, uri, process
-    yield started
-    for _, _, process in started.values():
-        if process.poll() is None:
-            process.kill()
-
-
-def finished(launched, chapter):
-    folder, uri, process = launched[chapter]
-    output, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, output
-    return folder, uri, mlflow.MlflowClient(uri), output
+        done[chapter] = reproduce(chapter, "--jobs", "1", "--out", folder / "report" / chapter, *SHRUNK, uri=uri, cwd=folder)
+        assert done[chapter].returncode == 0, done[chapter].stdout + done[chapter].stderr
+    return folder, uri, mlflow.MlflowClient(uri), done
 
 
 @pytest.fixture(scope="module")
-def ch1(launched):
-    return finished(launched, "ch1")
+def ch1(chapters):
+    folder, uri, client, done = chapters
+    return folder / "report" / "ch1", uri, client, done["ch1"].stdout
 
 
 @pytest.fixture(scope="module")
-def ch2(launched):
-    return finished(launched, "ch2")
+def ch2(chapters):
+    folder, uri, client, done = chapters
+    return folder / "report" / "ch2", uri, client, done["ch2"].stdout
 
 
 @pytest.fixture(scope="module")
-def ch3(launched):
-    return finished(launched, "ch3")
+def ch3(chapters):
+    folder, uri, client, done = chapters
+    return folder / "report" / "ch3", uri, client, done["ch3"].stdout
 
 
 @pytest.mark.parametrize("chapter", sorted(FIGURES))
 def test_every_figure_and_row_exists_and_is_finite(request, chapter):
-    folder, _, _, output = request.getfixturevalue(chapter)
-    check_report(folder / "report", FIGURES[chapter], IDS[chapter], output)
+    report, _, _, output = request.getfixturevalue(chapter)
+    check_report(report, FIGURES[chapter], IDS[chapter], output)
 
 
 @pytest.mark.parametrize("chapter", sorted(FIGURES))
@@ -104,8 +83,8 @@ def test_the_report_is_an_mlflow_run(request, chapter):
 
 def test_seeds_are_runs_and_quoted_accuracies_have_both(ch1, ch3):
     """The shrunken sweeps keep their structure: 2 seeds per quoted accuracy, best and final epoch rows."""
-    for folder in (ch1[0], ch3[0]):
-        rows = json.loads((folder / "report" / "report.json").read_text())["rows"]
+    for report in (ch1[0], ch3[0]):
+        rows = json.loads((report / "report.json").read_text())["rows"]
         quoted = [r for r in rows if r["id"] in ("1.30", "1.100", "3.ce", "3.100") and "the best of" not in r["quantity"]]
         assert quoted and all(r["n_seeds"] == 2 for r in quoted)
         assert any("best epoch" in r["quantity"] for r in quoted) and any("final epoch" in r["quantity"] for r in quoted)
@@ -116,20 +95,34 @@ def test_the_single_neuron_and_backprop_are_stored_analyses(ch2, ch3):
         experiment = client.get_experiment_by_name(chapter)
         runs = client.search_runs([experiment.experiment_id], f"tags.`nnx.experiment` = '{preset}' and tags.`nnx.role` = 'analysis'")
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    rows = json.loads((ch3[0] / "report" / "report.json").read_text())["rows"]
+    rows = json.loads((ch3[0] / "report.json").read_text())["rows"]
     flat = next(r for r in rows if r["id"] == "3.neuron" and r["book"] == 150)
     assert flat["verdict"] == "agrees"  # no training data involved: the full-size computation even here
 
 
-def test_all_redraws_chapter_1_identically_then_goes_on_to_chapter_2(ch1):
-    """`all --plot-only` on chapter 1's store: chapter 1 redrawn from the store alone, then chapter 2,
-    which this store never ran, stops with what to run."""
-    folder, uri, client, _ = ch1
+def test_ch3_trained_chapter_1s_runs_only_once(chapters):
+    """ch3 sets chapter 1's quadratic-cost runs beside cross-entropy: in a store that has them, its
+    ch1_accuracy sweep skips every job (same preset, same config) and links the finished runs."""
+    _, _, client, done = chapters
     experiment = client.get_experiment_by_name("ch1").experiment_id
-    before = len(client.search_runs([experiment], "tags.`nnx.role` != 'report'"))
-    done = subprocess.run(command("all", uri, "--plot-only", "--out", str(folder / "again")), cwd=folder,
-                          env=environment(uri), capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and "no finished ch2_backprop run" in done.stderr and "nnx-reproduce ch2" in done.stderr
-    assert len(client.search_runs([experiment], "tags.`nnx.role` != 'report'")) == before
-    for name in FIGURES["ch1"]:
-        assert (folder / "again" / "ch1" / f"{name}.csv").read_bytes() == (folder / "report" / f"{name}.csv").read_bytes()
+    found = client.search_runs([experiment], "tags.`nnx.experiment` = 'ch1_accuracy'")
+    sweeps = [r for r in found if r.data.tags.get("nnx.role") == "sweep"]
+    trained = [r for r in found if r not in sweeps]
+    assert len(trained) == 2 * 2  # widths 30 and 100, seeds 0 and 1: once
+    assert len(sweeps) == 2 and {s.info.status for s in sweeps} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in trained} == {max(sweeps, key=lambda r: r.info.start_time).info.run_id}
+
+
+def test_all_redraws_chapters_1_to_3_identically_then_stops_at_chapter_5(chapters):
+    """`all --plot-only` on the chapters' store: ch1, ch2 and ch3 redrawn from the store alone, then
+    chapter 5, which this store never ran, stops with what to run, and nothing was trained."""
+    folder, uri, client, _ = chapters
+    experiments = [client.get_experiment_by_name(c).experiment_id for c in FIGURES]
+    before = len(client.search_runs(experiments, "tags.`nnx.role` != 'report'"))
+    done = reproduce("all", "--plot-only", "--out", folder / "again", uri=uri, cwd=folder)
+    assert done.returncode != 0 and "no finished ch5_depth sweep" in done.stderr and "nnx-reproduce ch5" in done.stderr
+    assert len(client.search_runs(experiments, "tags.`nnx.role` != 'report'")) == before
+    for chapter, figures in FIGURES.items():
+        for name in figures:
+            again = (folder / "again" / chapter / f"{name}.csv").read_bytes()
+            assert again == (folder / "report" / chapter / f"{name}.csv").read_bytes(), (chapter, name)

@@ -2,8 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
 
 import jax
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 from scipy import integrate, special
 
 import nnx
-from conftest import BIN, check_report, copy_store, tiny_cfg
+from conftest import check_report, copy_store, reproduce, tiny_cfg
 from experiments import ch5, he2015, schoenholz2017
 
 # Numbers are meaningless at this size; the pipelines' structure is what is tested. Depth 22 keeps
@@ -32,9 +30,7 @@ def pipeline(request, migrated_store, tmp_path_factory):
     paper = request.param
     folder = tmp_path_factory.mktemp(paper)
     uri = copy_store(migrated_store, folder)
-    done = subprocess.run([str(BIN / "nnx-reproduce"), paper, "--tracking-uri", uri, "--out", str(folder / "report"),
-                           "--jobs", "1", *SHRUNK, *PAPERS[paper][0]],
-                          cwd=folder, capture_output=True, text=True, timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    done = reproduce(paper, "--out", folder / "report", "--jobs", "1", *SHRUNK, *PAPERS[paper][0], uri=uri, cwd=folder)
     assert done.returncode == 0, done.stdout + done.stderr
     return paper, folder, mlflow.MlflowClient(uri), done.stdout
 

@@ -6,7 +6,6 @@ every figure and row must exist and be finite, and the linear cases are exact at
 """
 
 import json
-import subprocess
 from math import comb
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, check_report, copy_store
+from conftest import ROOT, check_report, copy_store, reproduce
 from experiments import spectra
 from experiments.store import final_params, sweep_runs
 from nnx import meanfield
@@ -29,9 +28,7 @@ IDS = {"saxe2014": {"saxe.orthogonal", "saxe.gaussian", "saxe.tanh"},
 
 
 def _reproduce(paper, folder, uri):
-    done = subprocess.run([str(BIN / "nnx-reproduce"), paper, "--tracking-uri", uri, "--jobs", "1",
-                           "--out", str(folder / "report"), *SHRUNK],
-                          cwd=folder, capture_output=True, text=True, timeout=600)
+    done = reproduce(paper, "--jobs", "1", "--out", folder / "report", *SHRUNK, uri=uri, cwd=folder)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 

@@ -1,19 +1,15 @@
 """Glorot & Bengio 2010 and Ioffe & Szegedy 2015 end to end on a shrunken config, each into its own
 temporary store, plus the small measures their reports are made of.
 
-Both pipelines start at once and each fixture waits for its own (the pattern of test_chapters.py).
 Every figure and report row must exist and be finite; numbers are meaningless at this size.
 """
 
-import os
-import shutil
-import subprocess
 
 import mlflow
 import numpy as np
 import pytest
 
-from conftest import BIN, check_report
+from conftest import check_report, copy_store, reproduce
 from experiments import glorot2010, ioffe2015
 from experiments.store import sweep_runs
 
@@ -32,30 +28,14 @@ FIGURES = {
 IDS = {"glorot2010": {"G.T1", "G.fig2", "G.fig7", "G.4.2.1", "G.fig9"}, "ioffe2015": {"I.1a", "I.1bc"}}
 
 
-@pytest.fixture(scope="module")
-def launched(migrated_store, tmp_path_factory):
-    """{paper: (folder, uri, Popen)}: both pipelines started, none waited for."""
-    started = {}
-    for paper, overrides in SHRUNK.items():
-        folder = tmp_path_factory.mktemp(paper)
-        (folder / "mlruns").mkdir()
-        shutil.copy(migrated_store, folder / "mlruns" / "mlflow.db")
-        uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
-        command = [str(BIN / "nnx-reproduce"), paper, "--tracking-uri", uri, "--jobs", "1", "--out", str(folder / "report"), *overrides]
-        started[paper] = folder, uri, subprocess.Popen(command, cwd=folder, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    yield started
-    for _, _, process in started.values():
-        if process.poll() is None:
-            process.kill()
-
-
 @pytest.fixture(scope="module", params=sorted(SHRUNK))
-def finished(request, launched):
-    folder, uri, process = launched[request.param]
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output
-    return request.param, folder, mlflow.MlflowClient(uri), output
+def finished(request, migrated_store, tmp_path_factory):
+    paper = request.param
+    folder = tmp_path_factory.mktemp(paper)
+    uri = copy_store(migrated_store, folder)
+    done = reproduce(paper, "--jobs", "1", "--out", folder / "report", *SHRUNK[paper], uri=uri, cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return paper, folder, mlflow.MlflowClient(uri), done.stdout
 
 
 def test_every_figure_and_row_exists_and_is_finite(finished):
