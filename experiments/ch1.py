@@ -43,12 +43,15 @@ def table(runs, values, *columns) -> list:
 def unlearned_digits(client, runs, test) -> np.ndarray:
     """Per run, how many of the 10 digits its final network (params.npz) gets right less than half the time:
     a network whose sigmoid outputs saturated early can stop learning a digit altogether."""
-    from nnx import ACTIVATIONS, OUTPUT_ACTIVATIONS, feedforward
+    import ast
+
+    from nnx import ACTIVATIONS, OUTPUT_ACTIVATIONS, feedforward, model
 
     counts = []
     for r in runs:
-        _, a = feedforward(final_params(client, r), test.x, ACTIVATIONS[param(r, "activation.name")](),
-                           OUTPUT_ACTIVATIONS[param(r, "model.output_activation")]())
+        net = model.mlp(ast.literal_eval(param(r, "model.sizes")), None, ACTIVATIONS[param(r, "activation.name")](),
+                        OUTPUT_ACTIVATIONS[param(r, "model.output_activation")]())
+        _, a = feedforward(net, final_params(client, r), test.x)
         guess = np.argmax(np.asarray(a), axis=1)
         counts.append(sum(np.mean(guess[test.y == d] == d) < 0.5 for d in range(10)))
     return np.array(counts)

@@ -1,88 +1,135 @@
-"""The book's fully connected network as a plain pytree (chapters 1-5), with optional batch norm.
+"""A network as a sequence of layers (nnx.layers) over plain-pytree params.
 
-params is a list with one {"w": [n_out, n_in], "b": [n_out]} per layer after the input layer,
-as network.py's weights[l] and biases[l]. Inputs are rows: x has shape [batch, 784].
-A hidden layer that also holds "gamma" and "beta" is batch-normalised (Ioffe & Szegedy 2015):
-its weighted input is standardised over the batch, then scaled by gamma and shifted by beta,
-before the activation. The statistics are always the batch's own: evaluation on a whole split
-(10000 images) uses that split's statistics, which stand in for the population averages.
+params is a list with one dict per layer ({} for a layer without parameters). The book's fully
+connected networks (chapters 1-5) are mlp(): one dense layer per layer after the input, so params
+is network.py's weights[l] and biases[l] as [{"w": [n_out, n_in], "b": [n_out]}, ...], with gamma
+and beta in a batch-normalised hidden layer. Chapter 6's convolutional nets are conv_net().
+Inputs are rows: x has shape [batch, 784]; a conv net reshapes them to images itself.
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-BN_EPSILON = 1e-5  # Ioffe & Szegedy's epsilon: keeps a constant unit finite
+from nnx import layers as L
+from nnx.layers import times_transpose
 
 
-def init(key, sizes, initializer, dtype=jnp.float32, batch_norm=False):
-    """Draws the weights and biases of a network with layer sizes `sizes` (e.g. [784, 30, 10]).
+class Net(NamedTuple):
+    layers: tuple  # nnx.layers.Layer, the output layer last
+    input_shape: tuple = (784,)  # what the first layer sees; (1, 28, 28) for a conv net
+    sizes: tuple | None = None  # an MLP's [784, n_1, ..., 10]; None for other nets
 
-    Args:
-      key: a PRNG key; each layer gets its own split.
-      sizes: neurons per layer, input layer first.
-      initializer: `init(key, n_in, n_out, dtype) -> (w, b)` from nnx.initializers.
-      batch_norm: give each hidden layer gamma = 1 and beta = 0 (the identity transform at init).
-    Returns:
-      [{"w": [sizes[l+1], sizes[l]], "b": [sizes[l+1]]} for each layer l >= 1].
-    """
-    keys = jax.random.split(key, len(sizes) - 1)
-    params = []
-    for l, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:]), 1):
-        w, b = initializer(k, n_in, n_out, dtype)
-        layer = {"w": w, "b": b}
-        if batch_norm and l < len(sizes) - 1:
-            layer.update(gamma=jnp.ones((n_out,), dtype), beta=jnp.zeros((n_out,), dtype))
-        params.append(layer)
+    @property
+    def has_randomness(self) -> bool:
+        return any(layer.needs_key for layer in self.layers)
+
+    @property
+    def weighted(self) -> list[int]:
+        """Indices of the layers with a weighted input (dense and conv), the output layer last."""
+        return [i for i, layer in enumerate(self.layers) if layer.weighted is not None]
+
+
+def mlp(sizes, initializer, activation, output_activation, *, batch_norm=False) -> Net:
+    """The book's network of layer sizes `sizes` (e.g. [784, 30, 10]): dense layers, sigma in the
+    hidden ones, the output activation in the last."""
+    hidden = [L.dense(n, initializer, activation, batch_norm=batch_norm) for n in sizes[1:-1]]
+    return Net((*hidden, L.dense(sizes[-1], initializer, output_activation)), (sizes[0],), tuple(sizes))
+
+
+def conv_net(conv_maps, fc, initializer, activation, output_activation, *, kernel=5, pool=2, dropout=0.0,
+             zero_output=False, image=(1, 28, 28)) -> Net:
+    """Chapter 6's nets: conv-pool layers of `conv_maps` maps each, fully connected layers of widths
+    `fc`, then 10 outputs. dropout > 0 puts network3's dropout on the input of every FC and output
+    layer; zero_output starts the output layer at w = b = 0 (network3's softmax layer)."""
+    stack = [L.conv(maps, kernel, initializer, activation, pool=pool) for maps in conv_maps] + [L.flatten()]
+    for width in fc:
+        stack += ([L.dropout(dropout)] if dropout else []) + [L.dense(width, initializer, activation)]
+    stack += ([L.dropout(dropout)] if dropout else []) + [L.dense(10, initializer, output_activation, zero=zero_output)]
+    return Net(tuple(stack), image)
+
+
+def init(key, net: Net, dtype=jnp.float32) -> list[dict]:
+    """Draws every layer's params; layer i uses the i-th split of key (an MLP: network.py's layers)."""
+    keys = jax.random.split(key, len(net.layers))
+    shape, params = net.input_shape, []
+    for k, layer in zip(keys, net.layers):
+        shape, p = layer.init(k, shape, dtype)
+        params.append(p)
     return params
 
 
-def times_transpose(a, w):
-    """a @ w.T: the weighted inputs' product, rows of a against rows of w."""
-    return a @ w.T
-
-
-def weighted_input(layer, a, product=times_transpose):
-    """z^l = w^l a^{l-1} + b^l for a batch of rows, batch-normalised if the layer says so.
-
-    product(a, w) computes a @ w.T; training passes one that differentiates faster (nnx.train).
-    """
-    z = product(a, layer["w"]) + layer["b"][None, :]
-    if "gamma" not in layer:
-        return z
-    mean, var = jnp.mean(z, axis=0, keepdims=True), jnp.var(z, axis=0, keepdims=True)
-    return layer["gamma"][None, :] * (z - mean) * jax.lax.rsqrt(var + BN_EPSILON) + layer["beta"][None, :]
-
-
-def trace(params, x, activation, shifts=None, product=times_transpose):
-    """Every hidden layer's weighted input z^l and activation a^l, and the output layer's z.
+def trace(net: Net, params, x, *, shifts=None, product=times_transpose, key=None, train=False):
+    """Every hidden weighted layer's z^l and a^l, and the output layer's z.
 
     shifts, if given, are added to each hidden z^l (zeros of z^l's shape): the gradient of the
     summed cost with respect to them is each example's delta^l = dC_x/dz^l (chapter 2's BP2).
+    key: the randomness of the layers that draw it (dropout), used only with train=True.
     Returns:
-      ([(z^l, a^l) for each hidden layer], z of the output layer).
+      ([(z^l, a^l) for each hidden layer with weights], z of the output layer).
     """
-    a, hidden = x, []
-    for l, layer in enumerate(params[:-1]):
-        z = weighted_input(layer, a, product)
+    a = x if len(net.input_shape) == 1 else L.to_images(x, net.input_shape)
+    keys = jax.random.split(key, len(net.layers)) if key is not None else [None] * len(net.layers)
+    hidden, last = [], len(net.layers) - 1
+    for i, (layer, p, k) in enumerate(zip(net.layers, params, keys)):
+        if layer.weighted is None:
+            a = layer.apply(p, a, key=k, train=train)
+            continue
+        z = layer.weighted(p, a, product)
+        if i == last:
+            return hidden, z
         if shifts is not None:
-            z = z + shifts[l]
-        a = activation(z)
+            z = z + shifts[len(hidden)]
+        a = layer.activation(z)
         hidden.append((z, a))
-    return hidden, product(a, params[-1]["w"]) + params[-1]["b"][None, :]
+    raise ValueError("a Net's last layer must have weights (the output layer)")
 
 
-def feedforward(params, x, activation, output_activation, product=times_transpose):
+def feedforward(net: Net, params, x, *, product=times_transpose, key=None, train=False):
     """a^l = sigma(w^l a^{l-1} + b^l) layer by layer (chapter 2, eq. 25), batched over rows of x.
 
-    product(a, w) computes a @ w.T; training passes one that differentiates faster (nnx.train).
     Returns:
-      (z, a) of the output layer, each [batch, sizes[-1]]: costs need z for a stable form.
+      (z, a) of the output layer, each [batch, 10]: costs need z for a stable form.
     """
-    _, z = trace(params, x, activation, product=product)
-    return z, output_activation(z)
+    _, z = trace(net, params, x, product=product, key=key, train=train)
+    return z, net.layers[-1].activation(z)
 
 
-def num_params(sizes, batch_norm=False):
-    """sum over layers of (n_in + 1) * n_out, plus gamma and beta per hidden neuron with batch norm."""
-    extra = 2 * sum(sizes[1:-1]) if batch_norm else 0
-    return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])) + extra
+def layer_shapes(net: Net) -> list[tuple]:
+    """[(output shape, {name: param shape})] per layer, worked out without drawing any number."""
+    found = []
+
+    def draw(key):
+        shape = net.input_shape
+        for layer in net.layers:
+            shape, params = layer.init(key, shape)
+            found.append((tuple(shape), {k: tuple(v.shape) for k, v in params.items()}))
+        return None
+
+    jax.eval_shape(draw, jax.random.PRNGKey(0))
+    return found
+
+
+def describe(net: Net) -> str:
+    """One line a runs table can show: an MLP's sizes ("[784, 30, 10]"), else its layers
+    ("conv 20@5x5 -> 20x12x12 | conv 40@5x5 -> 40x4x4 | flatten | dropout | dense 100 | dense 10")."""
+    if net.sizes is not None:
+        return str(list(net.sizes))
+    parts = []
+    for layer, (out, params) in zip(net.layers, layer_shapes(net)):
+        if layer.kind == "conv":
+            maps, _, k, _ = params["w"]
+            parts.append(f"conv {maps}@{k}x{k} -> {'x'.join(map(str, out))}")
+        elif layer.kind == "dense":
+            parts.append(f"dense {params['w'][0]}")
+        else:
+            parts.append(layer.kind)
+    return " | ".join(parts)
+
+
+def num_params(net: Net) -> int:
+    """Every weight and bias (and batch-norm scale and shift) of the net: for an MLP, the sum over
+    layers of (n_in + 1) * n_out; a conv layer of m maps of k x k over c channels has m (c k^2 + 1)."""
+    return int(sum(np.prod(shape) for _, params in layer_shapes(net) for shape in params.values()))

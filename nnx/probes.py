@@ -49,10 +49,10 @@ def derivative(activation, z):
     return jax.jvp(activation, (z,), (jnp.ones_like(z),))[1]
 
 
-def layer_jacobians(params, x, activation):
-    """[per hidden layer: J^l = diag(sigma'(z^l)) w^l for one input row x]."""
-    hidden, _ = model.trace(params, x[None, :], activation)
-    return [derivative(activation, z[0])[:, None] * layer["w"] for (z, _), layer in zip(hidden, params)]
+def layer_jacobians(net, params, x):
+    """[per hidden layer: J^l = diag(sigma'(z^l)) w^l for one input row x] of an MLP."""
+    hidden, _ = model.trace(net, params, x[None, :])
+    return [derivative(layer.activation, z[0])[:, None] * p["w"] for (z, _), layer, p in zip(hidden, net.layers, params)]
 
 
 def end_to_end_jacobian(jacobians):
@@ -63,9 +63,9 @@ def end_to_end_jacobian(jacobians):
     return product
 
 
-def jacobian_matrices(params, x, activation):
+def jacobian_matrices(net, params, x):
     """Per row of x: each hidden layer's J^l and the end-to-end product, stacked over the rows."""
-    per_example = jax.vmap(lambda row: layer_jacobians(params, row, activation))(x)
+    per_example = jax.vmap(lambda row: layer_jacobians(net, params, row))(x)
     return {"layers": per_example, "end_to_end": jax.vmap(lambda *js: end_to_end_jacobian(js))(*per_example)}
 
 
@@ -87,9 +87,9 @@ def spectra(matrices, depth: int):
     return scalars, {records.SPECTRUM_IO: spectrum}
 
 
-def jacobian_measures(params, x, activation):
+def jacobian_measures(net, params, x):
     """(scalars, arrays) of the Jacobian spectra over the rows of x (see spectra)."""
-    return spectra(jax.device_get(jax.jit(jacobian_matrices, static_argnums=2)(params, x, activation)), len(params) - 1)
+    return spectra(jax.device_get(jax.jit(jacobian_matrices, static_argnums=0)(net, params, x)), len(params) - 1)
 
 
 def percentiles_of_sorted(ordered):
@@ -123,19 +123,24 @@ def probe_fn(spec, kinds=()):
     if unknown:
         raise ValueError(f"unknown probe kinds {sorted(unknown)}; valid: {KINDS}")
 
+    net = spec.net
+    hidden_layers, weighted = net.weighted[:-1], net.weighted  # indices into params of the layers with weights
+
     def summed_cost(params, shifts, x, y):
-        hidden, z = model.trace(params, x, spec.activation, shifts)
+        hidden, z = model.trace(net, params, x, shifts=shifts)
         a = spec.output_activation(z)
         return jnp.sum(spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype))), hidden
 
     def probe(params, x, y):
-        shifts = [jnp.zeros((x.shape[0], layer["b"].shape[0]), x.dtype) for layer in params[:-1]]
+        # The weighted inputs' shapes ([batch, n] dense, [batch, maps, h, w] conv), without computing them.
+        shapes = jax.eval_shape(lambda: model.trace(net, params, x)[0])
+        shifts = [jnp.zeros(z.shape, x.dtype) for z, _ in shapes]
         (g, deltas), hidden = jax.grad(summed_cost, argnums=(0, 1), has_aux=True)(params, shifts, x, y)
         g = jax.tree.map(lambda t: t / x.shape[0], g)  # the gradient of the mean cost
         out = {
-            "bias_grad": [layer["b"] for layer in g[:-1]],
-            "grad_norm": jnp.stack([jnp.linalg.norm(layer["b"]) for layer in g[:-1]]) if len(g) > 1 else jnp.zeros((0,)),
-            "weight_grad_norm": jnp.stack([jnp.linalg.norm(layer["w"]) for layer in g]),
+            "bias_grad": [g[i]["b"] for i in hidden_layers],
+            "grad_norm": jnp.stack([jnp.linalg.norm(g[i]["b"]) for i in hidden_layers]) if hidden_layers else jnp.zeros((0,)),
+            "weight_grad_norm": jnp.stack([jnp.linalg.norm(g[i]["w"]) for i in weighted]),
         }
         if not kinds:
             return out
@@ -144,24 +149,25 @@ def probe_fn(spec, kinds=()):
         if "activations" in kinds:
             for l, (z, a) in enumerate(hidden, 1):
                 scalars.update(_stats(z, a, spec.activation, l, facts.monotone))
-                for p, v in zip(PERCENTILES, percentiles_of_sorted(jnp.sort(z[:, 0]))):
+                for p, v in zip(PERCENTILES, percentiles_of_sorted(jnp.sort(z.reshape(z.shape[0], -1)[:, 0]))):
                     scalars[records.hidden(f"unit_pre_p{p:02d}", l)] = v
                 scalars[records.hidden("saturation", l)] = jnp.mean(facts.saturated(a))
-                scalars[records.hidden("bias_grad_std", l)] = jnp.std(g[l - 1]["b"])
+                scalars[records.hidden("bias_grad_std", l)] = jnp.std(g[hidden_layers[l - 1]]["b"])
                 # The mean-field theory's quantity: E_x ||delta_x^l||^2 scales by chi_1 per layer,
                 # while the norm of the mean (grad_norm) also carries the images' cross terms.
-                scalars[records.hidden("delta_rms", l)] = jnp.sqrt(jnp.mean(jnp.sum(deltas[l - 1] ** 2, axis=1)))
-            for l, layer in enumerate(g, 1):
-                scalars[records.layer("weight_grad_std", l)] = jnp.std(layer["w"])
+                per_image = jnp.sum(deltas[l - 1].reshape(x.shape[0], -1) ** 2, axis=1)
+                scalars[records.hidden("delta_rms", l)] = jnp.sqrt(jnp.mean(per_image))
+            for l, i in enumerate(weighted, 1):
+                scalars[records.layer("weight_grad_std", l)] = jnp.std(g[i]["w"])
         if "histograms" in kinds:
             lo, hi = facts.range
             for l, ((_, a), delta) in enumerate(zip(hidden, deltas), 1):
                 arrays[records.hist("activation", l)] = histogram(a, lo, hi)
                 arrays[records.hist("delta", l)] = log_histogram(delta)
-            for l, layer in enumerate(g, 1):
-                arrays[records.hist("weight_grad", l)] = log_histogram(layer["w"])
+            for l, i in enumerate(weighted, 1):
+                arrays[records.hist("weight_grad", l)] = log_histogram(g[i]["w"])
         if "jacobians" in kinds:  # their singular values are taken on the host: finish()
-            out["jacobian_matrices"] = jacobian_matrices(params, x[: spec.probes.jacobian_examples], spec.activation)
+            out["jacobian_matrices"] = jacobian_matrices(net, params, x[: spec.probes.jacobian_examples])
         out["scalars"], out["arrays"] = scalars, arrays
         return out
 

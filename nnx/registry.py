@@ -15,3 +15,19 @@ def lookup(registry: Mapping[str, Any], kind: str, name: str) -> Any:
     raise ConfigError(
         f"unknown {kind} {name!r}; valid {kind}s: {valid}. Pick one with `{kind}=<name>` on the command line."
     )
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to us
+
+
+def is_number(value) -> bool:
+    import math
+
+    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def check(ok: bool, key: str, value, rule: str, fix: str):
+    """Raises ConfigError "<key>=<value> is invalid: <rule>. <fix>" unless ok."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {rule}. {fix}")

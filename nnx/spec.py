@@ -11,12 +11,14 @@ from typing import Any, Callable
 
 from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from nnx.costs import COSTS
-from nnx.data import DATASETS, MNIST_SIZES
+from nnx.data import DATASETS, TRAIN_SIZES
 from nnx.initializers import INITIALIZERS
 from nnx.optimizers import OPTIMIZERS
 from nnx.probes import KINDS as PROBE_KINDS
 from nnx.probes import NEEDS as PROBE_NEEDS
-from nnx.registry import ConfigError, lookup
+from nnx.architectures import MODELS
+from nnx.model import Net
+from nnx.registry import check, is_int, is_number, lookup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +31,9 @@ class Probes:
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    sizes: tuple[int, ...]
+    net: Net  # the layers (nnx.model)
+    model_name: str  # the architecture: mlp, conv (nnx.architectures)
+    sizes: tuple[int, ...] | None  # an MLP's layer sizes; None for other architectures
     activation_name: str
     activation: Callable
     activation_facts: Activation  # the registry entry: range, saturation, monotone (what probes need)
@@ -40,6 +44,7 @@ class Spec:
     lmbda: float  # L2 strength, for the reported cost (the optimizer applies it to the updates)
     epochs: int
     mini_batch_size: int
+    shuffle: bool  # a fresh shuffle each epoch (network2); false: fixed mini-batches in file order (network3)
     train_size: int
     probe_size: int
     probes: Probes
@@ -49,46 +54,41 @@ class Spec:
     stop_on_divergence: bool
     checkpoint_every: int  # epochs between checkpoints; 0: none
     data_path: str | None
-    dataset: Callable
+    dataset: Callable  # dataset(data_path, originals) -> nnx.data.Data
+    originals: int  # the book's training images used (data.train_size); each gives 5 in the expanded set
+
+    def load_data(self):
+        """The training, validation and test sets this spec trains on."""
+        return self.dataset(self.data_path, self.originals)
 
 
 def _hparams(group: dict, key: str) -> dict:
     """A group's settings besides its name (negative_slope, gain, mu, ...): each a finite number."""
     out = {k: v for k, v in group.items() if k != "name"}
     for name, value in out.items():
-        _check(_is_number(value), f"{key}.{name}", value, "must be a finite number", f"See conf/{key}/{group['name']}.yaml for its default.")
+        check(is_number(value), f"{key}.{name}", value, "must be a finite number", f"See conf/{key}/{group['name']}.yaml for its default.")
     return out
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to us
-
-
-def _is_number(value) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def _check(ok: bool, key: str, value, rule: str, fix: str):
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {rule}. {fix}")
-
-
-def _probes(cfg: dict, probe_size: int, batch_norm: bool, activation: str, facts: Activation) -> Probes:
+def _probes(cfg: dict, probe_size: int, batch_norm: bool, activation: str, facts: Activation, model_name: str) -> Probes:
     kinds = cfg.get("kinds") or []
-    _check(isinstance(kinds, list) and all(k in PROBE_KINDS for k in kinds), "probes.kinds", kinds,
+    check(isinstance(kinds, list) and all(k in PROBE_KINDS for k in kinds), "probes.kinds", kinds,
            f"each kind must be one of {list(PROBE_KINDS)}", "Use e.g. 'probes.kinds=[activations,histograms]' (quoted in a shell), or [] for none.")
     every, jacobian_every, examples = cfg.get("every", 1), cfg.get("jacobian_every", 0), cfg.get("jacobian_examples", 8)
-    _check(_is_int(every) and every >= 1, "probes.every", every, "must be an integer >= 1 (epochs)", "Use e.g. probes.every=1.")
-    _check(_is_int(jacobian_every) and jacobian_every >= 0, "probes.jacobian_every", jacobian_every,
+    check(is_int(every) and every >= 1, "probes.every", every, "must be an integer >= 1 (epochs)", "Use e.g. probes.every=1.")
+    check(is_int(jacobian_every) and jacobian_every >= 0, "probes.jacobian_every", jacobian_every,
            "must be an integer >= 0 (epochs; 0: at init and at the end only)", "Use e.g. probes.jacobian_every=0.")
-    _check(_is_int(examples) and 1 <= examples <= probe_size, "probes.jacobian_examples", examples,
+    check(is_int(examples) and 1 <= examples <= probe_size, "probes.jacobian_examples", examples,
            f"must be an integer from 1 to the probe batch's size ({probe_size})", "Use e.g. probes.jacobian_examples=8.")
-    _check(not (batch_norm and "jacobians" in kinds), "probes.kinds", kinds,
+    check(not (batch_norm and "jacobians" in kinds), "probes.kinds", kinds,
            "a batch-normalised layer has no per-image Jacobian (its output depends on the whole batch)",
            "Drop jacobians from probes.kinds, or set model.batch_norm=false.")
+    check(model_name == "mlp" or "jacobians" not in kinds, "probes.kinds", kinds,
+          f"Jacobian spectra are measured on an MLP's square hidden layers; model={model_name} has none",
+          "Drop jacobians from probes.kinds, or use model=mlp.")
     for kind in kinds:
         missing = [fact for fact in PROBE_NEEDS[kind] if getattr(facts, fact) is None]
-        _check(not missing, "probes.kinds", kinds,
+        check(not missing, "probes.kinds", kinds,
                f"the {kind} probe needs the activation's {' and '.join(missing)}, which activation={activation} does not give",
                f"Give them in its entry in nnx/activations.py (Activation({activation}, {missing[0] if missing else ''}=...)), "
                f"or drop {kind} from probes.kinds.")
@@ -102,56 +102,66 @@ def build(cfg: dict) -> Spec:
       ConfigError: naming the bad key and value, what is allowed and how to fix it.
     """
     model, train, data, opt = cfg["model"], cfg["train"], cfg["data"], cfg["optimizer"]
-    depth, width = model["depth"], model["width"]
-    _check(_is_int(cfg["seed"]), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
-    _check(_is_int(depth) and depth >= 0, "model.depth", depth, "the number of hidden layers must be an integer >= 0", "Use e.g. model.depth=2.")
-    _check(_is_int(width) and width >= 1, "model.width", width, "each hidden layer needs an integer >= 1 neurons", "Use e.g. model.width=30.")
-    _check(_is_number(opt.get("eta")) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
-    _check(_is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be a number >= 0", "Use optimizer.lmbda=0 for none.")
-    _check(_is_int(train["checkpoint_every"]) and train["checkpoint_every"] >= 0, "train.checkpoint_every", train["checkpoint_every"], "must be an integer >= 0", "Use 1 (every epoch) or 0 (no checkpoints).")
-    _check(_is_int(train["epochs"]) and train["epochs"] >= 0, "train.epochs", train["epochs"],
+    model_name = model.get("name", "mlp")  # runs recorded before the model group had no name: MLPs
+    check(is_int(cfg["seed"]), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
+    check(is_number(opt.get("eta")) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
+    check(is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be a number >= 0", "Use optimizer.lmbda=0 for none.")
+    check(is_int(train["checkpoint_every"]) and train["checkpoint_every"] >= 0, "train.checkpoint_every", train["checkpoint_every"], "must be an integer >= 0", "Use 1 (every epoch) or 0 (no checkpoints).")
+    check(is_int(train["epochs"]) and train["epochs"] >= 0, "train.epochs", train["epochs"],
            "must be an integer >= 0 (0: measure the initialization only)", "Use e.g. train.epochs=30.")
 
     dataset = lookup(DATASETS, "data", data["name"])
-    n_available = MNIST_SIZES["train"]
-    train_size = n_available if data["train_size"] is None else data["train_size"]
-    _check(_is_int(train_size) and 1 <= train_size <= n_available, "data.train_size", train_size, f"MNIST has {n_available} training images", f"Use 1 <= data.train_size <= {n_available}.")
+    originals = TRAIN_SIZES["mnist"]  # data.train_size counts the book's training images
+    check(data["train_size"] is None or (is_int(data["train_size"]) and 1 <= data["train_size"] <= originals), "data.train_size",
+          data["train_size"], f"MNIST has {originals} training images", f"Use 1 <= data.train_size <= {originals}.")
+    per_image = TRAIN_SIZES[data["name"]] // originals  # 5 for the expanded set: each image and 4 shifts
+    train_size = per_image * (originals if data["train_size"] is None else data["train_size"])
     m = train["mini_batch_size"]
-    _check(_is_int(m) and 1 <= m <= train_size, "train.mini_batch_size", m, f"a mini-batch must hold 1 to data.train_size={train_size} images", f"Use train.mini_batch_size<={train_size}, or raise data.train_size.")
+    check(is_int(m) and 1 <= m <= train_size, "train.mini_batch_size", m, f"a mini-batch must hold 1 to data.train_size={train_size} images", f"Use train.mini_batch_size<={train_size}, or raise data.train_size.")
     probe_size = cfg["probes"]["size"]
-    _check(_is_int(probe_size) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
+    check(is_int(probe_size) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
 
-    _check(isinstance(model.get("batch_norm", False), bool), "model.batch_norm", model.get("batch_norm"), "must be true or false", "Use model.batch_norm=true or false.")
+    check(isinstance(train.get("shuffle", True), bool), "train.shuffle", train.get("shuffle"), "must be true or false",
+          "Use train.shuffle=false for network3's fixed mini-batches, true for a fresh shuffle each epoch.")
     act = cfg["activation"]
     facts = lookup(ACTIVATIONS, "activation", act["name"])
-    probes = _probes(cfg["probes"], min(probe_size, train_size), model.get("batch_norm", False), act["name"], facts)
+    batch_norm = model.get("batch_norm", False)
+    probes = _probes(cfg["probes"], min(probe_size, train_size), batch_norm, act["name"], facts, model_name)
 
     seeds = cfg["seeds"]
-    _check(seeds is None or (isinstance(seeds, list) and seeds and all(_is_int(s) for s in seeds) and len(set(seeds)) == len(seeds)),
+    check(seeds is None or (isinstance(seeds, list) and seeds and all(is_int(s) for s in seeds) and len(set(seeds)) == len(seeds)),
            "seeds", seeds, "a list of distinct integer seeds (or null for the single `seed`)", "Use e.g. 'seeds=[0,1,2,3]' (quoted in a shell).")
 
     init = cfg["init"]
     output_name = model["output_activation"]
+    activation = facts(**_hparams(act, "activation"))
+    output_activation = lookup(OUTPUT_ACTIVATIONS, "model.output_activation", output_name)()
+    initializer = lookup(INITIALIZERS, "init", init["name"])(**_hparams(init, "init"))
+    net = lookup(MODELS, "model", model_name)(model, initializer, activation, output_activation)
     return Spec(
-        sizes=(784, *([width] * depth), 10),
+        net=net,
+        model_name=model_name,
+        sizes=net.sizes,
         activation_name=act["name"],
-        activation=facts(**_hparams(act, "activation")),
+        activation=activation,
         activation_facts=facts,
-        output_activation=lookup(OUTPUT_ACTIVATIONS, "model.output_activation", output_name)(),
+        output_activation=output_activation,
         cost=lookup(COSTS, "cost", cfg["cost"]["name"])(output_name),
-        initializer=lookup(INITIALIZERS, "init", init["name"])(**_hparams(init, "init")),
+        initializer=initializer,
         optimizer=lookup(OPTIMIZERS, "optimizer", opt["name"])(n=train_size, **_hparams(opt, "optimizer")),
         lmbda=float(opt["lmbda"]),
         epochs=train["epochs"],
         mini_batch_size=m,
+        shuffle=train.get("shuffle", True),
         train_size=train_size,
         probe_size=min(probe_size, train_size),
         probes=probes,
-        batch_norm=model.get("batch_norm", False),
+        batch_norm=batch_norm,
         seed=cfg["seed"],
         seeds=None if seeds is None else tuple(seeds),
         stop_on_divergence=bool(train["stop_on_divergence"]),
         checkpoint_every=train["checkpoint_every"],
         data_path=data["path"],
         dataset=dataset,
+        originals=train_size // per_image,
     )

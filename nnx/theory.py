@@ -34,6 +34,7 @@ def init_variances(name: str, n_in: int, n_out: int, gain: float = 1.0, sigma_w2
         # Orthonormal rows (n_out <= n_in) or columns: each entry has variance 1 / max(n_in, n_out).
         "orthogonal": (gain**2 / max(n_in, n_out), sigma_b2),
         "gaussian": (sigma_w2 / n_in, sigma_b2),
+        "network3": (1.0 / n_out, 1.0),
     }[name]
 
 

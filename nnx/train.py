@@ -18,10 +18,11 @@ def make_loss(spec, product=model.times_transpose):
     """C = mean over the mini-batch of C_x (no L2 term: the optimizer adds its gradient).
 
     product(a, w) = a @ w.T, as model.feedforward takes it (epoch_fn passes training_product).
+    loss(params, x, y, key=None): with a key, the net runs as in training (dropout draws its masks).
     """
 
-    def loss(params, x, y):
-        z, a = model.feedforward(params, x, spec.activation, spec.output_activation, product)
+    def loss(params, x, y, key=None):
+        z, a = model.feedforward(spec.net, params, x, product=product, key=key, train=key is not None)
         return jnp.mean(spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)))
 
     return loss
@@ -79,13 +80,15 @@ def steps_per_gather(n_batches: int, m: int, rows: int = 1024) -> int:
 def epoch_fn(spec):
     """epoch(params, opt_state, key, x, y) -> (params, opt_state), not yet jitted.
 
-    A fresh permutation of the training set is cut into n // m mini-batches of one shape (a
-    remainder smaller than m is dropped, so nothing recompiles; the book's sizes divide evenly).
-    Rows are gathered by index a chunk of mini-batches at a time: the shuffled set is never
-    copied whole, and no step waits on a small gather.
+    A fresh permutation of the training set (or, with spec.shuffle false, the set in file order,
+    as network3 trains) is cut into n // m mini-batches of one shape (a remainder smaller than m is
+    dropped, so nothing recompiles; the book's sizes divide evenly). Rows are gathered by index a
+    chunk of mini-batches at a time: the shuffled set is never copied whole, and no step waits on a
+    small gather. A net with dropout gets one key per step, split from the epoch's key.
     """
     grad = jax.grad(make_loss(spec, training_product))
     m = spec.mini_batch_size
+    random = spec.net.has_randomness
 
     def step(carry, batch):
         params, opt_state = carry
@@ -95,29 +98,53 @@ def epoch_fn(spec):
     def epoch(params, opt_state, key, x, y):
         n_batches = x.shape[0] // m
         c = steps_per_gather(n_batches, m)
-        order = jax.random.permutation(key, x.shape[0])[: n_batches * m].reshape(n_batches // c, c * m)
+        order = jax.random.permutation(key, x.shape[0]) if spec.shuffle else jnp.arange(x.shape[0])
+        order = order[: n_batches * m].reshape(n_batches // c, c * m)
+        chunks = order
+        if random:  # the shuffle used key itself: the steps' keys come from a fold of it
+            step_keys = jax.random.split(jax.random.fold_in(key, 1), n_batches)
+            chunks = (order, step_keys.reshape(n_batches // c, c, *step_keys.shape[1:]))
 
-        def chunk(carry, idx):
-            return jax.lax.scan(step, carry, (x[idx].reshape(c, m, -1), y[idx].reshape(c, m)), unroll=UNROLL)[0], None
+        def chunk(carry, chunk_of):
+            idx, keys = chunk_of if random else (chunk_of, None)
+            batches = (x[idx].reshape(c, m, -1), y[idx].reshape(c, m)) + ((keys,) if random else ())
+            return jax.lax.scan(step, carry, batches, unroll=UNROLL)[0], None
 
-        (params, opt_state), _ = jax.lax.scan(chunk, (params, opt_state), order)
+        (params, opt_state), _ = jax.lax.scan(chunk, (params, opt_state), chunks)
         return params, opt_state
 
     return epoch
+
+
+EVAL_CHUNK = 1000  # images per pass when a conv net is evaluated: its feature maps of a whole split would not fit
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    return max(c for c in range(1, min(n, at_most) + 1) if n % c == 0)
 
 
 def evaluate_fn(spec):
     """evaluate(params, x, y) -> (cost, accuracy), as network2's total_cost and accuracy.
 
     cost = mean C_x + (lmbda / 2 len(x)) sum_l ||w^l||^2: the book divides by the evaluated set's size.
+    A conv net is evaluated a chunk of images at a time (lax.map), an MLP in one pass.
     """
     loss = make_loss(spec)
 
+    def sums(params, x, y):
+        z, _ = model.feedforward(spec.net, params, x)
+        return loss(params, x, y) * x.shape[0], jnp.sum(jnp.argmax(z, axis=-1) == y)
+
     def evaluate(params, x, y):
-        z, _ = model.feedforward(params, x, spec.activation, spec.output_activation)
-        l2 = sum(jnp.sum(layer["w"] ** 2) for layer in params)
-        cost = loss(params, x, y) + 0.5 * spec.lmbda / x.shape[0] * l2
-        return cost, jnp.mean(jnp.argmax(z, axis=-1) == y)
+        l2 = sum(jnp.sum(layer["w"] ** 2) for layer in params if "w" in layer)
+        if len(spec.net.input_shape) == 1:
+            z, _ = model.feedforward(spec.net, params, x)
+            cost, accuracy = loss(params, x, y), jnp.mean(jnp.argmax(z, axis=-1) == y)
+        else:
+            c = largest_divisor(x.shape[0], EVAL_CHUNK)
+            total, correct = jax.lax.map(lambda xy: sums(params, *xy), (x.reshape(-1, c, x.shape[1]), y.reshape(-1, c)))
+            cost, accuracy = jnp.sum(total) / x.shape[0], jnp.sum(correct) / x.shape[0]
+        return cost + 0.5 * spec.lmbda / x.shape[0] * l2, accuracy
 
     return evaluate
 
@@ -141,7 +168,7 @@ def make_probe(spec, kinds=()):
 
 
 def init_state(spec, key, dtype=jnp.float32):
-    params = model.init(key, spec.sizes, spec.initializer, dtype, batch_norm=spec.batch_norm)
+    params = model.init(key, spec.net, dtype)
     return params, spec.optimizer.init(params)
 
 
@@ -227,7 +254,7 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         kinds = probes.kinds_at(spec, step, spec.epochs)
         if kinds not in built:
             built[kinds] = probe(kinds)
-        return [probes.finish(m, len(spec.sizes) - 2) for m in split(jax.device_get(built[kinds](params, *probe_set)))]
+        return [probes.finish(m, len(spec.net.weighted) - 1) for m in split(jax.device_get(built[kinds](params, *probe_set)))]
 
     def start_histories(measured):
         """One history per network; 5.5's bars (dC/db at init) only where step 0 is measured."""

@@ -29,7 +29,7 @@ def book_spec(depth, mini_batch_size):
 def oracle(request):
     """(initial params, params after one full-batch nnx epoch): shuffling cannot matter."""
     spec = book_spec(request.param, N)
-    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
     start = [(np.asarray(layer["w"]), np.asarray(layer["b"])) for layer in params]
     after, _ = nnx.make_epoch(spec)(params, spec.optimizer.init(params), jax.random.PRNGKey(1), jnp.asarray(x), jnp.asarray(y))
     return start, [(np.asarray(layer["w"]), np.asarray(layer["b"])) for layer in after]
@@ -56,7 +56,7 @@ def test_one_full_batch_epoch_equals_nnx(oracle, name):
 def test_baselines_cut_the_same_mini_batches():
     """With one seed every baseline visits the same mini-batches in the same order (m < N here)."""
     spec = book_spec(2, 5)
-    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
     start = [(np.asarray(layer["w"]), np.asarray(layer["b"])) for layer in params]
     want = baselines.numpy_book(start, x, y, 5, ETA, rng=7)
     assert_params_close(baselines.numpy_vectorized(start, x, y, 5, ETA, rng=7), want)

@@ -83,7 +83,7 @@ def test_sigmoid_gradients_at_init_grow_from_first_to_last_hidden_layer():
                               data={"name": "mnist", "path": None, "train_size": 1000}, probes={"size": 1000}))
     probe = nnx.make_probe(spec)
     for seed in range(5):
-        params = nnx.init(jax.random.PRNGKey(seed), spec.sizes, spec.initializer)
+        params = nnx.init(jax.random.PRNGKey(seed), spec.net)
         norms = np.asarray(probe(params, data.train.x, data.train.y)["grad_norm"])
         assert np.all(np.diff(norms) > 0), (seed, norms)
         assert norms[-1] / norms[0] > 10

@@ -17,6 +17,7 @@ EXPECTED = {
     "he_normal": (2 / N_IN, 0.0),
     "orthogonal": (1 / N_IN, 0.0),  # rows orthonormal: each row has squared norm 1 over n_in entries
     "gaussian": (1 / N_IN, 0.0),
+    "network3": (1 / N_OUT, 1.0),  # network3.py divides by the fan-out
 }
 
 
@@ -52,6 +53,16 @@ def test_orthogonal_rows_scaled_by_gain():
 
 def test_parameter_count():
     sizes = (784, 30, 30, 10)
-    params = nnx.init(jax.random.PRNGKey(0), sizes, nnx.INITIALIZERS["default"]())
+    net = nnx.model.mlp(sizes, nnx.INITIALIZERS["default"](), jax.nn.sigmoid, jax.nn.sigmoid)
+    params = nnx.init(jax.random.PRNGKey(0), net)
     counted = sum(p.size for layer in params for p in layer.values())
-    assert counted == nnx.num_params(sizes) == 785 * 30 + 31 * 30 + 31 * 10
+    assert counted == nnx.num_params(net) == 785 * 30 + 31 * 30 + 31 * 10
+
+
+@pytest.mark.parametrize("name", sorted(nnx.INITIALIZERS))
+def test_a_conv_kernel_gets_its_shape_and_one_bias_per_map(name):
+    """[maps, channels, k, k] kernels: fan-in c k^2, network3's pooled fan-out maps k^2 / 4."""
+    w, b = nnx.INITIALIZERS[name]()(jax.random.PRNGKey(0), 25, 20 * 25 // 4, np.float32, shape=(20, 1, 5, 5))
+    assert w.shape == (20, 1, 5, 5) and b.shape == (20,)
+    if name == "network3":
+        np.testing.assert_allclose(np.var(np.asarray(w)), 4 / (20 * 25), rtol=0.2)

@@ -101,7 +101,7 @@ def test_relu_gradients_at_init_follow_he():
                                   init={"name": init}, cost={"name": "log_likelihood"}, probes={"size": 200},
                                   data={"name": "mnist", "path": None, "train_size": 200}))
         probe = nnx.make_probe(spec)
-        slopes = [he2015.log2_slope(np.asarray(probe(nnx.init(jax.random.PRNGKey(s), spec.sizes, spec.initializer),
+        slopes = [he2015.log2_slope(np.asarray(probe(nnx.init(jax.random.PRNGKey(s), spec.net),
                                                      data.train.x, data.train.y)["grad_norm"]) ** 2) for s in range(3)]
         assert np.mean(slopes) == pytest.approx(expected, abs=0.2), (init, slopes)
         assert he2015.log2_slope(he2015.theory_norms("relu", init, spec.sizes, 50.0) ** 2) == pytest.approx(expected, abs=1e-6)

@@ -16,7 +16,7 @@ ALL_KINDS = {"size": 40, "kinds": ["activations", "histograms", "jacobians"], "j
 
 def _setup(**overrides):
     spec = build(tiny_cfg(**{"model": {"depth": 3, "width": 12}, "probes": ALL_KINDS, **overrides}))
-    params = model.init(jax.random.PRNGKey(1), spec.sizes, spec.initializer, batch_norm=spec.batch_norm)
+    params = model.init(jax.random.PRNGKey(1), spec.net)
     x = jax.random.uniform(jax.random.PRNGKey(2), (40, 784))
     y = jnp.arange(40) % 10
     return spec, params, x, y
@@ -56,7 +56,7 @@ def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
     np.testing.assert_array_equal(counts, [3, 2])  # 5.0 and -3.0 clipped into the edge bins
 
     def summed(shifts):
-        hidden, z = model.trace(params, x, spec.activation, shifts)
+        hidden, z = model.trace(spec.net, params, x, shifts=shifts)
         return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
 
     shifts = [jnp.zeros((40, 12))] * 3
@@ -69,7 +69,7 @@ def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
 
 def test_layer_and_end_to_end_jacobians_match_jacfwd():
     spec, params, x, y = _setup(activation={"name": "tanh"})
-    scalars, arrays = probes.jacobian_measures(params, x[:3], spec.activation)
+    scalars, arrays = probes.jacobian_measures(spec.net, params, x[:3])
     hidden_maps = [lambda a, layer=layer: jnp.tanh(a @ layer["w"].T + layer["b"]) for layer in params[:-1]]
     singular = {l: [] for l in range(1, 4)}
     spectra = []
@@ -97,8 +97,8 @@ def test_deep_linear_orthogonal_net_is_an_exact_isometry():
     spreads = {}
     for init in ({"name": "orthogonal", "gain": 1.0}, {"name": "gaussian", "sigma_w2": 1.0}):
         spec = build(tiny_cfg(init=init, **cfg))
-        params = model.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
-        scalars, arrays = probes.jacobian_measures(params, x, spec.activation)
+        params = model.init(jax.random.PRNGKey(0), spec.net)
+        scalars, arrays = probes.jacobian_measures(spec.net, params, x)
         spreads[init["name"]] = float(scalars["io_jacobian/sq_sv_var"])
         if init["name"] == "orthogonal":
             np.testing.assert_allclose(arrays["spectrum/io_jacobian"], 1.0, rtol=1e-4)
@@ -110,11 +110,12 @@ def test_batch_norm_standardises_each_unit_over_the_batch():
     assert set(params[0]) == {"w", "b", "gamma", "beta"} and set(params[-1]) == {"w", "b"}
     params[0]["gamma"] = jnp.full((12,), 2.0)
     params[0]["beta"] = jnp.full((12,), -1.0)
-    hidden, _ = model.trace(params, x, spec.activation)
+    hidden, _ = model.trace(spec.net, params, x)
     z = np.asarray(x, np.float64) @ np.asarray(params[0]["w"], np.float64).T + np.asarray(params[0]["b"], np.float64)
-    expected = 2.0 * (z - z.mean(0)) / np.sqrt(z.var(0) + model.BN_EPSILON) - 1.0
+    expected = 2.0 * (z - z.mean(0)) / np.sqrt(z.var(0) + nnx.layers.BN_EPSILON) - 1.0
     np.testing.assert_allclose(hidden[0][0], expected, rtol=1e-3, atol=1e-4)
-    assert nnx.num_params(spec.sizes, batch_norm=True) == nnx.num_params(spec.sizes) + 4 * 12
+    plain = build(tiny_cfg(model={"depth": 2, "width": 12}))
+    assert nnx.num_params(spec.net) == nnx.num_params(plain.net) + 4 * 12
 
 
 def test_batch_norm_trains_and_its_gradient_matches_finite_differences():
@@ -141,7 +142,7 @@ def test_schedule_measures_everything_at_the_ends():
 
 def test_fit_records_arrays_with_their_steps_and_epochs_zero_measures_the_init():
     spec = build(tiny_cfg(model={"depth": 2, "width": 8}, probes={**ALL_KINDS, "every": 2}, train={"epochs": 3}))
-    data = spec.dataset(None, spec.train_size)
+    data = spec.load_data()
     _, history = train.fit(spec, data, key=jax.random.PRNGKey(0))
     assert list(history["probe_steps/hist"]) == [0, 2, 3] and history["hist/activation/hidden_1"].shape == (3, probes.BINS)
     assert list(history["probe_steps/spectrum"]) == [0, 3] and len(history["io_jacobian/sq_sv_mean"]) == 2

@@ -95,9 +95,9 @@ def test_the_readme_recipe_for_a_new_activation_works_as_written(tmp_path, monke
     assert np.all(np.isfinite(history["act_p50/hidden_2"])) and history["hist/activation/hidden_1"].shape == (2, probes.BINS)
 
     # swish is not monotone: its activations' percentiles are its own, not sigma(percentiles of z).
-    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
     measured = jax.jit(probes.probe_fn(spec, ("activations",)))(params, data.train.x[:50], data.train.y[:50])
-    hidden, _ = nnx.model.trace(params, data.train.x[:50], spec.activation)
+    hidden, _ = nnx.model.trace(spec.net, params, data.train.x[:50])
     a = np.asarray(hidden[0][1])
     np.testing.assert_allclose(measured["scalars"]["act_p02/hidden_1"], np.percentile(a, 2), rtol=1e-4, atol=1e-6)
 

@@ -55,10 +55,10 @@ def test_a_params_npz_written_before_tree_paths_loads(case):
     with np.load(DATA / f"{case}_params.npz") as saved:
         assert any(k.startswith("layer_1/") for k in saved)
         params = records.params_from_arrays(dict(saved))
-    fresh = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer, batch_norm=spec.batch_norm)
+    fresh = nnx.init(jax.random.PRNGKey(0), spec.net)
     assert jax.tree.structure(params) == jax.tree.structure(jax.tree.map(np.asarray, fresh))
     test = nnx.load(train_size=1).test
-    z, a = nnx.feedforward(params, test.x[:1000], spec.activation, spec.output_activation)
+    z, a = nnx.feedforward(spec.net, params, test.x[:1000])
     assert np.mean(np.argmax(np.asarray(z), 1) == test.y[:1000]) == LEGACY[case]["test_accuracy_1000"]
     np.testing.assert_allclose(np.asarray(a, np.float64).sum(), LEGACY[case]["output_sum"], rtol=1e-5)
 
@@ -81,7 +81,7 @@ def test_a_checkpoint_written_before_tree_paths_loads_and_a_new_one_round_trips(
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     small, deep = nnx.build(tiny_cfg()), nnx.build(tiny_cfg(model={"depth": 2, "width": 8, "output_activation": "sigmoid"}))
-    params = nnx.init(jax.random.PRNGKey(0), small.sizes, small.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), small.net)
     checkpoint.save(tmp_path / "last.npz", 0, params, small.optimizer.init(params))
     with pytest.raises(KeyError, match="params/2/b"):
         checkpoint.load(tmp_path / "last.npz", deep, seed=0)

@@ -36,14 +36,15 @@ def test_factors_match_a_simulated_wide_tanh_net():
     width, depth, n = 800, 3, 64
     sizes = [784] + [width] * depth + [10]
     key = jax.random.PRNGKey(0)
-    params = nnx.init(key, sizes, nnx.INITIALIZERS["glorot_normal"]())
+    net = nnx.model.mlp(sizes, nnx.INITIALIZERS["glorot_normal"](), jnp.tanh, lambda z: z)
+    params = nnx.init(key, net)
     x = jax.random.uniform(jax.random.PRNGKey(1), (n, 784))
     variances = [theory.init_variances("glorot_normal", a, b) for a, b in zip(sizes[:-1], sizes[1:])]
     _, chi = theory.layer_factors(jnp.tanh, sizes, variances, float(jnp.mean(jnp.sum(x**2, axis=1))))
 
     def loss(biases, xi):
         ps = [{"w": p["w"], "b": b} for p, b in zip(params, biases)]
-        z, _ = nnx.feedforward(ps, xi[None], jnp.tanh, lambda z: z)
+        z, _ = nnx.feedforward(net, ps, xi[None])
         return jnp.sum(z * jnp.arange(10.0)[None, :])  # any fixed output direction
 
     grads = jax.vmap(lambda xi: jax.grad(loss)([p["b"] for p in params], xi))(x)

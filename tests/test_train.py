@@ -17,7 +17,7 @@ def small():
 def test_epoch_compiles_once(small):
     spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
     epoch = nnx.make_epoch(spec)
-    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
     state = spec.optimizer.init(params)
     x, y = jnp.asarray(small.train.x), jnp.asarray(small.train.y)
     for e in range(4):
@@ -60,10 +60,10 @@ def test_learns_on_a_small_set(small):
 def test_reported_cost_includes_the_l2_term(small):
     """Book: cost = mean C_x + (lmbda / 2 len(data)) sum ||w||^2 over the evaluated set."""
     spec = nnx.build(tiny_cfg(optimizer={"name": "sgd", "eta": 0.1, "lmbda": 3.0}))
-    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
     x, y = small.validation.x[:500], small.validation.y[:500]
     cost, accuracy = nnx.make_evaluate(spec)(params, x, y)
-    z, a = nnx.feedforward(params, x, spec.activation, spec.output_activation)
+    z, a = nnx.feedforward(spec.net, params, x)
     a, t = np.asarray(a, np.float64), np.eye(10)[y]
     book = np.mean(-np.sum(t * np.log(a) + (1 - t) * np.log(1 - a), axis=1))
     book += 0.5 * 3.0 / 500 * sum(np.sum(np.asarray(layer["w"], np.float64) ** 2) for layer in params)
@@ -74,7 +74,7 @@ def test_reported_cost_includes_the_l2_term(small):
 def test_probe_is_the_norm_of_the_mean_per_example_gradient(small):
     """Chapter 5: average dC_x/db^l over the images, then take the norm (not the mean of norms)."""
     spec = nnx.build(tiny_cfg(model={"depth": 3, "width": 8, "output_activation": "sigmoid"}))
-    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
     x, y = jnp.asarray(small.train.x[:50]), jnp.asarray(small.train.y[:50])
     loss = nnx.make_loss(spec)
     per_example = jax.vmap(lambda xi, yi: jax.grad(loss)(params, xi[None], yi[None]))(x, y)

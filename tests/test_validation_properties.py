@@ -63,7 +63,7 @@ def problems(v) -> set:
     rules = {
         "depth": _int(v["depth"]) and v["depth"] >= 0, "width": _int(v["width"]) and v["width"] >= 1,
         "eta": _number(v["eta"]) and v["eta"] > 0, "lmbda": _number(v["lmbda"]) and v["lmbda"] >= 0,
-        "train_size": _int(v["train_size"]) and 1 <= v["train_size"] <= 50_000,
+        "train_size": v["train_size"] is None or (_int(v["train_size"]) and 1 <= v["train_size"] <= 50_000),  # None: all
         "epochs": _int(v["epochs"]) and v["epochs"] >= 0,
         "seeds": v["seeds"] is None or (isinstance(v["seeds"], list) and v["seeds"] and all(_int(s) for s in v["seeds"])
                                         and len(set(v["seeds"])) == len(v["seeds"])),
@@ -71,7 +71,8 @@ def problems(v) -> set:
         "gain": v["init"] != "orthogonal" or _number(v["gain"]),
     }
     bad |= {name for name, ok in rules.items() if not ok}
-    if "train_size" not in bad and not (_int(v["mini_batch_size"]) and 1 <= v["mini_batch_size"] <= v["train_size"]):
+    n = 50_000 if v["train_size"] is None else v["train_size"]
+    if "train_size" not in bad and not (_int(v["mini_batch_size"]) and 1 <= v["mini_batch_size"] <= n):
         bad.add("mini_batch_size")
     if not bad & {"cost", "output"} and (v["cost"], v["output"]) in {("cross_entropy", o) for o in REGISTRIES["output"] if o != "sigmoid"} | {
             ("log_likelihood", o) for o in REGISTRIES["output"] if o != "softmax"}:

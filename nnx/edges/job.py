@@ -18,7 +18,7 @@ import yaml
 from nnx import probes, records
 from nnx import train as training
 from nnx.edges import checkpoint, stop, tracking
-from nnx.model import num_params
+from nnx.model import describe, num_params
 from nnx.spec import build
 
 # Short copies of the settings people sweep, so the UI's runs table and parallel-coordinates
@@ -70,7 +70,7 @@ class Member:
 def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
     cfg = seed_config(cfg, seed)
     params = tracking.flatten({k: v for k, v in cfg.items() if k not in ("tracking", "resume")})
-    params.update({"model.sizes": str(list(spec.sizes)), "model.num_params": str(num_params(spec.sizes, spec.batch_norm))})
+    params.update({"model.sizes" if spec.sizes else "model.layers": describe(spec.net), "model.num_params": str(num_params(spec.net))})
     params.update({short: params[full] for short, full in SHORT_PARAMS.items() if full in params})
     run = tracking.Run.start(client, experiment_id, name=name, params=params, parent_run_id=parent,
                              tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
@@ -103,7 +103,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
       diverged run(s) FAILED; anything raised while training after ending the runs FAILED/KILLED.
     """
     spec = build(cfg)
-    data = spec.dataset(spec.data_path, spec.train_size)
+    data = spec.load_data()
     uri = tracking.resolve_uri(cfg["tracking"]["uri"])
     client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
     tags = {**tracking.environment_tags(), **tags}
@@ -134,7 +134,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
         for s in seeds
     ]
     for m in members:
-        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} sizes={list(spec.sizes)} in {uri}")
+        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {uri}")
     return train_and_end(spec, data, members, group, echo, progress=progress)
 
 

@@ -44,7 +44,7 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dic
     for key in stored.data.metrics:
         steps, values, _ = tracking.metric_history(client, run_id, key)
         earlier[key] = values[steps < start[0]]
-    data = spec.dataset(spec.data_path, spec.train_size)
+    data = spec.load_data()
     run = tracking.Run(client, run_id)
     run.reopen()
     member = Member(run, cfg["seed"], cfg, path, logged_until=max(logged, default=-1), earlier=earlier)

@@ -48,7 +48,7 @@ def time_nnx(spec, x, y, repeats):
 
     import nnx
 
-    params = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
     opt_state = spec.optimizer.init(params)
     epoch = nnx.make_epoch(spec)
     x, y = jax.device_put(x), jax.device_put(y)  # on the device once, as fit does
@@ -96,7 +96,7 @@ def bench_case(name, data, repeats, cap) -> dict:
     depth, width, mini_batch_size, train_size = CASES[name]
     spec = nnx.build(config(depth, width, mini_batch_size, train_size))
     x, y = data.train.x[:train_size], data.train.y[:train_size]
-    init = nnx.init(jax.random.PRNGKey(0), spec.sizes, spec.initializer)
+    init = nnx.init(jax.random.PRNGKey(0), spec.net)
     params = [(np.asarray(layer["w"]), np.asarray(layer["b"])) for layer in init]
 
     nnx_seconds, compile_s = time_nnx(spec, x, y, repeats)
