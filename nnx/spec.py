@@ -6,7 +6,6 @@ The input is a plain dict (Hydra's resolved config, or one written by hand in a 
 """
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
