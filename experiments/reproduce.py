@@ -3,7 +3,8 @@
     nnx-reproduce ch5                      # train every sweep, then write reports/ch5/
     nnx-reproduce ch5 --plot-only          # redraw reports/ch5/ from the runs already stored
     nnx-reproduce ch5 train.epochs=2 ...   # overrides passed to every sweep (e.g. a smoke test)
-    nnx-reproduce all                      # ch1, ch2, ch3 and ch5 in turn, each as if run alone
+    nnx-reproduce all                      # ch1, ch2, ch3, ch5 and ch6 in turn, each as if run alone
+    nnx-reproduce ch6 --book               # chapter 6 at the book's protocol, not the scaled default
     nnx-reproduce he2015                   # one of the papers beyond the book (see PAPERS)
     nnx-reproduce papers                   # all of them in turn
 """
@@ -20,16 +21,18 @@ from nnx.edges import cli, paths, tracking
 # The signal-propagation lab: papers that measured chapter 5's problem more finely.
 PAPERS = ("glorot2010", "he2015", "saxe2014", "schoenholz2017", "pennington2017", "ioffe2015")
 CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch5": "experiments.ch5",
-            **{name: f"experiments.{name}" for name in PAPERS}}
-GROUPS = {"all": ("ch1", "ch2", "ch3", "ch5"), "papers": PAPERS}  # each runs its members in turn
+            "ch6": "experiments.ch6", **{name: f"experiments.{name}" for name in PAPERS}}
+GROUPS = {"all": ("ch1", "ch2", "ch3", "ch5", "ch6"), "papers": PAPERS}  # each runs its members in turn
 
 
-def run_sweeps(module, overrides: list[str], jobs: int):
+def run_sweeps(module, overrides: list[str], jobs: int, book: bool = False):
     """Each sweep is one `nnx-train -m experiment=<preset>` as a user would type it, run in this
-    process (nnx.edges.cli.run) with its progress lines silenced."""
+    process (nnx.edges.cli.run) with its progress lines silenced. A chapter whose book protocol takes
+    hours here (SCALED) gets its scaled overrides first, unless `book`; the user's come last and win."""
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     for preset in module.SWEEPS:
-        argv = ["-m", f"experiment={preset}", *launcher, *overrides]
+        scaled = [] if book else getattr(module, "SCALED", {}).get(preset, [])
+        argv = ["-m", f"experiment={preset}", *launcher, *scaled, *overrides]
         print(f"nnx-reproduce: nnx-train {' '.join(argv)}", flush=True)
         started = time.perf_counter()
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -49,6 +52,8 @@ def main(argv=None):
                                                  "with `all` or `papers`, one subfolder per member)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
+    parser.add_argument("--book", action="store_true", help="the book's full protocol where the default is scaled (ch6: "
+                                                           "all images, 60 epochs, 3 seeds; hours on a CPU)")
     args = parser.parse_intermixed_args(argv)
     paths.use_compilation_cache()  # the analyses (ch2's backprop, the theory curves) compile too
 
@@ -82,18 +87,18 @@ def reproduce(chapter: str, args, out: Path | None):
         sys.exit(f"nnx-reproduce: error: {err}")
     started = time.perf_counter()
     if not args.plot_only:
-        run_sweeps(module, args.overrides, args.jobs)
+        run_sweeps(module, args.overrides, args.jobs, args.book)
         if hasattr(module, "record_analysis"):  # a computation that is not training (ch2, ch3, ch5)
             module.record_analysis(client, experiment_id)
     try:
-        rows, figures = module.build_report(client, out)
+        rows, figures, *notes = module.build_report(client, out)
     except MissingRuns as err:
         sys.exit(f"nnx-reproduce: error: {err}")
     title = getattr(module, "TITLE", f"Chapter {chapter.removeprefix('ch')} reproduced with nnx")
     reference = "published" if chapter in PAPERS else "book"
     if chapter in PAPERS:  # a row with nothing to compare is beyond the paper, not the book
         rows = [{**r, "verdict": "no published number"} if r["verdict"] == "beyond the book" else r for r in rows]
-    report.write(out, title, rows, module.NOTES, figures, reference)
+    report.write(out, title, rows, notes[0] if notes else module.NOTES, figures, reference)
     run_id = report.log_report_run(client, experiment_id, chapter, out, {})
     print(report.markdown_table(rows, reference))
     print(f"\nnnx-reproduce: {len(rows)} rows, {len(figures)} figures in {out} (MLflow run {run_id}, "

@@ -89,7 +89,7 @@ def summary(history) -> dict:
     """Scalars that let a runs table answer "which won" (best = highest validation accuracy, the
     earliest such epoch)."""
     out = {}
-    if "val_accuracy" in history:
+    if "val_accuracy" in history and "test_accuracy" in history:
         best = int(np.argmax(history["val_accuracy"]))
         out.update({
             "best_val_accuracy": history["val_accuracy"][best],
@@ -98,8 +98,9 @@ def summary(history) -> dict:
             "best_test_accuracy": np.max(history["test_accuracy"]),
             "final_val_accuracy": history["val_accuracy"][-1],
             "final_test_accuracy": history["test_accuracy"][-1],
-            "final_train_accuracy": history["train_accuracy"][-1],
         })
+    if "train_accuracy" in history:  # train.eval_splits may leave the training set out
+        out["final_train_accuracy"] = history["train_accuracy"][-1]
     norms = per_hidden_layer(history, GRAD_NORM)
     if len(norms) > 1:  # a dead layer's zero norm gives inf or NaN: recorded as it is
         out["grad_ratio_first_last_init"] = history[norms[0]][0] / history[norms[-1]][0]

@@ -11,6 +11,8 @@ from typing import Any, Callable
 from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from nnx.costs import COSTS
 from nnx.data import DATASETS, TRAIN_SIZES
+
+SPLITS = ("train", "validation", "test")
 from nnx.initializers import INITIALIZERS
 from nnx.optimizers import OPTIMIZERS
 from nnx.probes import KINDS as PROBE_KINDS
@@ -44,6 +46,7 @@ class Spec:
     epochs: int
     mini_batch_size: int
     shuffle: bool  # a fresh shuffle each epoch (network2); false: fixed mini-batches in file order (network3)
+    eval_splits: tuple[str, ...]  # the splits evaluated after each epoch (train, validation, test)
     train_size: int
     probe_size: int
     probes: Probes
@@ -122,6 +125,9 @@ def build(cfg: dict) -> Spec:
 
     check(isinstance(train.get("shuffle", True), bool), "train.shuffle", train.get("shuffle"), "must be true or false",
           "Use train.shuffle=false for network3's fixed mini-batches, true for a fresh shuffle each epoch.")
+    splits = train.get("eval_splits", list(SPLITS))
+    check(isinstance(splits, list) and splits and set(splits) <= set(SPLITS), "train.eval_splits", splits,
+          f"must be a non-empty list of {list(SPLITS)}", "Use e.g. 'train.eval_splits=[validation,test]' (quoted in a shell).")
     act = cfg["activation"]
     facts = lookup(ACTIVATIONS, "activation", act["name"])
     batch_norm = model.get("batch_norm", False)
@@ -152,6 +158,7 @@ def build(cfg: dict) -> Spec:
         epochs=train["epochs"],
         mini_batch_size=m,
         shuffle=train.get("shuffle", True),
+        eval_splits=tuple(name for name in SPLITS if name in splits),
         train_size=train_size,
         probe_size=min(probe_size, train_size),
         probes=probes,

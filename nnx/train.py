@@ -280,7 +280,8 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         measured = measure(e)
         histories = histories or start_histories(measured)
         params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
-        record(e, measured, split(jax.device_get({name: evaluate(params, x, y) for name, (x, y) in splits.items()})))
+        evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items() if name in spec.eval_splits}
+        record(e, measured, split(jax.device_get(evaluated)))
         if all(records.DIVERGED_AT in h for h in histories):
             break
         if on_state is not None:

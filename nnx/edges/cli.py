@@ -136,8 +136,9 @@ def _bar(step, epochs, values):
     """One self-overwriting line per run on a terminal: epochs done and the current accuracy."""
     done = step + 1
     filled = round(30 * done / epochs)
-    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch {done}/{epochs}  val {values['val_accuracy']:.2%}  "
-          f"test {values['test_accuracy']:.2%}", end="\n" if done == epochs else "", flush=True)
+    shown = "  ".join(f"{label} {values[key]:.2%}" for label, key in (("val", "val_accuracy"), ("test", "test_accuracy"))
+                      if key in values)
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch {done}/{epochs}  {shown}", end="\n" if done == epochs else "", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")

@@ -139,9 +139,10 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
 
 
 def epoch_line(step, epochs, values) -> str:
-    """The plain progress line (CI logs); nnx.edges.cli draws a bar instead on a terminal."""
-    return (f"Epoch {step}: val {values['val_accuracy']:.4f} test {values['test_accuracy']:.4f} "
-            f"train cost {values['train_cost']:.4f}")
+    """The plain progress line (CI logs); nnx.edges.cli draws a bar instead on a terminal. Each
+    number appears when its split was evaluated (train.eval_splits)."""
+    shown = [("val", "val_accuracy"), ("test", "test_accuracy"), ("train cost", "train_cost")]
+    return f"Epoch {step}: " + " ".join(f"{label} {values[key]:.4f}" for label, key in shown if key in values)
 
 
 def train_and_end(spec, data, members, group, echo, start=None, progress=None):
@@ -152,7 +153,7 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None):
 
     def on_epoch(i, step, values):
         members[i].log(step, values)
-        if "val_accuracy" in values and i == 0 and spec.epochs:
+        if any(k.endswith("_accuracy") for k in values) and i == 0 and spec.epochs:
             (progress or (lambda s, n, v: echo(epoch_line(s, n, v))))(step, spec.epochs, values)
 
     def on_state(i, epoch, params, opt_state):

@@ -6,6 +6,9 @@ quadratic cost C_x = ||y - a||^2 / 2, no L2, a fresh shuffle per epoch, then for
 Each takes params as [(w [n_out, n_in], b [n_out]), ...] numpy arrays, the training set as
 x [N, 784] float32 and y [N] integer labels, and returns the updated params in the same form.
 Like network.py, a last mini-batch smaller than m is kept (the book's sizes divide evenly).
+
+Chapter 6's conv nets have one baseline, torch_conv: network3.py's algorithm in PyTorch eager (the
+numpy baselines are fully connected only; nnx-bench leaves them out of the conv cases).
 """
 
 import numpy as np
@@ -101,17 +104,21 @@ def numpy_vectorized(params, x, y, mini_batch_size, eta, *, rng=0):
     return list(zip(weights, biases))
 
 
+def _import_torch():
+    try:
+        import torch  # imported here: it is an optional extra (pip install nnx[bench])
+    except ImportError as err:
+        raise ImportError("the torch baseline needs PyTorch: pip install torch==2.13.0 (make bench does this)") from err
+    return torch
+
+
 def torch_eager(params, x, y, mini_batch_size, eta, *, rng=0):
     """The same epoch in PyTorch eager mode on the CPU (float32): autograd and torch.optim.SGD.
 
     torch.optim.SGD's step is w <- w - eta grad w, and grad is of the mini-batch's mean cost,
     which is network.py's (eta / m) sum_x grad C_x.
     """
-    try:
-        import torch  # imported here: it is an optional extra (pip install nnx[bench])
-    except ImportError as err:
-        raise ImportError("the torch baseline needs PyTorch: pip install torch==2.13.0 (make bench does this)") from err
-
+    torch = _import_torch()
     layers = [(torch.tensor(w, dtype=torch.float32, requires_grad=True), torch.tensor(b, dtype=torch.float32, requires_grad=True))
               for w, b in params]
     optimizer = torch.optim.SGD([p for layer in layers for p in layer], lr=eta)
@@ -127,6 +134,80 @@ def torch_eager(params, x, y, mini_batch_size, eta, *, rng=0):
         cost.backward()
         optimizer.step()
     return [(w.detach().numpy(), b.detach().numpy()) for w, b in layers]
+
+
+TORCH_ACTIVATIONS = ("relu", "sigmoid", "tanh")  # torch.<name>: the hidden layers' sigma in torch_conv
+
+
+def network3_dropout(a, p, generator):
+    """network3's dropout_layer in training: each unit of `a` is zeroed with probability p and the
+    kept ones are NOT scaled by 1 / (1 - p) (network3 scales the next layer's input by 1 - p at test
+    time instead). The mask is drawn from `generator` (a torch.Generator)."""
+    torch = _import_torch()
+    return a * (torch.rand(a.shape, generator=generator, dtype=a.dtype) >= p)
+
+
+def torch_conv(params, x, y, mini_batch_size, eta, *, lmbda=0.0, dropout=0.0, n=None, activation="relu", pool=2, rng=0):
+    """One epoch of chapter 6's conv net (network3.py) in PyTorch eager mode on the CPU (float32).
+
+    The net is read off nnx's params (nnx.model.conv_net: one dict per layer, {} for flatten and
+    dropout, which are skipped). A 4-D w [maps, channels, k, k] is a conv-pool layer, a 2-D
+    w [n_out, n_in] a dense layer, the last one the softmax output:
+        conv-pool:  a <- sigma(maxpool_{pool x pool}(conv2d(a, w)) + b)   (valid, stride 1; the bias after the pool)
+        dense:      a <- sigma(a w^T + b)                                  (flattened in (channels, h, w) order)
+        cost:       C = -(1/m) sum_x ln softmax(z)_y                       (torch's cross_entropy: log-softmax, NLL mean)
+    Mini-batches are cut in file order, as network3 trains (no shuffle; a remainder smaller than m is
+    dropped, as nnx's epoch drops it), and each step is nnx's (network2's) L2 rule
+        w <- w - eta (grad_w C + (lmbda / n) w),    b <- b - eta grad_b C,
+    taken by torch.optim.SGD with weight_decay = lmbda / n on the weights' parameter group and 0 on
+    the biases' (its step is p <- p - lr (grad + weight_decay p)).
+
+    Args:
+      params: nnx's conv net params, [{"w": [maps, channels, k, k], "b": [maps]}, ..., {}, ...,
+        {"w": [n_out, n_in], "b": [n_out]}, ...] as numpy arrays.
+      x: [N, channels * side^2] float32 images as rows (MNIST: [N, 784]); y: [N] integer labels.
+      dropout: network3's rate p on the input of every dense layer (network3_dropout: no rescaling).
+      n: the training-set size in lmbda / n (default N); nnx-bench times a prefix of the training
+        set with n the whole set's size, so each step is the one nnx takes.
+      activation: the hidden layers' sigma, one of TORCH_ACTIVATIONS ("relu": 6.conv2 with ReLU).
+      pool: the max-pool's side (nnx's model.pool; network3's poolsize (2, 2)).
+      rng: seeds the torch.Generator that draws the dropout masks.
+    Returns:
+      The updated params in the layout of `params` (numpy float32 arrays; {} where params had {}).
+    """
+    torch = _import_torch()
+    if activation not in TORCH_ACTIVATIONS:
+        raise ValueError(f"torch_conv: activation={activation!r} is not one of {TORCH_ACTIVATIONS}; "
+                         f"pass e.g. activation='relu'.")
+    layers = [{k: torch.tensor(np.asarray(v), dtype=torch.float32, requires_grad=True) for k, v in p.items()} for p in params]
+    weighted = [p for p in layers if p]
+    if not weighted or any(set(p) != {"w", "b"} for p in weighted):
+        raise ValueError(f"torch_conv: every non-empty layer must hold exactly w and b, got {[sorted(p) for p in layers]}.")
+    sigma, F = getattr(torch, activation), torch.nn.functional
+    optimizer = torch.optim.SGD([{"params": [p["w"] for p in weighted], "weight_decay": lmbda / (n or len(x))},
+                                 {"params": [p["b"] for p in weighted], "weight_decay": 0.0}], lr=eta)
+    channels = weighted[0]["w"].shape[1] if weighted[0]["w"].dim() == 4 else 1
+    side = round((x.shape[1] / channels) ** 0.5)
+    images = torch.from_numpy(np.asarray(x, np.float32)).reshape(len(x), channels, side, side)
+    labels = torch.from_numpy(np.asarray(y, np.int64))
+    generator = torch.Generator().manual_seed(rng)
+    m = mini_batch_size
+    for k in range(0, len(x) - m + 1, m):
+        a = images[k : k + m]
+        for i, p in enumerate(weighted):
+            if p["w"].dim() == 4:
+                z = F.max_pool2d(F.conv2d(a, p["w"]), pool) + p["b"][:, None, None]
+            else:
+                a = a.flatten(1)
+                if dropout:
+                    a = network3_dropout(a, dropout, generator)
+                z = F.linear(a, p["w"], p["b"])
+            a = z if i == len(weighted) - 1 else sigma(z)
+        cost = F.cross_entropy(a, labels[k : k + m])
+        optimizer.zero_grad()
+        cost.backward()
+        optimizer.step()
+    return [{k: v.detach().numpy() for k, v in p.items()} for p in layers]
 
 
 BASELINES = {"numpy_book": numpy_book, "numpy_vectorized": numpy_vectorized, "torch": torch_eager}

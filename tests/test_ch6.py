@@ -1,0 +1,77 @@
+"""Chapter 6 end to end on a shrunken config (every figure and row exists and is finite), and the
+ensemble's vote against a hand count."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import check_report, copy_store, reproduce
+from experiments import ch6
+
+# 50 images (250 expanded), one epoch, one seed per net (so the "ensemble" is one net): the pipeline's
+# structure, not its numbers. The scaled defaults (ch6.SCALED) come first; these override them.
+SHRUNK = ["data.train_size=50", "train.epochs=1", "seed=0", "probes.size=20", "train.checkpoint_every=0"]
+FIGURES = {"fig_6_accuracy", "fig_6_misclassified", "fig_6_filters", "fig_6_gradients"}
+IDS = {"6.fc", "6.conv1", "6.conv2", "6.relu", "6.expanded", "6.fc300", "6.fc1000", "6.fc2", "6.dropout", "6.ensemble",
+       "6.order", "6.gradients", "6.params"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(migrated_store, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ch6")
+    uri = copy_store(migrated_store, folder)
+    done = reproduce("ch6", "--jobs", "1", "--out", folder / "report", *SHRUNK, uri=uri, cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder, mlflow.MlflowClient(uri), done.stdout
+
+
+def test_every_figure_and_row_exists_and_is_finite(pipeline):
+    folder, _, printed = pipeline
+    rows = check_report(folder / "report", FIGURES, IDS, printed)
+    assert {r["book"] for r in rows if r["id"] == "6.params"} == {520, 23_550}
+    assert all(r["verdict"] == "agrees" for r in rows if r["id"] == "6.params")
+    notes = (folder / "report" / "report.md").read_text()
+    assert "the first 50 training images (x5 expanded), 1 epochs, 1 seeds" in notes
+
+
+def test_the_runs_follow_network3(pipeline):
+    """Every chapter 6 run: conv model, network3 init, unshuffled mini-batches of 10, no training-set
+    evaluation, and the expanded rows on 5 images per original."""
+    _, client, _ = pipeline
+    runs = client.search_runs([client.get_experiment_by_name("ch6").experiment_id])
+    trained = [r for r in runs if "model.name" in r.data.params]
+    assert len(trained) == 3 + 1 + 4 + 1
+    for r in trained:
+        p = r.data.params
+        assert (p["model.name"], p["init.name"], p["train.shuffle"], p["train.mini_batch_size"]) == ("conv", "network3", "False", "10")
+        assert "train_accuracy" not in r.data.metrics and "test_accuracy_at_best_val" in r.data.metrics
+    expanded = [r for r in trained if r.data.params["data.name"] == "mnist_expanded"]
+    assert len(expanded) == 5 and all(r.data.params["model.dropout"] in ("0.0", "0.5") for r in expanded)
+
+
+def test_the_vote_is_a_plurality_with_ties_to_the_smallest_digit():
+    predictions = np.array([[3, 1, 7, 2, 9],
+                            [3, 4, 7, 5, 8],
+                            [5, 4, 1, 2, 8],
+                            [5, 1, 1, 0, 9],
+                            [3, 2, 6, 0, 0]])
+    # image 0: 3 three times; 1: 1 and 4 twice each (tie -> 1); 2: 7 and 1 twice (tie -> 1); 3: 2 and 0 twice
+    # (tie -> 0); 4: 9 and 8 twice (tie -> 8)
+    np.testing.assert_array_equal(ch6.vote(predictions), [3, 1, 1, 0, 8])
+
+
+def test_the_reported_epoch_is_the_best_validation_one_with_ties_to_the_later():
+    class Run:
+        class info:
+            run_id = "x"
+
+    histories = {"val_accuracy": np.array([0.5, 0.9, 0.8, 0.9]), "test_accuracy": np.array([0.4, 0.85, 0.95, 0.87])}
+    original = ch6.history
+    ch6.history = lambda client, run, key: histories[key]
+    try:
+        assert ch6.reported(None, Run) == (90.0, 87.0)
+    finally:
+        ch6.history = original
+    json.dumps(ch6.SCALED)  # plain overrides: the report quotes them

@@ -1,0 +1,165 @@
+"""nnx.layers against direct numpy loops (float64), and conv nets end to end at a small size."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nnx
+from conftest import tiny_cfg
+from nnx import layers, model, probes, train
+from nnx.registry import ConfigError
+
+CONV = {"name": "conv", "conv_maps": [3, 4], "kernel": 5, "pool": 2, "fc": [6], "dropout": 0.0,
+        "output_activation": "softmax", "zero_output": False}
+
+
+def conv_cfg(**model_overrides):
+    return tiny_cfg(model={**CONV, **model_overrides}, cost={"name": "log_likelihood"}, init={"name": "network3"},
+                    activation={"name": "relu"}, probes={"size": 20})
+
+
+def numpy_conv(x, w):
+    """Valid, stride-1 cross-correlation by loops: out[n, m, i, j] = sum_c,p,q x[n, c, i+p, j+q] w[m, c, p, q]."""
+    n, c, h, wd = x.shape
+    maps, _, k, _ = w.shape
+    out = np.zeros((n, maps, h - k + 1, wd - k + 1))
+    for i in range(h - k + 1):
+        for j in range(wd - k + 1):
+            out[:, :, i, j] = np.einsum("ncpq,mcpq->nm", x[:, :, i:i + k, j:j + k], w)
+    return out
+
+
+def numpy_pool(x, s):
+    n, c, h, w = x.shape
+    out = np.full((n, c, h // s, w // s), -np.inf)
+    for i in range(h // s * s):
+        for j in range(w // s * s):
+            out[:, :, i // s, j // s] = np.maximum(out[:, :, i // s, j // s], x[:, :, i, j])
+    return out
+
+
+def test_conv_and_pool_match_numpy_loops_and_the_pool_comes_before_bias_and_activation():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(2, 3, 10, 10)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
+    decreasing = lambda z: -z  # noqa: E731 - a non-monotone-increasing sigma makes the order visible
+    layer = layers.conv(4, 3, None, decreasing, pool=2)
+    with jax.enable_x64(True):
+        z = np.asarray(layer.weighted({"w": w, "b": b}, jnp.asarray(x)))
+        a = np.asarray(layer.activation(z))
+    expected = numpy_pool(numpy_conv(x, w), 2) + b[None, :, None, None]
+    np.testing.assert_allclose(z, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a, -expected, rtol=1e-12)  # sigma(pool(conv) + b), not pool(sigma(conv + b))
+    assert not np.allclose(a, numpy_pool(-(numpy_conv(x, w) + b[None, :, None, None]), 2))
+    np.testing.assert_allclose(np.asarray(layers.max_pool(2).apply({}, jnp.asarray(x))), numpy_pool(x, 2))
+
+
+def test_conv_and_pool_gradients_match_finite_differences():
+    rng = np.random.default_rng(1)
+    x, w, b = rng.normal(size=(2, 2, 8, 8)), rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3)
+    layer = layers.conv(3, 3, None, jnp.tanh, pool=2)
+    direction = rng.normal(size=(2, 3, 3, 3))
+
+    def f(w, b):
+        return jnp.sum(jnp.asarray(direction) * layer.activation(layer.weighted({"w": w, "b": b}, jnp.asarray(x))))
+
+    with jax.enable_x64(True):
+        gw, gb = jax.grad(f, argnums=(0, 1))(jnp.asarray(w), jnp.asarray(b))
+        eps = 1e-6
+        for index in [(0, 0, 0, 0), (1, 1, 2, 1), (2, 0, 1, 2)]:
+            step = np.zeros_like(w)
+            step[index] = eps
+            numeric = (f(w + step, b) - f(w - step, b)) / (2 * eps)
+            np.testing.assert_allclose(gw[index], numeric, rtol=1e-6, atol=1e-9)
+        for m in range(3):
+            step = np.zeros(3)
+            step[m] = eps
+            np.testing.assert_allclose(gb[m], (f(w, b + step) - f(w, b - step)) / (2 * eps), rtol=1e-6, atol=1e-9)
+
+
+def test_parameter_counts_shared_weights_against_a_fully_connected_layer():
+    """The book: 20 maps of 5x5 shared weights are 520 parameters; an FC layer 784 -> 30 has 23,550."""
+    conv = model.Net((layers.conv(20, 5, nnx.INITIALIZERS["network3"](), jax.nn.sigmoid, pool=2), layers.flatten(),
+                      layers.dense(10, nnx.INITIALIZERS["network3"](), jax.nn.softmax)), (1, 28, 28))
+    assert nnx.num_params(conv) == 20 * (25 + 1) + (20 * 12 * 12 + 1) * 10
+    fc = nnx.model.mlp((784, 30, 10), nnx.INITIALIZERS["default"](), jax.nn.sigmoid, jax.nn.sigmoid)
+    assert nnx.num_params(fc) - 31 * 10 == 23_550
+    params = nnx.init(jax.random.PRNGKey(0), conv)
+    assert params[0]["w"].shape == (20, 1, 5, 5) and params[1] == {} and params[2]["w"].shape == (10, 2880)
+
+
+def test_dropout_keeps_1_minus_p_without_rescaling_and_scales_at_test_time():
+    drop = layers.dropout(0.5)
+    x = jnp.arange(1.0, 1001.0)[None, :]
+    kept = [np.asarray(drop.apply({}, x, key=jax.random.PRNGKey(s), train=True)) for s in range(50)]
+    fraction = np.mean([np.mean(k != 0) for k in kept])
+    assert abs(fraction - 0.5) < 0.01  # 50,000 draws: sd 0.0022
+    assert all(np.array_equal(k[k != 0], np.asarray(x)[k != 0]) for k in kept)  # no 1 / (1 - p) rescaling
+    assert not np.array_equal(kept[0], kept[1])
+    np.testing.assert_array_equal(drop.apply({}, x, key=jax.random.PRNGKey(0), train=True), kept[0])  # same key, same mask
+    np.testing.assert_allclose(drop.apply({}, x, train=False), 0.5 * x)
+
+
+def test_dropout_masks_come_from_the_epoch_key_and_differ_between_steps():
+    spec = nnx.build(conv_cfg(dropout=0.5, conv_maps=[2], fc=[8]))
+    data = nnx.load(train_size=100)
+    x, y = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
+    epoch = jax.jit(train.epoch_fn(spec))
+    run = lambda key: epoch(params, spec.optimizer.init(params), key, x, y)[0]  # noqa: E731
+    same, again, other = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(4))
+    assert jax.tree.all(jax.tree.map(np.array_equal, same, again))
+    assert not np.array_equal(same[-1]["w"], other[-1]["w"])
+    # Two steps with the same batch but successive keys drop different units: their gradients differ.
+    loss = train.make_loss(spec)
+    g1, g2 = (jax.grad(loss)(params, x[:10], y[:10], k) for k in jax.random.split(jax.random.PRNGKey(5)))
+    assert not np.allclose(g1[3]["w"], g2[3]["w"])
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"conv_maps": [20, 40, 80]}, "a 5x5 kernel on a 4x4 map"),
+    ({"kernel": 4}, "a 2x2 pool does not divide conv layer 1's 25x25 map"),
+    ({"conv_maps": [20, -1]}, "model.conv_maps=[20, -1]"),
+    ({"fc": "100"}, "model.fc='100'"),
+    ({"dropout": 1.0}, "model.dropout=1.0"),
+])
+def test_impossible_shapes_are_refused_when_the_config_is_built(overrides, named):
+    with pytest.raises(ConfigError) as err:
+        nnx.build(conv_cfg(**overrides))
+    assert named in str(err.value) and ("Use " in str(err.value))
+
+
+def test_jacobian_probes_are_refused_for_a_conv_net():
+    cfg = conv_cfg()
+    cfg["probes"] = {"size": 20, "kinds": ["jacobians"]}
+    with pytest.raises(ConfigError, match="model=conv has none"):
+        nnx.build(cfg)
+
+
+def test_conv_gradient_norms_are_the_norm_of_the_mean_bias_gradient_per_layer():
+    """Chapter 5's measure on every layer with a weighted input, conv layers included."""
+    cfg = conv_cfg()
+    cfg["probes"] = {"size": 20, "kinds": ["activations", "histograms"]}
+    spec = nnx.build(cfg)
+    data = nnx.load(train_size=20)
+    x, y = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
+    out = jax.jit(probes.probe_fn(spec, ("activations", "histograms")))(params, x, y)
+    g = jax.grad(train.make_loss(spec))(params, x, y)
+    hidden = spec.net.weighted[:-1]  # conv, conv, dense
+    assert len(hidden) == 3 and out["grad_norm"].shape == (3,)
+    for l, i in enumerate(hidden):
+        np.testing.assert_allclose(out["grad_norm"][l], np.linalg.norm(g[i]["b"]), rtol=1e-4)
+    assert out["bias_grad"][0].shape == (3,)  # one bias per map
+    assert np.isfinite(float(out["scalars"]["delta_rms/hidden_1"])) and out["arrays"]["hist/delta/hidden_2"].sum() == 20 * 4 * 4 * 4
+
+
+def test_a_small_conv_net_learns_and_records_every_layer():
+    spec = nnx.build(conv_cfg(conv_maps=[4], fc=[16], zero_output=True) | {
+        "data": {"name": "mnist", "path": None, "train_size": 500}, "train": {"epochs": 2, "mini_batch_size": 10,
+        "stop_on_divergence": True, "checkpoint_every": 0, "shuffle": False},
+        "optimizer": {"name": "sgd", "eta": 0.1, "lmbda": 0.0}})
+    params, history = nnx.fit(spec, spec.load_data(), key=jax.random.PRNGKey(0))
+    assert params[-1]["w"].shape == (10, 16)
+    assert history["val_accuracy"][0] < history["val_accuracy"][-1] and history["val_accuracy"][-1] > 0.3  # chance: 0.1
+    assert {"grad_norm/hidden_1", "grad_norm/hidden_2", "weight_grad_norm/layer_3"} <= set(history)
