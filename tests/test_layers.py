@@ -1,5 +1,8 @@
 """nnx.layers against direct numpy loops (float64), and conv nets end to end at a small size."""
 
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,3 +166,25 @@ def test_a_small_conv_net_learns_and_records_every_layer():
     assert params[-1]["w"].shape == (10, 16)
     assert history["val_accuracy"][0] < history["val_accuracy"][-1] and history["val_accuracy"][-1] > 0.3  # chance: 0.1
     assert {"grad_norm/hidden_1", "grad_norm/hidden_2", "weight_grad_norm/layer_3"} <= set(history)
+
+
+LEGACY_RUNS = json.loads((Path(__file__).parent / "data" / "legacy_runs.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["mlp", "batch_norm_probes"])
+def test_an_mlp_run_recorded_before_layers_trains_to_the_same_numbers(name, store):
+    """Runs stored by nnx before models were built from layers (their config has no model.name,
+    train.shuffle or train.eval_splits), trained again from that config: every metric at every step.
+    (nnx-rerun on the same machine found them bit for bit equal; float32 round-off across CPUs is allowed.)"""
+    from nnx.edges import job, tracking
+
+    uri, client = store
+    recorded = LEGACY_RUNS[name]
+    cfg = {**recorded["config"], "tracking": {"uri": uri, "experiment": "legacy", "skip_finished": False}}
+    job.run(cfg, name="again", tags={}, echo=lambda line: None)
+    (run,) = tracking.find_runs(client, [client.get_experiment_by_name("legacy").experiment_id])
+    assert set(run.data.metrics) == set(recorded["metrics"])
+    for key, points in recorded["metrics"].items():
+        steps, values, _ = tracking.metric_history(client, run.info.run_id, key)
+        assert list(steps) == [s for s, _ in points], key
+        np.testing.assert_allclose(values, [v for _, v in points], rtol=1e-5, atol=1e-7, err_msg=key)

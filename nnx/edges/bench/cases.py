@@ -183,7 +183,7 @@ def bench_case(name, data, repeats, cap) -> dict:
 
 
 def bench_conv_case(name, data, repeats, cap) -> dict:
-    """A chapter 6 case: nnx (capped like a baseline: a conv epoch takes minutes on a CPU) against
+    """A chapter 6 case: nnx (capped like a baseline: a conv epoch takes about a minute on 2 cores) against
     torch_conv, from nnx's initial params, over the same first images in file order."""
     import jax
 
@@ -200,7 +200,11 @@ def bench_conv_case(name, data, repeats, cap) -> dict:
     seconds = {"nnx": nnx_seconds, "numpy_book": None, "numpy_vectorized": None, "torch": None}
     fractions = {**{b: None for b in seconds}, "nnx": nnx_fraction}
     repeats_run = {**{b: None for b in seconds}, "nnx": nnx_repeats}
+    torch_threads = None
     if torch_installed():
+        import torch
+
+        torch_threads = torch.get_num_threads()  # its default, one per core: slow where other processes share the cores
         # n: the L2 term's training-set size, also when only a prefix is timed
         torch_epoch = functools.partial(baselines.torch_conv, lmbda=case.lmbda, dropout=case.dropout, n=train_size,
                                         activation=spec.activation_name)
@@ -211,7 +215,7 @@ def bench_conv_case(name, data, repeats, cap) -> dict:
           + " of them (numpy baselines not run for conv nets)", flush=True)
     return {**_result(name, None, case.mini_batch_size, train_size, seconds, fractions, repeats_run, compile_s),
             "net": describe(spec.net), "eta": case.eta, "lmbda": case.lmbda, "dropout": case.dropout,
-            "not_run": {"numpy_book": "conv net", "numpy_vectorized": "conv net"}}
+            "torch_threads": torch_threads, "not_run": {"numpy_book": "conv net", "numpy_vectorized": "conv net"}}
 
 
 def _result(name, sizes, mini_batch_size, train_size, seconds, fractions, repeats_run, compile_s) -> dict:
