@@ -9,17 +9,17 @@ import dataclasses
 from typing import Any, Callable
 
 from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
+from nnx.architectures import MODELS
 from nnx.costs import COSTS
 from nnx.data import DATASETS, TRAIN_SIZES
-
-SPLITS = ("train", "validation", "test")
 from nnx.initializers import INITIALIZERS
+from nnx.model import Net
 from nnx.optimizers import OPTIMIZERS
 from nnx.probes import KINDS as PROBE_KINDS
 from nnx.probes import NEEDS as PROBE_NEEDS
-from nnx.architectures import MODELS
-from nnx.model import Net
 from nnx.registry import check, is_int, is_number, lookup
+
+SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
