@@ -25,6 +25,23 @@ CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experime
 GROUPS = {"all": ("ch1", "ch2", "ch3", "ch5", "ch6"), "papers": PAPERS}  # each runs its members in turn
 
 
+@contextlib.contextmanager
+def silenced_stdout():
+    """Standard output to /dev/null at the file-descriptor level, so that the joblib workers a sweep
+    starts (which inherit the descriptor, not sys.stdout) are as quiet as this process."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(devnull):
+                yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def run_sweeps(module, overrides: list[str], jobs: int, book: bool = False):
     """Each sweep is one `nnx-train -m experiment=<preset>` as a user would type it, run in this
     process (nnx.edges.cli.run) with its progress lines silenced. A chapter whose book protocol takes
@@ -35,7 +52,7 @@ def run_sweeps(module, overrides: list[str], jobs: int, book: bool = False):
         argv = ["-m", f"experiment={preset}", *launcher, *scaled, *overrides]
         print(f"nnx-reproduce: nnx-train {' '.join(argv)}", flush=True)
         started = time.perf_counter()
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        with silenced_stdout():
             status = cli.run(argv)
         if status != 0:
             sys.exit(f"nnx-reproduce: the {preset} sweep failed (exit {status}); its runs are in MLflow "
