@@ -7,11 +7,14 @@ after their last epoch. nnx-reproduce ch6 runs a scaled protocol (SCALED) that f
 minutes; nnx-reproduce ch6 --book runs the presets as the book did (hours here).
 """
 
+import ast
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from experiments.plots import band  # noqa: E402
 from experiments.report import row, save_figure  # noqa: E402
@@ -47,15 +50,22 @@ def reported(client, run) -> tuple[float, float]:
     return float(val[best]), float(test[best])
 
 
+def case_of(run) -> str:
+    """The row a stored run belongs to: by preset, then by its architecture (conv layers, FC widths)."""
+    preset, maps, fc = run.data.tags["nnx.experiment"], ast.literal_eval(param(run, "model.conv_maps")), ast.literal_eval(param(run, "model.fc"))
+    if preset == "ch6_basic":
+        return ("6.fc", "6.conv1", "6.conv2")[min(len(maps), 2)]
+    if preset == "ch6_expanded":
+        return "6.fc2" if len(fc) > 1 else {300: "6.fc300", 1000: "6.fc1000"}.get(fc[0], "6.expanded")
+    return {"ch6_relu": "6.relu", "ch6_dropout": "6.dropout"}[preset]
+
+
 def cases(client) -> dict:
-    """{row id: [runs]} for every network of the chapter."""
+    """{row id: [runs]} for every network of the chapter that the store holds, in the book's order."""
     out = {}
-    for run in sweep_runs(client, EXPERIMENT, "ch6_basic"):
-        out.setdefault({"[]": "6.fc", "[20]": "6.conv1", "[20, 40]": "6.conv2"}[param(run, "model.conv_maps")], []).append(run)
-    out["6.relu"] = sweep_runs(client, EXPERIMENT, "ch6_relu")
-    for run in sweep_runs(client, EXPERIMENT, "ch6_expanded"):
-        out.setdefault({"[100]": "6.expanded", "[300]": "6.fc300", "[1000]": "6.fc1000", "[100, 100]": "6.fc2"}[param(run, "model.fc")], []).append(run)
-    out["6.dropout"] = sweep_runs(client, EXPERIMENT, "ch6_dropout")
+    for preset in SWEEPS:
+        for run in sweep_runs(client, EXPERIMENT, preset):
+            out.setdefault(case_of(run), []).append(run)
     return {k: sorted(out[k], key=lambda r: param(r, "seed", int)) for k in BOOK if k in out}
 
 
@@ -168,11 +178,12 @@ def gradients(client, out, by_case):
         depth = len([k for k in runs[0].data.metrics if k.startswith(records.GRAD_NORM + "/hidden_")])
         norms = np.stack([per_hidden_layer(client, r, records.GRAD_NORM, depth) for r in runs])  # [seeds, layers, steps]
         steps = np.arange(norms.shape[2])
-        for l in range(depth):
-            band(ax, steps, np.maximum(norms[:, l], 1e-30), COLORS[l], f"layer {l + 1}", log=True)
+        for l in range(depth):  # from step 1: at init (step 0) every hidden norm is exactly 0 (see below)
+            band(ax, steps[1:], norms[:, l, 1:], COLORS[l], f"layer {l + 1}", log=True)
             table += [(case, param(r, "seed"), l + 1, s, v) for r, n in zip(runs, norms[:, l]) for s, v in enumerate(n)]
         ax.set_yscale("log")
-        ax.set(title=f"{case}: {label}", xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=f"{case}: {label}", xlabel="epoch (gradients measured before the epoch's updates)")
         ax.legend(fontsize=7)
         # network3's softmax layer starts at zero, so no gradient reaches a hidden layer at init (step 0):
         # the ratio is read from step 1 (after the first epoch) on.
@@ -181,7 +192,8 @@ def gradients(client, out, by_case):
         rows.append(row("6.gradients", f"{case} ({label}): last / first hidden layer ||dC/db||, median over training",
                         None, np.median(ratio, axis=1), 0.0, "none"))
     axes[0, 0].set_ylabel("||mean dC/db|| per hidden layer")
-    fig.suptitle("Beyond the book: chapter 5's gradient norms in chapter 6's nets (conv layers 1-2, FC layer 3)")
+    fig.suptitle("Beyond the book: chapter 5's gradient norms in chapter 6's nets (conv layers 1-2, then FC); "
+                 "zero at init, where network3's softmax layer is 0")
     save_figure(out, "fig_6_gradients", fig, ("case", "seed", "layer", "epoch", "grad_norm"), table)
     return rows
 

@@ -10,12 +10,15 @@ import pytest
 from conftest import check_report, copy_store, reproduce
 from experiments import ch6
 
-# 50 images (250 expanded), one epoch, one seed per net (so the "ensemble" is one net): the pipeline's
-# structure, not its numbers. The scaled defaults (ch6.SCALED) come first; these override them.
-SHRUNK = ["data.train_size=50", "train.epochs=1", "seed=0", "probes.size=20", "train.checkpoint_every=0"]
+# 50 images (250 expanded), one epoch, one seed, and one small net per preset (2 then 3 maps, FC 8: the
+# sweeps over architectures collapse to 6.conv2 and 6.expanded), so the "ensemble" is one net: the
+# pipeline's structure, not its numbers. The scaled defaults (ch6.SCALED) come first; these override
+# them. Every preset's own architectures are composed and built in test_config.py, and case_of
+# (which row a run is) is checked below on all of them.
+SHRUNK = ["data.train_size=50", "train.epochs=1", "seed=0", "probes.size=20", "train.checkpoint_every=0",
+          "model.conv_maps=[2,3]", "model.fc=[8]"]
 FIGURES = {"fig_6_accuracy", "fig_6_misclassified", "fig_6_filters", "fig_6_gradients"}
-IDS = {"6.fc", "6.conv1", "6.conv2", "6.relu", "6.expanded", "6.fc300", "6.fc1000", "6.fc2", "6.dropout", "6.ensemble",
-       "6.order", "6.gradients", "6.params"}
+IDS = {"6.conv2", "6.relu", "6.expanded", "6.dropout", "6.ensemble", "6.order", "6.gradients", "6.params"}
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +45,28 @@ def test_the_runs_follow_network3(pipeline):
     _, client, _ = pipeline
     runs = client.search_runs([client.get_experiment_by_name("ch6").experiment_id])
     trained = [r for r in runs if "model.name" in r.data.params]
-    assert len(trained) == 3 + 1 + 4 + 1
+    assert len(trained) == 4
     for r in trained:
         p = r.data.params
         assert (p["model.name"], p["init.name"], p["train.shuffle"], p["train.mini_batch_size"]) == ("conv", "network3", "False", "10")
         assert "train_accuracy" not in r.data.metrics and "test_accuracy_at_best_val" in r.data.metrics
     expanded = [r for r in trained if r.data.params["data.name"] == "mnist_expanded"]
-    assert len(expanded) == 5 and all(r.data.params["model.dropout"] in ("0.0", "0.5") for r in expanded)
+    assert len(expanded) == 2 and {r.data.params["model.dropout"] for r in expanded} == {"0.0", "0.5"}
+
+
+@pytest.mark.parametrize("preset,maps,fc,case", [
+    ("ch6_basic", "[]", "[100]", "6.fc"), ("ch6_basic", "[20]", "[100]", "6.conv1"), ("ch6_basic", "[20, 40]", "[100]", "6.conv2"),
+    ("ch6_relu", "[20, 40]", "[100]", "6.relu"), ("ch6_expanded", "[20, 40]", "[100]", "6.expanded"),
+    ("ch6_expanded", "[20, 40]", "[300]", "6.fc300"), ("ch6_expanded", "[20, 40]", "[1000]", "6.fc1000"),
+    ("ch6_expanded", "[20, 40]", "[100, 100]", "6.fc2"), ("ch6_dropout", "[20, 40]", "[1000, 1000]", "6.dropout"),
+])
+def test_each_presets_networks_map_to_their_rows(preset, maps, fc, case):
+    class Run:
+        class data:
+            tags = {"nnx.experiment": preset}
+            params = {"model.conv_maps": maps, "model.fc": fc}
+
+    assert ch6.case_of(Run) == case
 
 
 def test_the_vote_is_a_plurality_with_ties_to_the_smallest_digit():

@@ -74,7 +74,7 @@ def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store):
 
 
 BAD_INPUT = [
-    (["model.dept=3"], "Valid keys under model: model.depth, model.width"),
+    (["model.dept=3"], "Valid keys under model: model.name, model.depth, model.width"),
     (["activation=swish"], "Available options in 'activation'"),
     (["model.depth=-1"], "model.depth=-1 is invalid"),
     (["-m", "model.depth=1,-2"], "model.depth=-2 is invalid"),

@@ -16,7 +16,7 @@ from experiments import ch5, he2015, schoenholz2017
 # He's published-claim rows in play; sigma_w2 = 1 with depth 30 sits beyond 6 xi_c (~22), depth 10 below.
 SHRUNK = ["train.epochs=1", "data.train_size=100", "train.mini_batch_size=20", "probes.size=100"]
 PAPERS = {
-    "he2015": (["model.depth=22", "model.width=16", "seed=0,1"], {"fig_he_init_gradients", "fig_he_training"},
+    "he2015": (["model.depth=22", "model.width=16", "seed=0", "seeds=[0,1]"], {"fig_he_init_gradients", "fig_he_training"},
                {"he.slope", "he.weight_slope", "he.scale", "he.train"}),
     "schoenholz2017": (["init.sigma_w2=1.0,4.0", "model.depth=10,30", "model.width=32"],
                        {"fig_schoenholz_heat_map", "fig_schoenholz_gradient_slopes"}, {"s.trainable", "s.slope", "s.critical"}),
