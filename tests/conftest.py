@@ -110,10 +110,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, cwd, *extra):
-    """`mlflow server` on a free 127.0.0.1 port over backend_uri; yields its URL once it answers."""
+    """`mlflow server` on a free 127.0.0.1 port over backend_uri; yields its URL once it answers.
+
+    Two worker processes, not MLflow's default four: each imports the whole server stack at start
+    (most of the ~30 s before the first answer here), and two already serve requests in parallel."""
     port = free_port()
     process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
-                                "--port", str(port), *extra], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port", str(port), "--workers", "2", *extra], cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180  # its first answer takes ~30 s here
     try:
