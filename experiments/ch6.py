@@ -183,7 +183,7 @@ def gradients(client, out, by_case):
             table += [(case, param(r, "seed"), l + 1, s, v) for r, n in zip(runs, norms[:, l]) for s, v in enumerate(n)]
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(title=f"{case}: {label}", xlabel="epoch (gradients measured before the epoch's updates)")
+        ax.set(title=f"{case}: {label}", xlabel="epoch")
         ax.legend(fontsize=7)
         # network3's softmax layer starts at zero, so no gradient reaches a hidden layer at init (step 0):
         # the ratio is read from step 1 (after the first epoch) on.
@@ -192,8 +192,8 @@ def gradients(client, out, by_case):
         rows.append(row("6.gradients", f"{case} ({label}): last / first hidden layer ||dC/db||, median over training",
                         None, np.median(ratio, axis=1), 0.0, "none"))
     axes[0, 0].set_ylabel("||mean dC/db|| per hidden layer")
-    fig.suptitle("Beyond the book: chapter 5's gradient norms in chapter 6's nets (conv layers 1-2, then FC); "
-                 "zero at init, where network3's softmax layer is 0")
+    fig.suptitle("Beyond the book: chapter 5's gradient norms in chapter 6's nets (conv layers 1-2, then FC), measured "
+                 "before each epoch's updates;\nat init (epoch 0) they are all 0: network3's softmax layer starts at 0", fontsize=10)
     save_figure(out, "fig_6_gradients", fig, ("case", "seed", "layer", "epoch", "grad_norm"), table)
     return rows
 
