@@ -72,11 +72,16 @@ def training_product(a, w):
 UNROLL = 2
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest c <= at_most that divides n: chunks of one shape, so nothing recompiles."""
+    return max(c for c in range(1, min(n, at_most) + 1) if n % c == 0)
+
+
 def steps_per_gather(n_batches: int, m: int, rows: int = 1024) -> int:
     """How many mini-batches to gather at once: the largest divisor of n_batches whose rows fit
     in `rows`. XLA's CPU gather costs about twice a [784,30] step when done 10 rows at a time;
     gathered 1000 rows at a time it is cheap, and the steps then slice contiguous memory."""
-    return max(c for c in range(1, n_batches + 1) if n_batches % c == 0 and c * m <= max(rows, m))
+    return largest_divisor(n_batches, max(rows, m) // m)
 
 
 def epoch_fn(spec):
@@ -141,7 +146,8 @@ def stepped_epoch(spec):
     plan = jax.jit(lambda key, n: epoch_plan(spec, key, n), static_argnums=1)
 
     def epoch(params, opt_state, key, x, y):
-        order, keys = plan(key, x.shape[0])
+        # On the host once: indexing device arrays would cost two more dispatches per step.
+        order, keys = jax.device_get(plan(key, x.shape[0]))
         for i in range(order.shape[0]):
             params, opt_state = step(params, opt_state, x, y, order[i], None if keys is None else keys[i])
         return params, opt_state
@@ -150,10 +156,6 @@ def stepped_epoch(spec):
 
 
 EVAL_CHUNK = 1000  # images per pass when a conv net is evaluated: its feature maps of a whole split would not fit
-
-
-def largest_divisor(n: int, at_most: int) -> int:
-    return max(c for c in range(1, min(n, at_most) + 1) if n % c == 0)
 
 
 def evaluate_fn(spec):
