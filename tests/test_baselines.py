@@ -65,7 +65,8 @@ def test_baselines_cut_the_same_mini_batches():
         assert_params_close(baselines.torch_eager(start, x, y, 5, ETA, rng=7), want)
 
 
-def test_torch_missing_says_how_to_install(monkeypatch):
+@pytest.mark.parametrize("baseline", ["torch_eager", "torch_conv"])
+def test_torch_missing_says_how_to_install(monkeypatch, baseline):
     import builtins
 
     real_import = builtins.__import__
@@ -77,4 +78,4 @@ def test_torch_missing_says_how_to_install(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
     with pytest.raises(ImportError, match="pip install torch==2.13.0"):
-        baselines.torch_eager([], x, y, N, ETA)
+        getattr(baselines, baseline)([], x, y, N, ETA)

@@ -1,6 +1,5 @@
 """nnx-bench's chapter 6 cases: torch_conv must train the same conv net, step for step, as nnx's epoch."""
 
-import builtins
 
 import jax
 import jax.numpy as jnp
@@ -121,16 +120,3 @@ def test_bench_conv_cases_build_the_chapter_6_nets(name):
     shapes = [{k: v.shape for k, v in layer.items()} for layer in nnx.init(jax.random.PRNGKey(0), spec.net)]
     assert shapes[0] == {"w": (20, 1, 5, 5), "b": (20,)} and shapes[1] == {"w": (40, 20, 5, 5), "b": (40,)}
     assert [s["w"][0] for s in shapes if s and len(s["w"]) == 2] == [*case.fc, 10]
-
-
-def test_torch_missing_says_how_to_install(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name == "torch":
-            raise ImportError("No module named 'torch'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
-    with pytest.raises(ImportError, match="pip install torch==2.13.0"):
-        baselines.torch_conv([], x, y, M, ETA)
