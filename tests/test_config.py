@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 import nnx
 from nnx.edges.cli import CONF
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
+
 GROUPS = {
     "activation": nnx.ACTIVATIONS,
     "init": nnx.INITIALIZERS,

@@ -8,6 +8,8 @@ import pytest
 import nnx
 from conftest import tiny_cfg
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
+
 
 @pytest.fixture(scope="module")
 def small():
