@@ -15,7 +15,8 @@ def row(id: str, quantity: str, book, values, tolerance: float, kind: str) -> di
 
     kind: "abs" (|ours - book| <= tolerance), "rel" (<= tolerance * |book|), "factor"
     (max(ours/book, book/ours) <= tolerance), "greater" (ours > tolerance; the book gives no
-    number, only the direction) or "none" (no book quantity to compare with).
+    number, only the direction), "less" (ours <= tolerance; the book gives a bound to meet, such as
+    chapter 4's success mark) or "none" (no book quantity to compare with).
     """
     values = np.asarray(values, float).ravel()
     mean = float(np.mean(values))
@@ -28,6 +29,8 @@ def row(id: str, quantity: str, book, values, tolerance: float, kind: str) -> di
         ok = mean > 0 and max(mean / book, book / mean) <= tolerance
     elif kind == "greater":
         ok = mean > tolerance
+    elif kind == "less":
+        ok = mean <= tolerance
     elif kind == "none":
         ok = None
     else:

@@ -3,7 +3,8 @@
     nnx-reproduce ch5                      # train every sweep, then write reports/ch5/
     nnx-reproduce ch5 --plot-only          # redraw reports/ch5/ from the runs already stored
     nnx-reproduce ch5 train.epochs=2 ...   # overrides passed to every sweep (e.g. a smoke test)
-    nnx-reproduce all                      # ch1, ch2, ch3, ch5 and ch6 in turn, each as if run alone
+    nnx-reproduce ch4                      # chapter 4's constructions (no sweeps; a small training inline)
+    nnx-reproduce all                      # ch1, ch2, ch3, ch4, ch5 and ch6 in turn, each as if run alone
     nnx-reproduce ch6 --book               # chapter 6 at the book's protocol, not the scaled default
     nnx-reproduce he2015                   # one of the papers beyond the book (see PAPERS)
     nnx-reproduce papers                   # all of them in turn
@@ -20,9 +21,9 @@ from nnx.edges import cli, paths, tracking
 
 # The signal-propagation lab: papers that measured chapter 5's problem more finely.
 PAPERS = ("glorot2010", "he2015", "saxe2014", "schoenholz2017", "pennington2017", "ioffe2015")
-CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch5": "experiments.ch5",
-            "ch6": "experiments.ch6", **{name: f"experiments.{name}" for name in PAPERS}}
-GROUPS = {"all": ("ch1", "ch2", "ch3", "ch5", "ch6"), "papers": PAPERS}  # each runs its members in turn
+CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch4": "experiments.ch4",
+            "ch5": "experiments.ch5", "ch6": "experiments.ch6", **{name: f"experiments.{name}" for name in PAPERS}}
+GROUPS = {"all": ("ch1", "ch2", "ch3", "ch4", "ch5", "ch6"), "papers": PAPERS}  # each runs its members in turn
 
 
 @contextlib.contextmanager
@@ -105,7 +106,7 @@ def reproduce(chapter: str, args, out: Path | None):
     started = time.perf_counter()
     if not args.plot_only:
         run_sweeps(module, args.overrides, args.jobs, args.book)
-        if hasattr(module, "record_analysis"):  # a computation that is not training (ch2, ch3, ch5)
+        if hasattr(module, "record_analysis"):  # a computation outside the sweeps (ch2, ch3, ch4, ch5)
             module.record_analysis(client, experiment_id)
     try:
         rows, figures, *notes = module.build_report(client, out)

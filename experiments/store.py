@@ -82,13 +82,25 @@ def group(runs, key: str, cast=str) -> dict:
     return dict(sorted(out.items()))
 
 
-def record_analysis_run(client, experiment_id, preset: str, series: dict, *, params=None, first_step: int = 0):
+ANALYSIS_ARRAYS = "analysis.npz"
+
+
+def record_analysis_run(client, experiment_id, preset: str, series: dict, *, params=None, first_step: int = 0,
+                        arrays: dict | None = None):
     """A computation that is not training (a theory curve, a check) stored as a FINISHED MLflow run
-    tagged nnx.role=analysis, like any result: series {metric: values}, value i at step first_step + i."""
+    tagged nnx.role=analysis, like any result: series {metric: values}, value i at step first_step + i
+    (series may differ in length); arrays {name: ndarray}, too large or too many-dimensional for
+    metrics (a curve on a fine grid, a surface), as one artifact, ANALYSIS_ARRAYS."""
     run = tracking.Run.start(client, experiment_id, name=preset, params=params or {},
                              tags={"nnx.experiment": preset, "nnx.role": "analysis", **tracking.environment_tags()})
-    length = len(next(iter(series.values())))
-    for i in range(length):
-        run.log_metrics(first_step + i, {k: float(v[i]) for k, v in series.items()})
+    for i in range(max(map(len, series.values()))):
+        run.log_metrics(first_step + i, {k: float(v[i]) for k, v in series.items() if i < len(v)})
+    if arrays:
+        run.log_files({ANALYSIS_ARRAYS: lambda path: np.savez(path, **arrays)})
     run.end("FINISHED")
     return run.run_id
+
+
+def analysis_arrays(client, run) -> dict:
+    """The arrays an analysis run stored (record_analysis_run's `arrays`)."""
+    return artifact_npz(client, run, ANALYSIS_ARRAYS)
