@@ -60,11 +60,12 @@ def _jobs(argv: list[str]) -> list[list[str]] | None:
     return [[o.input_line for o in user]]
 
 
-def preflight(argv: list[str], config_dir: str, config_name: str):
-    """Composes and builds each job; on the first bad one prints why and exits with status 2."""
+def preflight(argv: list[str], config_dir: str, config_name: str) -> bool:
+    """Composes and builds each job; on the first bad one prints why and exits with status 2.
+    Returns whether it checked the jobs (False: Hydra's own business, such as --help or --cfg)."""
     jobs = _jobs(argv)
     if jobs is None:
-        return
+        return False
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         for job in jobs:
             try:
@@ -78,3 +79,4 @@ def preflight(argv: list[str], config_dir: str, config_name: str):
             where = f" (in the job {' '.join(job)})" if len(jobs) > 1 else ""
             print(f"nnx-train: error{where}: {message}", file=sys.stderr)
             sys.exit(2)
+    return True
