@@ -7,7 +7,7 @@ on a 2x2 map, a pool that does not divide the map) fails before anything runs, w
 from nnx import model
 from nnx.registry import check, is_int, is_number
 
-IMAGE = (1, 28, 28)
+IMAGE = (28, 28, 1)  # height, width, channels
 
 
 def mlp(cfg: dict, initializer, activation, output_activation) -> model.Net:
@@ -33,7 +33,7 @@ def conv(cfg: dict, initializer, activation, output_activation) -> model.Net:
     check(is_int(pool) and pool >= 1, "model.pool", pool, "the max-pool's side must be an integer >= 1 (1: no pooling)", "Use e.g. model.pool=2.")
     check(is_number(rate) and 0 <= rate < 1, "model.dropout", rate, "the dropout probability must be in [0, 1)", "Use e.g. model.dropout=0.5, or 0 for none.")
     check(isinstance(cfg["zero_output"], bool), "model.zero_output", cfg["zero_output"], "must be true or false", "Use model.zero_output=true (network3).")
-    side = IMAGE[1]
+    side = IMAGE[0]
     for i, m in enumerate(maps, 1):
         check(kernel <= side, "model.kernel", kernel, f"conv layer {i} would put a {kernel}x{kernel} kernel on a {side}x{side} map",
               f"Use a smaller model.kernel, or fewer conv layers than model.conv_maps={maps}.")

@@ -4,8 +4,11 @@ A layer's params are a plain dict ({} for a layer without parameters), so a mode
 list with one dict per layer. Layers that have a weighted input z (Dense, Conv) compute it and
 apply their activation in two steps, so that the probes can read z, add a shift to it (the
 per-example delta of chapter 2's BP2 is the gradient with respect to that shift) and take the
-gradient of its bias. Images are NCHW ([batch, channels, height, width], network3's and Theano's
-layout); the first layer of a conv net reshapes the [batch, 784] rows to [batch, 1, 28, 28].
+gradient of its bias. Images flow channels-last, [batch, height, width, channels], so that each
+convolution is one matrix product on XLA's CPU backend (see convolve); kernels keep network3's,
+Theano's and PyTorch's [maps, channels, k, k], and flatten reads maps in their (channels, height,
+width) order, so params are laid out as theirs are. The first layer of a conv net reshapes the
+[batch, 784] rows to [batch, 28, 28, 1].
 
     layer.init(key, in_shape, dtype) -> (out_shape, params)        shapes exclude the batch axis
     layer.weighted(params, x, product) -> z                        only layers with weights
@@ -67,23 +70,36 @@ def dense(n_out: int, initializer, activation, *, batch_norm=False, zero=False) 
 
 
 def conv_output(in_shape, maps: int, kernel: int, pool: int):
-    """(maps, h, w) after a valid kernel x kernel convolution (stride 1) and a pool x pool max-pool."""
-    _, height, width = in_shape
-    return maps, (height - kernel + 1) // pool, (width - kernel + 1) // pool
+    """(h, w, maps) after a valid kernel x kernel convolution (stride 1) and a pool x pool max-pool."""
+    height, width, _ = in_shape
+    return (height - kernel + 1) // pool, (width - kernel + 1) // pool, maps
 
 
 def max_pool2d(x, pool: int):
-    """Non-overlapping pool x pool maxima of [batch, maps, h, w] (h and w divisible by pool)."""
+    """Non-overlapping pool x pool maxima of [batch, h, w, maps] (h and w divisible by pool)."""
     if pool == 1:
         return x
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h // pool, pool, w // pool, pool).max(axis=(3, 5))
+    b, h, w, c = x.shape
+    return x.reshape(b, h // pool, pool, w // pool, pool, c).max(axis=(2, 4))
 
 
 def convolve(x, w):
-    """Valid, stride-1 cross-correlation of [batch, c_in, h, w] with [maps, c_in, k, k] kernels
-    (Theano's conv2d flips its kernels; that only mirrors the learned filters)."""
-    return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    """Valid, stride-1 cross-correlation of [batch, h, w, c_in] images with [maps, c_in, k, k]
+    kernels: [batch, h - k + 1, w - k + 1, maps] (Theano's conv2d flips its kernels; that only
+    mirrors the learned filters).
+
+    Written as im2col: the k*k shifted views side by side along the channel axis, then one matrix
+    product with the kernels as a [k*k*c_in, maps] matrix. XLA's CPU backend gives its own
+    convolutions a slow generic form at these small sizes, inside a loop body worst of all
+    (jax-ml/jax#12868); a matrix product goes to its fast GEMM. 6.conv2 (mb 10) took 4.4 ms a step
+    with lax.conv_general_dilated in NCHW, 2.2 ms so.
+    """
+    maps, c_in, k, _ = w.shape
+    b, height, width, _ = x.shape
+    h, v = height - k + 1, width - k + 1
+    columns = jnp.concatenate([x[:, i:i + h, j:j + v, :] for i in range(k) for j in range(k)], axis=3)
+    kernels = w.transpose(2, 3, 1, 0).reshape(k * k * c_in, maps)  # rows in the columns' (i, j, c) order
+    return (columns.reshape(b * h * v, k * k * c_in) @ kernels).reshape(b, h, v, maps)
 
 
 def conv(maps: int, kernel: int, initializer, activation, *, pool: int = 1) -> Layer:
@@ -94,14 +110,14 @@ def conv(maps: int, kernel: int, initializer, activation, *, pool: int = 1) -> L
     """
 
     def init(key, in_shape, dtype=jnp.float32):
-        channels = in_shape[0]
+        channels = in_shape[2]
         fan_in, fan_out = channels * kernel * kernel, maps * kernel * kernel // (pool * pool)
         w, b = initializer(key, fan_in, fan_out, dtype, shape=(maps, channels, kernel, kernel))
         return conv_output(in_shape, maps, kernel, pool), {"w": w, "b": b}
 
     def weighted(params, a, product=None):
         del product  # the dense layers' faster matrix product has no convolution counterpart
-        return max_pool2d(convolve(a, params["w"]), pool) + params["b"][None, :, None, None]
+        return max_pool2d(convolve(a, params["w"]), pool) + params["b"][None, None, None, :]
 
     return Layer("conv", init, weighted, activation, None)
 
@@ -111,8 +127,8 @@ def max_pool(pool: int) -> Layer:
 
     def init(key, in_shape, dtype=jnp.float32):
         del key, dtype
-        c, h, w = in_shape
-        return (c, h // pool, w // pool), {}
+        h, w, c = in_shape
+        return (h // pool, w // pool, c), {}
 
     def apply(params, x, *, key=None, train=False):
         del params, key, train
@@ -122,7 +138,8 @@ def max_pool(pool: int) -> Layer:
 
 
 def flatten() -> Layer:
-    """[batch, c, h, w] -> [batch, c h w] in (c, h, w) order, as network3 and PyTorch flatten."""
+    """[batch, h, w, c] -> [batch, c h w] in (c, h, w) order, as network3 and PyTorch flatten, so a
+    dense layer's weights after it are laid out as theirs."""
 
     def init(key, in_shape, dtype=jnp.float32):
         del key, dtype
@@ -130,7 +147,7 @@ def flatten() -> Layer:
 
     def apply(params, x, *, key=None, train=False):
         del params, key, train
-        return x.reshape(x.shape[0], -1)
+        return (x if x.ndim == 2 else x.transpose(0, 3, 1, 2)).reshape(x.shape[0], -1)
 
     return Layer("flatten", init, None, None, apply)
 
@@ -155,5 +172,5 @@ def dropout(p: float) -> Layer:
 
 
 def to_images(x, shape):
-    """[batch, 784] rows -> [batch, *shape] (e.g. (1, 28, 28)) for a conv net's first layer."""
+    """[batch, 784] rows -> [batch, *shape] (e.g. (28, 28, 1)) for a conv net's first layer."""
     return x.reshape(x.shape[0], *shape)

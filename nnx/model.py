@@ -19,7 +19,7 @@ from nnx.layers import times_transpose
 
 class Net(NamedTuple):
     layers: tuple  # nnx.layers.Layer, the output layer last
-    input_shape: tuple = (784,)  # what the first layer sees; (1, 28, 28) for a conv net
+    input_shape: tuple = (784,)  # what the first layer sees; (28, 28, 1) for a conv net
     sizes: tuple | None = None  # an MLP's [784, n_1, ..., 10]; None for other nets
 
     @property
@@ -40,7 +40,7 @@ def mlp(sizes, initializer, activation, output_activation, *, batch_norm=False) 
 
 
 def conv_net(conv_maps, fc, initializer, activation, output_activation, *, kernel=5, pool=2, dropout=0.0,
-             zero_output=False, image=(1, 28, 28)) -> Net:
+             zero_output=False, image=(28, 28, 1)) -> Net:
     """Chapter 6's nets: conv-pool layers of `conv_maps` maps each, fully connected layers of widths
     `fc`, then 10 outputs. dropout > 0 puts network3's dropout on the input of every FC and output
     layer; zero_output starts the output layer at w = b = 0 (network3's softmax layer)."""

@@ -6,7 +6,6 @@ fit_many vmaps them over seeds, so several seeds train as one compiled program. 
 them together and returns the history, calling `on_epoch` so the caller can record as it goes.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -130,31 +129,6 @@ def epoch_plan(spec, key, n: int):
     return order, jax.random.split(jax.random.fold_in(key, 1), n // m) if spec.net.has_randomness else None
 
 
-def stepped_epoch(spec):
-    """epoch(params, opt_state, key, x, y) as epoch_fn computes it, for nets with convolutions: one
-    jitted step per mini-batch, called from Python. XLA's CPU backend runs a convolution inside a
-    loop body in a slow generic form (jax-ml/jax#12868): 6.conv2's step took 11.4 ms inside
-    epoch_fn's scan against 4.5 ms jitted alone, so the ~0.05 ms per call of a host loop is cheap."""
-    grad = jax.grad(make_loss(spec, training_product))
-    random = spec.net.has_randomness
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, x, y, rows, key):
-        updates, opt_state = spec.optimizer.update(grad(params, x[rows], y[rows], *((key,) if random else ())), opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    plan = jax.jit(lambda key, n: epoch_plan(spec, key, n), static_argnums=1)
-
-    def epoch(params, opt_state, key, x, y):
-        # On the host once: indexing device arrays would cost two more dispatches per step.
-        order, keys = jax.device_get(plan(key, x.shape[0]))
-        for i in range(order.shape[0]):
-            params, opt_state = step(params, opt_state, x, y, order[i], None if keys is None else keys[i])
-        return params, opt_state
-
-    return epoch
-
-
 EVAL_CHUNK = 1000  # images per pass when a conv net is evaluated: its feature maps of a whole split would not fit
 
 
@@ -190,10 +164,7 @@ def probe_fn(spec, kinds=()):
 
 
 def make_epoch(spec):
-    """epoch_fn jitted once, params and optimizer state donated (updated in place); a net with
-    convolutions takes stepped_epoch instead (the same steps, faster on XLA's CPU backend)."""
-    if any(layer.kind == "conv" for layer in spec.net.layers):
-        return stepped_epoch(spec)
+    """epoch_fn jitted once, params and optimizer state donated (updated in place)."""
     return jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
 
 

@@ -42,19 +42,31 @@ def numpy_pool(x, s):
     return out
 
 
+def channels_last(x):
+    """network3's [n, c, h, w] as nnx's images flow, [n, h, w, c]."""
+    return jnp.asarray(x).transpose(0, 2, 3, 1)
+
+
+def channels_first(x):
+    return np.asarray(x).transpose(0, 3, 1, 2)
+
+
 def test_conv_and_pool_match_numpy_loops_and_the_pool_comes_before_bias_and_activation():
     rng = np.random.default_rng(0)
     x, w, b = rng.normal(size=(2, 3, 10, 10)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
     decreasing = lambda z: -z  # noqa: E731 - a non-monotone-increasing sigma makes the order visible
     layer = layers.conv(4, 3, None, decreasing, pool=2)
     with jax.enable_x64(True):
-        z = np.asarray(layer.weighted({"w": w, "b": b}, jnp.asarray(x)))
+        z = channels_first(layer.weighted({"w": w, "b": b}, channels_last(x)))
         a = np.asarray(layer.activation(z))
     expected = numpy_pool(numpy_conv(x, w), 2) + b[None, :, None, None]
     np.testing.assert_allclose(z, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(a, -expected, rtol=1e-12)  # sigma(pool(conv) + b), not pool(sigma(conv + b))
     assert not np.allclose(a, numpy_pool(-(numpy_conv(x, w) + b[None, :, None, None]), 2))
-    np.testing.assert_allclose(np.asarray(layers.max_pool(2).apply({}, jnp.asarray(x))), numpy_pool(x, 2))
+    with jax.enable_x64(True):
+        np.testing.assert_array_equal(channels_first(layers.max_pool(2).apply({}, channels_last(x))), numpy_pool(x, 2))
+        # flatten reads the maps in network3's (c, h, w) order, whatever order the images flow in
+        np.testing.assert_array_equal(np.asarray(layers.flatten().apply({}, channels_last(x))), x.reshape(2, -1))
 
 
 def test_conv_and_pool_gradients_match_finite_differences():
@@ -64,7 +76,7 @@ def test_conv_and_pool_gradients_match_finite_differences():
     direction = rng.normal(size=(2, 3, 3, 3))
 
     def f(w, b):
-        return jnp.sum(jnp.asarray(direction) * layer.activation(layer.weighted({"w": w, "b": b}, jnp.asarray(x))))
+        return jnp.sum(jnp.asarray(direction) * layer.activation(layer.weighted({"w": w, "b": b}, channels_last(x))))
 
     with jax.enable_x64(True):
         gw, gb = jax.grad(f, argnums=(0, 1))(jnp.asarray(w), jnp.asarray(b))
@@ -83,7 +95,7 @@ def test_conv_and_pool_gradients_match_finite_differences():
 def test_parameter_counts_shared_weights_against_a_fully_connected_layer():
     """The book: 20 maps of 5x5 shared weights are 520 parameters; an FC layer 784 -> 30 has 23,550."""
     conv = model.Net((layers.conv(20, 5, nnx.INITIALIZERS["network3"](), jax.nn.sigmoid, pool=2), layers.flatten(),
-                      layers.dense(10, nnx.INITIALIZERS["network3"](), jax.nn.softmax)), (1, 28, 28))
+                      layers.dense(10, nnx.INITIALIZERS["network3"](), jax.nn.softmax)), (28, 28, 1))
     assert nnx.num_params(conv) == 20 * (25 + 1) + (20 * 12 * 12 + 1) * 10
     fc = nnx.model.mlp((784, 30, 10), nnx.INITIALIZERS["default"](), jax.nn.sigmoid, jax.nn.sigmoid)
     assert nnx.num_params(fc) - 31 * 10 == 23_550
@@ -190,17 +202,17 @@ def test_an_mlp_run_recorded_before_layers_trains_to_the_same_numbers(name, stor
         np.testing.assert_allclose(values, [v for _, v in points], rtol=1e-5, atol=1e-7, err_msg=key)
 
 
-def test_a_conv_nets_stepped_epoch_takes_the_same_steps_as_the_scanned_one():
-    """make_epoch runs a conv net step by step from Python (faster on XLA's CPU): same mini-batches,
-    same dropout keys, same updates as epoch_fn's lax.scan, to float32 round-off."""
+def test_conv_nets_with_dropout_train_as_vmapped_seeds_with_the_steps_of_separate_runs():
+    """fit_many (one program for every seed, as nnx-reproduce ch6 trains its ensemble) takes each
+    seed's own mini-batches, dropout masks and updates, to float32 round-off."""
     spec = nnx.build(conv_cfg(conv_maps=[2], fc=[8], dropout=0.5) | {
         "data": {"name": "mnist", "path": None, "train_size": 60},
-        "train": {"epochs": 1, "mini_batch_size": 10, "stop_on_divergence": True, "checkpoint_every": 0, "shuffle": True}})
+        "train": {"epochs": 2, "mini_batch_size": 10, "stop_on_divergence": True, "checkpoint_every": 0, "shuffle": True}})
     data = spec.load_data()
-    x, y = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
-    params = nnx.init(jax.random.PRNGKey(0), spec.net)
-    scanned = jax.jit(train.epoch_fn(spec))(params, spec.optimizer.init(params), jax.random.PRNGKey(7), x, y)
-    stepped = train.make_epoch(spec)(jax.tree.map(jnp.copy, params), spec.optimizer.init(params), jax.random.PRNGKey(7), x, y)
-    assert train.make_epoch(spec).__name__ == "epoch" and not hasattr(train.make_epoch(spec), "lower")  # not the scan
-    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(stepped)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    together, histories = train.fit_many(spec, data, seeds=[3, 4])
+    for seed, params, history in zip([3, 4], together, histories):
+        alone, alone_history = train.fit(spec, data, key=jax.random.PRNGKey(seed))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(alone)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(history["val_accuracy"], alone_history["val_accuracy"], atol=1e-3)
+    assert not np.allclose(together[0][0]["w"], together[1][0]["w"])
