@@ -215,7 +215,7 @@ def bench_conv_case(name, data, repeats, cap) -> dict:
           + " of them (numpy baselines not run for conv nets)", flush=True)
     return {**_result(name, None, case.mini_batch_size, train_size, seconds, fractions, repeats_run, compile_s),
             "net": describe(spec.net), "eta": case.eta, "lmbda": case.lmbda, "dropout": case.dropout,
-            "torch_threads": torch_threads, "not_run": {"numpy_book": "conv net", "numpy_vectorized": "conv net"}}
+            "torch_threads": torch_threads, "torch_flush_denormal": True, "not_run": {"numpy_book": "conv net", "numpy_vectorized": "conv net"}}
 
 
 def _result(name, sizes, mini_batch_size, train_size, seconds, fractions, repeats_run, compile_s) -> dict:
