@@ -10,12 +10,12 @@ TINY = ["model.width=8", "data.train_size=100", "probes.size=50", "train.mini_ba
 
 
 def test_a_search_records_trials_prunes_the_one_behind_and_keeps_its_budget(nnx_train, store):
-    """Three trials, a budget of 4 epochs of 2-epoch trials. The random sampler's seed 10 draws eta 0.5, then
+    """Three trials, a budget of 2 full trials (4 epochs) of 2-epoch trials. The random sampler's seed 10 draws eta 0.5, then
     1e-30 (the network cannot learn), then 0.5 again: trial 0 completes (2 epochs), trial 1 is behind it
     after epoch 0 and is pruned (1 epoch), trial 2 gets the budget's last epoch (train.epochs=1)."""
     _, client = store
     done = nnx_train("-m", "hydra/sweeper=search", "hydra.sweeper.sampler=random", "hydra.sweeper.seed=10", "hydra.sweeper.n_trials=5",
-                     "hydra.sweeper.max_epochs=4", "hydra.sweeper.startup_trials=1", "hydra.sweeper.warmup_epochs=0",
+                     "hydra.sweeper.budget=2", "hydra.sweeper.startup_trials=1", "hydra.sweeper.warmup_epochs=0",
                      "optimizer.eta=choice(0.5,1e-30)", "optimizer.lmbda=0.0", "train.epochs=2", *TINY)
     runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("nnx.role") == "sweep"]
@@ -31,7 +31,7 @@ def test_a_search_records_trials_prunes_the_one_behind_and_keeps_its_budget(nnx_
     best = max((t for t in trials if t.data.tags[search.STATE_TAG] == "COMPLETE"), key=lambda t: t.data.metrics["best_val_accuracy"])
     assert [t.info.run_id for t in trials if t.data.tags.get(search.BEST_TAG) == "true"] == [best.info.run_id]
     assert json.loads(parent.data.tags["nnx.search.trials"]) == {"COMPLETE": 2, "PRUNED": 1}
-    assert parent.data.tags["nnx.search.epochs"] == "4" and parent.data.tags["nnx.search.best_trial"] == best.data.tags[search.TRIAL_TAG]
+    assert parent.data.tags["nnx.search.epochs"] == parent.data.tags["nnx.search.budget_epochs"] == "4" and parent.data.tags["nnx.search.best_trial"] == best.data.tags[search.TRIAL_TAG]
     assert "PRUNED after epoch 0" in done.stdout and "nnx-search: 3 trials" in done.stdout
 
 

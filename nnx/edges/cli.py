@@ -122,8 +122,9 @@ def train(cfg) -> dict:
     trial = search.trial_stopper(hc.sweep.dir, hc.job.num, plain["train"]["epochs"]) if multirun else None  # a search's trial
     if trial is not None:
         tags[search.TRIAL_TAG] = str(trial.number)
-    return job.run(plain, name=name, tags=tags, parent=parent, skip_finished=multirun and plain["tracking"]["skip_finished"],
-                   echo=_echo, progress=_progress(), should_stop=trial)
+    # A search's trial always trains: the study needs its epochs, and a twin from another search was judged by another study.
+    skip = multirun and plain["tracking"]["skip_finished"] and trial is None
+    return job.run(plain, name=name, tags=tags, parent=parent, skip_finished=skip, echo=_echo, progress=_progress(), should_stop=trial)
 
 
 def _progress():

@@ -167,8 +167,9 @@ def check_settings(settings: dict):
 
     count = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     need(count(settings["n_trials"]) and settings["n_trials"] >= 1, "n_trials", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_trials=20.")
-    need(settings["max_epochs"] is None or (count(settings["max_epochs"]) and settings["max_epochs"] >= 1), "max_epochs",
-         "must be an integer >= 1 (epochs over all trials) or null", "Use e.g. hydra.sweeper.max_epochs=90, or null for no budget.")
+    need(settings["budget"] is None or (count(settings["budget"]) and settings["budget"] >= 1), "budget",
+         "must be an integer >= 1 (epochs over all trials, in full trials of train.epochs) or null",
+         "Use e.g. hydra.sweeper.budget=3 (as many epochs as 3 full trials), or null for none.")
     need(count(settings["n_jobs"]) and settings["n_jobs"] >= 1, "n_jobs", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_jobs=2.")
     need(settings["sampler"] in SAMPLERS, "sampler", f"must be one of {list(SAMPLERS)}", "Use hydra.sweeper.sampler=tpe.")
     need(settings["pruner"] in PRUNERS, "pruner", f"must be one of {list(PRUNERS)}", "Use hydra.sweeper.pruner=median, or none.")
@@ -229,7 +230,8 @@ def sweep(sweeper, arguments: list[str]) -> list:
                                 pruner=_pruner(settings), direction="maximize", load_if_exists=True)
     state = {"storage": str(storage_path), "study": sweep_id, "settings": settings, "trials": {}}
     epochs = int(sweeper.config.train.epochs)
-    budget, used, started = settings["max_epochs"], 0, time.perf_counter()
+    budget = None if settings["budget"] is None else settings["budget"] * epochs  # in epochs
+    used, started = 0, time.perf_counter()
     returns, outcomes, errors = [], {}, []
     print(f"nnx-search: {settings['n_trials']} trials at most{f', {budget} epochs in all' if budget else ''}; "
           f"{settings['sampler']} over {', '.join(dims)}; pruner {settings['pruner']}", flush=True)
@@ -280,14 +282,14 @@ def sweep(sweeper, arguments: list[str]) -> list:
                 print(f"nnx-search: trial {trial.number} {shown}: best validation accuracy {value:.2%} ({trained} epochs)", flush=True)
             returns.append(result)
     seconds = time.perf_counter() - started
-    _record(study, sweep_dir, dims, settings, outcomes, used, seconds)
+    _record(study, sweep_dir, dims, settings, outcomes, used, budget, seconds)
     cli.finish_sweep(sweep_dir, failed_ok=True)  # a diverged or pruned trial is an outcome of a search, not its failure
     if errors:
         raise errors[0]
     return returns
 
 
-def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, used: int, seconds: float):
+def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, used: int, budget, seconds: float):
     """Tags each trial's run with its state, the best one with nnx.best_trial, and the parent with the summary."""
     from nnx.edges import cli
 
@@ -314,7 +316,7 @@ def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, 
                 tags[BEST_TAG] = "true"
             tracking.Run(client, child.info.run_id).set_tags(tags)
     summary = {"nnx.search.trials": json.dumps(counts), "nnx.search.epochs": used, "nnx.search.seconds": f"{seconds:.1f}",
-               "nnx.search.budget": settings["max_epochs"], "nnx.search.sampler": settings["sampler"],
+               "nnx.search.budget_epochs": budget, "nnx.search.sampler": settings["sampler"],
                "nnx.search.pruner": settings["pruner"], "nnx.search.space": json.dumps({k: repr(v) for k, v in dims.items()})}
     if best is not None:
         trained = {k: float(_format(v)) if isinstance(v, float) else v for k, v in best.params.items()}  # as the run trained them
