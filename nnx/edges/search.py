@@ -30,7 +30,12 @@ BEST_TAG = "nnx.best_trial"
 STATE_TAG = "nnx.search_state"
 TRIAL_TAG = "nnx.search_trial"
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "none")
+# median: behind the median of the finished trials at the same epoch (optuna's MedianPruner); asha: not in
+# the best third of the trials that reached the same rung, epochs w, 3w, 9w ... (w = warmup_epochs, epochs
+# counted from 0; SuccessiveHalvingPruner, asynchronous successive halving: it needs no finished trials, so
+# it suits a small budget); none.
+PRUNERS = {"median": "behind the median of the finished trials at that epoch",
+           "asha": "not in the best third of the trials at that epoch (successive halving)", "none": ""}
 
 
 class SearchError(ValueError):
@@ -110,6 +115,8 @@ def _pruner(settings: dict):
 
     if settings["pruner"] == "none":
         return optuna.pruners.NopPruner()
+    if settings["pruner"] == "asha":  # rungs after (warmup_epochs or 1) * 3^k epochs
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, settings["warmup_epochs"]), reduction_factor=3)
     return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"], n_warmup_steps=settings["warmup_epochs"])
 
 
@@ -124,8 +131,8 @@ class TrialStopper:
     """A job's side of its trial: should_stop(i, step, values) for nnx.edges.job.run. It reports the
     first seed's validation accuracy after each epoch and stops the run when the pruner says so."""
 
-    def __init__(self, study, trial, number: int, epochs: int):
-        self.study, self.trial, self.number, self.epochs, self.reason = study, trial, number, epochs, ""
+    def __init__(self, study, trial, number: int, epochs: int, why: str):
+        self.study, self.trial, self.number, self.epochs, self.why, self.reason = study, trial, number, epochs, why, ""
 
     def __call__(self, i, step, values) -> str:
         if i != 0 or self.reason or "val_accuracy" not in values:
@@ -133,8 +140,7 @@ class TrialStopper:
         self.trial.report(values["val_accuracy"], step)
         if step < self.epochs - 1 and self.trial.should_prune():  # after its last epoch a trial is complete
             self.trial.set_user_attr("nnx.pruned_epoch", step)
-            self.reason = (f"{PRUNED} by the search after epoch {step}: validation accuracy {values['val_accuracy']:.2%} is behind "
-                           f"the median of the finished trials at that epoch")
+            self.reason = f"{PRUNED} by the search after epoch {step}: validation accuracy {values['val_accuracy']:.2%} is {self.why}"
         return self.reason
 
 
@@ -155,7 +161,7 @@ def trial_stopper(sweep_dir, job_num: int, epochs: int) -> TrialStopper | None:
                               pruner=_pruner(found["settings"]))
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(found["study"]), number)
     # The running trial the sweeper asked for, opened in this job (optuna's Trial over a shared storage).
-    return TrialStopper(study, Trial(study, trial_id), number, epochs)
+    return TrialStopper(study, Trial(study, trial_id), number, epochs, PRUNERS[found["settings"]["pruner"]])
 
 
 # ---- the sweep ----
@@ -172,7 +178,7 @@ def check_settings(settings: dict):
          "Use e.g. hydra.sweeper.budget=3 (as many epochs as 3 full trials), or null for none.")
     need(count(settings["n_jobs"]) and settings["n_jobs"] >= 1, "n_jobs", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_jobs=2.")
     need(settings["sampler"] in SAMPLERS, "sampler", f"must be one of {list(SAMPLERS)}", "Use hydra.sweeper.sampler=tpe.")
-    need(settings["pruner"] in PRUNERS, "pruner", f"must be one of {list(PRUNERS)}", "Use hydra.sweeper.pruner=median, or none.")
+    need(settings["pruner"] in PRUNERS, "pruner", f"must be one of {list(PRUNERS)}", "Use hydra.sweeper.pruner=median, asha or none.")
     need(count(settings["startup_trials"]) and settings["startup_trials"] >= 0, "startup_trials", "must be an integer >= 0",
          "Use e.g. hydra.sweeper.startup_trials=4.")
     need(count(settings["warmup_epochs"]) and settings["warmup_epochs"] >= 0, "warmup_epochs", "must be an integer >= 0",
