@@ -239,7 +239,11 @@ def automatic_search(client, out):
     axes[0].set(xlabel="trial", ylabel="best validation accuracy (%)")
     axes[1].set(xscale="log", xlabel="eta")
     axes[2].set(xscale="log", xlabel="lmbda")
-    axes[0].set_ylim(max(0.0, min(90.0, np.floor(np.nanpercentile([t["val"] for t in trials], 25))) - 1), 100)  # the pack, not the duds
+    low = max(0.0, min(90.0, np.floor(np.nanpercentile([t["val"] for t in trials], 25))) - 1)  # the pack, not the duds
+    axes[0].set_ylim(low, 100)
+    below = int(sum(t["val"] < low for t in trials))
+    if below:
+        axes[0].text(0.02, 0.02, f"{below} trial{'s' if below > 1 else ''} below the axis (see the CSV)", transform=axes[0].transAxes, fontsize=7)
     fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.04))
     fig.suptitle(f"Automatic search: TPE over eta, lmbda, mini-batch size of [784,100,10] ({_protocol([t['run'] for t in trials], lmbda=False)}), "
                  f"{used} epochs; circled: the best trial; dashed: the book's hand-tuned settings trained here", fontsize=9)

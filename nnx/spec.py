@@ -161,6 +161,10 @@ def build(cfg: dict) -> Spec:
           "Use e.g. train.early_stopping_n=10 (the book's no-improvement-in-ten).")
     sched = cfg.get("schedule") or {"name": "constant"}  # runs recorded before the group existed: a fixed eta
     schedule = lookup(SCHEDULES, "schedule", sched["name"])(opt["eta"], train["epochs"], **_hparams(sched, "schedule"))
+    window = sched.get("n") if sched["name"] == "halving" else None
+    check(stopping is None or window is None or stopping > window, "train.early_stopping_n", stopping,
+          f"with schedule=halving (schedule.n={window}) it would stop the run at the first halving",
+          f"Use a longer window, e.g. train.early_stopping_n={5 * (window or 10)} (the book loosens it to 20 or 50), or none.")
     reader = "train.early_stopping_n" if stopping is not None else f"schedule={sched['name']}" if schedule.reads_validation else None
     check(reader is None or "validation" in splits, "train.eval_splits", splits, f"{reader} reads the validation accuracy after each epoch",
           "Add validation to train.eval_splits, e.g. 'train.eval_splits=[validation,test]'.")

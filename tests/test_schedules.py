@@ -134,6 +134,7 @@ def test_stored_runs_keep_their_config_hash():
     ({"schedule": {"name": "halving", "n": 10, "floor": 2.0}}, "schedule.floor=2.0 is invalid"),
     ({"schedule": {"name": "halving", "n": 0, "floor": 0.5}}, "schedule.n=0 is invalid"),
     ({"schedule": {"name": "step"}}, "valid schedules: constant, cosine, exponential, halving"),
+    ({"schedule": {"name": "halving", "n": 10, "floor": 0.5}, "train": train(2, early_stopping_n=10)}, "it would stop the run at the first halving"),
     ({"schedule": {"name": "exponential", "decay_rate": 1.5}}, "schedule.decay_rate=1.5 is invalid"),
     ({"data": {"name": "mnist", "path": None, "train_size": 100, "validation_size": 0}}, "data.validation_size=0 is invalid"),
 ])
