@@ -290,7 +290,7 @@ NOTES = [
     f"Scaled default (`nnx-reproduce ch3hp`): the runs on 50,000 images train on the first 10,000 instead, with lmbda "
     f"5.0 -> 1.0 so the weight decay per step (eta lmbda / n) is the book's; one seed each, as the book. A row agrees "
     f"within {SCALED_TOLERANCE:g} points there, {FULL_TOLERANCE:g} at the book's protocol (`nnx-reproduce ch3hp --book`, "
-    f"about an hour here). The broad strategy and the threshold are the book's protocol in both.",
+    f"not timed on this machine). The broad strategy and the threshold are the book's protocol in both.",
 ]
 
 
