@@ -281,8 +281,9 @@ NOTES = [
     "in-10 on the validation accuracy, at most 200 epochs (so the rule, not the book's 30 or 60, picks the length); "
     "halving divides eta by 2 each time the rule fires and stops at 1/128 of the start. Every rule's accuracy is read "
     "at its best validation epoch (the network early stopping keeps); the book's 96.49% is its last epoch's.",
-    "The search is nnx's search sweeper (hydra/sweeper=search: optuna's TPE, median pruning after 2 epochs, 4 random "
-    "startup trials, two trials at a time): eta in [0.01, 10] and lmbda in [0.1, 100] on log scales, mini-batches of "
+    "The search is nnx's search sweeper (hydra/sweeper=search: optuna's TPE after 4 random trials, one trial at a time, "
+    "asha pruning: only the best third of the trials go on past epochs 1, 3, 9 and 27): eta in [0.01, 10] and lmbda in "
+    "[0.1, 100] on log scales, mini-batches of "
     "5, 10, 20 or 50, 30 epochs per trial, and 90 epochs in all (the book's 30 + 60 for its hand-tuned [784,100,10] "
     "runs); pruned trials give back what they did not train, the last trial gets what is left. The comparison is with "
     "the book's settings trained here at the same scale (the dashed line); its validation set is also the one the "
