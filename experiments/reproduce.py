@@ -3,8 +3,9 @@
     nnx-reproduce ch5                      # train every sweep, then write reports/ch5/
     nnx-reproduce ch5 --plot-only          # redraw reports/ch5/ from the runs already stored
     nnx-reproduce ch5 train.epochs=2 ...   # overrides passed to every sweep (e.g. a smoke test)
+    nnx-reproduce ch3hp                    # chapter 3's hyper-parameter craft: early stopping, schedules, search
     nnx-reproduce ch4                      # chapter 4's constructions (no sweeps; a small training inline)
-    nnx-reproduce all                      # ch1, ch2, ch3, ch4, ch5 and ch6 in turn, each as if run alone
+    nnx-reproduce all                      # ch1, ch2, ch3, ch3hp, ch4, ch5 and ch6 in turn, each as if run alone
     nnx-reproduce ch6 --book               # chapter 6 at the book's protocol, not the scaled default
     nnx-reproduce he2015                   # one of the papers beyond the book (see PAPERS)
     nnx-reproduce papers                   # all of them in turn
@@ -21,9 +22,10 @@ from nnx.edges import cli, paths, tracking
 
 # The signal-propagation lab: papers that measured chapter 5's problem more finely.
 PAPERS = ("glorot2010", "he2015", "saxe2014", "schoenholz2017", "pennington2017", "ioffe2015")
-CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch4": "experiments.ch4",
-            "ch5": "experiments.ch5", "ch6": "experiments.ch6", **{name: f"experiments.{name}" for name in PAPERS}}
-GROUPS = {"all": ("ch1", "ch2", "ch3", "ch4", "ch5", "ch6"), "papers": PAPERS}  # each runs its members in turn
+CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch3hp": "experiments.ch3hp",
+            "ch4": "experiments.ch4", "ch5": "experiments.ch5", "ch6": "experiments.ch6",
+            **{name: f"experiments.{name}" for name in PAPERS}}
+GROUPS = {"all": ("ch1", "ch2", "ch3", "ch3hp", "ch4", "ch5", "ch6"), "papers": PAPERS}  # each runs its members in turn
 
 
 @contextlib.contextmanager
@@ -71,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
     parser.add_argument("--book", action="store_true", help="the book's full protocol where the default is scaled (ch6: "
-                                                           "all images, 60 epochs, 3 seeds; hours on a CPU)")
+                                                           "all images, 60 epochs, 3 seeds; hours on a CPU; ch3hp: all images)")
     args = parser.parse_intermixed_args(argv)
     paths.use_compilation_cache()  # the analyses (ch2's backprop, the theory curves) compile too
 

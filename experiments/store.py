@@ -30,6 +30,11 @@ def _latest(client, experiment: str, preset: str, role: str):
     return experiment_id, runs[0]
 
 
+def latest_sweep(client, experiment: str, preset: str):
+    """The parent run of the latest FINISHED sweep of `preset` (its tags hold a search's summary)."""
+    return _latest(client, experiment, preset, "sweep")[1]
+
+
 def sweep_runs(client, experiment: str, preset: str) -> list:
     """The child runs of the latest FINISHED sweep of `preset` (e.g. ch5_depth) in `experiment`."""
     experiment_id, parent = _latest(client, experiment, preset, "sweep")

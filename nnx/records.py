@@ -5,7 +5,7 @@ experiments/) names what a run holds through this module, so a name is spelt in 
 
 Metrics (MLflow, step = epoch): per hidden layer l = 1..L "<name>/hidden_<l>", per weight layer
 (hidden and output) "<name>/layer_<l>"; the evaluation's "<split>_cost" and "<split>_accuracy";
-summary scalars at the last step. history.npz holds every metric as an array over its steps, plus
+"eta" with a schedule or early stopping; summary scalars at the last step. history.npz holds every metric as an array over its steps, plus
 the probes' arrays ("hist/...", "spectrum/...") with the steps they were taken at
 ("probe_steps/hist", "probe_steps/spectrum") and the histograms' bin edges ("hist_edges/...").
 params.npz and checkpoints key each array by its path in the params pytree ("0/w" is params[0]["w"]),
@@ -24,6 +24,9 @@ INIT_BIAS_GRAD = "init_bias_grad"  # history.npz only: the vector mean dC/db^l a
 SPECTRUM_IO = "spectrum/io_jacobian"  # history.npz: singular values of da^L/da^1 per probe step
 HIST_EDGES = {"activation": "hist_edges/activation", "log10_gradient": "hist_edges/log10_gradient"}
 DIVERGED_AT = "diverged_at"  # history: the step at which a value became NaN or inf
+STOPPED_AT = "stopped_at"  # history: the last epoch trained by a run that stopped early (early stopping, schedule, pruner)
+STOP_REASON = "stop_reason"  # history: why it stopped, e.g. "no improvement in 10 epochs"
+ETA = "eta"  # the learning rate of each epoch (logged with a schedule or early stopping)
 SPLIT_PREFIX = {"train": "train", "validation": "val", "test": "test"}
 SUMMARY = ("best_val_accuracy", "best_epoch", "test_accuracy_at_best_val", "best_test_accuracy", "final_val_accuracy",
            "final_test_accuracy", "final_train_accuracy", "grad_ratio_first_last_init", "grad_ratio_first_last_final")

@@ -11,15 +11,17 @@ from typing import Any, Callable
 from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from nnx.architectures import MODELS
 from nnx.costs import COSTS
-from nnx.data import DATASETS, TRAIN_SIZES
+from nnx.data import DATASETS, MNIST_SIZES, TRAIN_SIZES
 from nnx.initializers import INITIALIZERS
 from nnx.model import Net
 from nnx.optimizers import OPTIMIZERS
 from nnx.probes import KINDS as PROBE_KINDS
 from nnx.probes import NEEDS as PROBE_NEEDS
 from nnx.registry import check, is_int, is_number, lookup
+from nnx.schedules import SCHEDULES, Schedule, injected
 
 SPLITS = ("train", "validation", "test")
+VALIDATION_SIZE = MNIST_SIZES["validation"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,10 @@ class Spec:
     output_activation: Callable
     cost: Callable  # fn(z, a, y) -> C_x per example
     initializer: Callable
-    optimizer: Any  # optax.GradientTransformation
+    optimizer: Any  # optax.GradientTransformation; with a schedule, eta lives in its state (nnx.schedules)
+    schedule_name: str  # constant (the book's fixed eta), halving, exponential, cosine
+    schedule: Schedule  # each epoch's eta (nnx.schedules)
+    early_stopping_n: int | None  # stop after n epochs without a better validation accuracy; None: train all epochs
     lmbda: float  # L2 strength, for the reported cost (the optimizer applies it to the updates)
     epochs: int
     mini_batch_size: int
@@ -58,10 +63,24 @@ class Spec:
     data_path: str | None
     dataset: Callable  # dataset(data_path, originals) -> nnx.data.Data
     originals: int  # the book's training images used (data.train_size); each gives 5 in the expanded set
+    validation_size: int | None = None  # the first N validation images (the book's broad strategy: 100); None: all
+
+    @property
+    def injects_eta(self) -> bool:
+        """Whether eta is set per epoch from the host (any schedule but the book's constant)."""
+        return self.schedule_name != "constant"
+
+    @property
+    def logs_eta(self) -> bool:
+        """Whether each epoch records its eta: with a schedule or early stopping, not in the book's plain runs."""
+        return self.injects_eta or self.early_stopping_n is not None
 
     def load_data(self):
         """The training, validation and test sets this spec trains on."""
-        return self.dataset(self.data_path, self.originals)
+        data = self.dataset(self.data_path, self.originals)
+        if self.validation_size is not None:
+            data = data._replace(validation=type(data.validation)(*(a[: self.validation_size] for a in data.validation)))
+        return data
 
 
 def _hparams(group: dict, key: str) -> dict:
@@ -133,11 +152,29 @@ def build(cfg: dict) -> Spec:
     batch_norm = model.get("batch_norm", False)
     probes = _probes(cfg["probes"], min(probe_size, train_size), batch_norm, act["name"], facts, model_name)
 
+    validation_size = data.get("validation_size")  # runs recorded before the key existed used all 10000
+    check(validation_size is None or (is_int(validation_size) and 1 <= validation_size <= VALIDATION_SIZE), "data.validation_size",
+          validation_size, f"the validation set has {VALIDATION_SIZE} images", f"Use 1 <= data.validation_size <= {VALIDATION_SIZE}, or null for all.")
+    stopping = train.get("early_stopping_n")
+    check(stopping is None or (is_int(stopping) and stopping >= 1), "train.early_stopping_n", stopping,
+          "must be an integer >= 1 (epochs without a better validation accuracy) or null (train every epoch)",
+          "Use e.g. train.early_stopping_n=10 (the book's no-improvement-in-ten).")
+    sched = cfg.get("schedule") or {"name": "constant"}  # runs recorded before the group existed: a fixed eta
+    schedule = lookup(SCHEDULES, "schedule", sched["name"])(opt["eta"], train["epochs"], **_hparams(sched, "schedule"))
+    window = sched.get("n") if sched["name"] == "halving" else None
+    check(stopping is None or window is None or stopping > window, "train.early_stopping_n", stopping,
+          f"with schedule=halving (schedule.n={window}) it would stop the run at the first halving",
+          f"Use a longer window, e.g. train.early_stopping_n={5 * (window or 10)} (the book loosens it to 20 or 50), or none.")
+    reader = "train.early_stopping_n" if stopping is not None else f"schedule={sched['name']}" if schedule.reads_validation else None
+    check(reader is None or "validation" in splits, "train.eval_splits", splits, f"{reader} reads the validation accuracy after each epoch",
+          "Add validation to train.eval_splits, e.g. 'train.eval_splits=[validation,test]'.")
+
     seeds = cfg["seeds"]
     check(seeds is None or (isinstance(seeds, list) and seeds and all(is_int(s) for s in seeds) and len(set(seeds)) == len(seeds)),
            "seeds", seeds, "a list of distinct integer seeds (or null for the single `seed`)", "Use e.g. 'seeds=[0,1,2,3]' (quoted in a shell).")
 
     init = cfg["init"]
+    optimizer, settings = lookup(OPTIMIZERS, "optimizer", opt["name"]), {"n": train_size, **_hparams(opt, "optimizer")}
     output_name = model["output_activation"]
     activation = facts(**_hparams(act, "activation"))
     output_activation = lookup(OUTPUT_ACTIVATIONS, "model.output_activation", output_name)()
@@ -153,7 +190,10 @@ def build(cfg: dict) -> Spec:
         output_activation=output_activation,
         cost=lookup(COSTS, "cost", cfg["cost"]["name"])(output_name),
         initializer=initializer,
-        optimizer=lookup(OPTIMIZERS, "optimizer", opt["name"])(n=train_size, **_hparams(opt, "optimizer")),
+        optimizer=injected(optimizer, **settings) if sched["name"] != "constant" else optimizer(**settings),
+        schedule_name=sched["name"],
+        schedule=schedule,
+        early_stopping_n=stopping,
         lmbda=float(opt["lmbda"]),
         epochs=train["epochs"],
         mini_batch_size=m,
@@ -170,4 +210,5 @@ def build(cfg: dict) -> Spec:
         data_path=data["path"],
         dataset=dataset,
         originals=train_size // per_image,
+        validation_size=validation_size,
     )

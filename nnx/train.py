@@ -6,13 +6,14 @@ fit_many vmaps them over seeds, so several seeds train as one compiled program. 
 them together and returns the history, calling `on_epoch` so the caller can record as it goes.
 """
 
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnx import model, probes, records
+from nnx import model, probes, records, schedules
 
 
 def make_loss(spec, product=model.times_transpose):
@@ -181,7 +182,7 @@ def init_state(spec, key, dtype=jnp.float32):
     return params, spec.optimizer.init(params)
 
 
-def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, dtype=jnp.float32):
+def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=None, should_stop=None, dtype=jnp.float32):
     """Trains one network for spec.epochs epochs and returns (params, history), like network2.SGD.
 
     Steps are numbered as in the book: gradients at step e are measured before epoch e's updates
@@ -197,10 +198,16 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, dtype=jnp.
         recorded, e.g. to write a checkpoint.
       start: (epoch, params, opt_state) to resume from a checkpoint: training goes on with that
         epoch, drawing the same shuffles an uninterrupted run would.
+      earlier: with start, the validation accuracies of the epochs before it, from which the
+        schedule and early stopping pick up their count where the run left off.
+      should_stop: called as should_stop(step, values) after each epoch's values are recorded;
+        a non-empty string stops training there, for that reason (e.g. a search's pruner).
     Returns:
       params, and history: {metric: np.ndarray over steps}; if spec.stop_on_divergence and a
       cost, accuracy or gradient norm became NaN or inf, training stopped there and
-      history["diverged_at"] holds that step.
+      history["diverged_at"] holds that step. If training stopped early (train.early_stopping_n,
+      the schedule, or should_stop), history["stopped_at"] holds the last epoch trained and
+      history["stop_reason"] why; params are that epoch's.
     """
     init_key, shuffle_key = jax.random.split(key)
     epoch = make_epoch(spec)
@@ -211,11 +218,13 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, dtype=jnp.
         probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
         on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
         on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
+        should_stop=None if should_stop is None else lambda i, step, values: should_stop(step, values),
+        earlier=None if earlier is None else [earlier],
     )
     return params, history
 
 
-def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, dtype=jnp.float32):
+def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=None, dtype=jnp.float32):
     """fit() for several seeds at once: one compiled program, vmapped over the seeds.
 
     Seed s uses PRNGKey(s) exactly as fit(key=PRNGKey(s)) does: the same initialization and the
@@ -226,8 +235,10 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, dtype=jnp.float
       seeds: a sequence of ints.
       on_epoch: called as on_epoch(i, step, values) for the i-th seed.
       on_state: called as on_state(i, epoch, params, opt_state) for the i-th seed.
+      should_stop: called as should_stop(i, step, values) for the i-th seed (see fit).
     Returns:
-      ([params for each seed], [history for each seed]).
+      ([params for each seed], [history for each seed]). A seed that stops early keeps the params
+      of its last epoch while the others train on.
     """
     keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
     init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
@@ -239,17 +250,19 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, dtype=jnp.float
         probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
         evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
         split=lambda tree: [jax.tree.map(lambda a: a[i], tree) for i in range(len(seeds))],
-        on_epoch=on_epoch, on_state=on_state, dtype=dtype,
+        on_epoch=on_epoch, on_state=on_state, dtype=dtype, should_stop=should_stop,
     )
 
 
-def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_epoch, on_state, dtype):
+def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_epoch, on_state, dtype, should_stop=None, earlier=None):
     """The epoch loop of fit and fit_many; split(tree) cuts a result into one tree per network.
 
     probe(kinds) builds the jitted probe for those optional kinds (once per distinct set).
     A network whose values turn non-finite is recorded once more (so the blow-up is visible) and
-    then dropped from the records; the loop ends early when every network has diverged.
-    Histograms and spectra go into the history as arrays stacked over the steps listed in
+    then dropped from the records; the loop ends early when every network has diverged or stopped.
+    Each network follows its own schedule and early stopping (nnx.schedules), on the host between
+    epochs; one that stops gets its closing gradient measurement at once and keeps that epoch's
+    params. Histograms and spectra go into the history as arrays stacked over the steps listed in
     history["probe_steps/hist"] and history["probe_steps/spectrum"], never to on_epoch (MLflow
     metrics are scalars).
     """
@@ -257,7 +270,7 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
     splits = {name: (jnp.asarray(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items()}
     x_train, y_train = splits["train"]
     probe_set = (x_train[: spec.probe_size], y_train[: spec.probe_size])
-    histories, built = None, {}
+    histories, built, rules, kept = None, {}, None, {}
 
     def measure(step):
         kinds = probes.kinds_at(spec, step, spec.epochs)
@@ -269,11 +282,25 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         """One history per network; 5.5's bars (dC/db at init) only where step 0 is measured."""
         return [records.init_bias_grads(m["bias_grad"]) if first == 0 else {} for m in measured]
 
-    def record(step, measured, evaluated=None):
+    def start_rules(count):
+        """Each network's (schedule state, early-stopping count), caught up on the epochs before `first`."""
+        out = []
+        for i in range(count):
+            state, patience = spec.schedule.init(), schedules.patience_init()
+            for e, accuracy in enumerate((earlier or [[]] * count)[i]):
+                state, patience = spec.schedule.update(state, e, accuracy), schedules.patience_update(patience, accuracy)
+            out.append((state, patience))
+        return out
+
+    def done(history):
+        return records.DIVERGED_AT in history or records.STOPPED_AT in history
+
+    def record(step, measured, evaluated=None, extra=None, only=None):
         for i, (history, m) in enumerate(zip(histories, measured)):
-            if records.DIVERGED_AT in history:
+            if done(history) or (only is not None and i not in only):
                 continue
-            values = {**records.flatten_probe(m), **({} if evaluated is None else records.flatten_evaluation(evaluated[i]))}
+            values = {**records.flatten_probe(m), **({} if evaluated is None else records.flatten_evaluation(evaluated[i])),
+                      **({} if extra is None else extra[i])}
             if on_epoch is not None:
                 on_epoch(i, step, values)
             for name, value in values.items():
@@ -285,21 +312,54 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
             if spec.stop_on_divergence and not all(np.isfinite(v) for v in values.values()):
                 history[records.DIVERGED_AT] = step
 
+    def stop_reasons(e, evaluated) -> dict:
+        """{network: why it stops after epoch e}; advances every live network's schedule and count."""
+        reasons = {}
+        for i, history in enumerate(histories):
+            if done(history):
+                continue
+            values = records.flatten_evaluation(evaluated[i])
+            state, patience = rules[i]
+            if "val_accuracy" in values:
+                state = spec.schedule.update(state, e, values["val_accuracy"])
+                patience = schedules.patience_update(patience, values["val_accuracy"])
+            elif not spec.schedule.reads_validation:
+                state = spec.schedule.update(state, e, math.nan)
+            rules[i] = (state, patience)
+            n = spec.early_stopping_n
+            rule = state.stop or (f"no improvement in {n} epochs" if n is not None and patience.since >= n else "")
+            asked = should_stop(i, e, values) if should_stop is not None else ""  # asked every epoch: a pruner records each
+            if (asked or rule) and e < spec.epochs - 1:  # after the last epoch the run ends anyway
+                reasons[i] = asked or rule
+        return reasons
+
     for e in range(first, spec.epochs):
         measured = measure(e)
         histories = histories or start_histories(measured)
+        rules = rules or start_rules(len(measured))
+        etas = [state.eta for state, _ in rules]
+        if spec.injects_eta:
+            opt_state = schedules.set_eta(opt_state, etas)
         params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
         evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items() if name in spec.eval_splits}
-        record(e, measured, split(jax.device_get(evaluated)))
-        if all(records.DIVERGED_AT in h for h in histories):
+        evaluated = split(jax.device_get(evaluated))
+        record(e, measured, evaluated, [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
+        stopping = stop_reasons(e, evaluated)
+        if stopping:
+            kept.update({i: jax.tree.map(jnp.copy, split(params)[i]) for i in stopping})  # the others train on (vmapped)
+            record(e + 1, measure(e + 1), only=stopping)  # the closing gradient measurement, after the last epoch
+            for i, reason in stopping.items():
+                histories[i].update({records.STOPPED_AT: e, records.STOP_REASON: reason})
+        if all(done(h) for h in histories):
             break
         if on_state is not None:
             for i, (p, s) in enumerate(zip(split(params), split(opt_state))):
-                if records.DIVERGED_AT not in histories[i]:
+                if not done(histories[i]):
                     on_state(i, e, p, s)
     else:
         final = measure(spec.epochs)
         # epochs=0 (measure the initialization only), or resumed after the last epoch
         histories = histories or start_histories(final)
         record(spec.epochs, final)  # epochs=0: no accuracies, which would cost a pass over 70000 images
-    return split(params), [{name: np.asarray(v) for name, v in h.items()} for h in histories]
+    return ([kept.get(i, p) for i, p in enumerate(split(params))],
+            [{name: np.asarray(v) for name, v in h.items()} for h in histories])

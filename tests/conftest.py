@@ -27,6 +27,7 @@ def tiny_cfg(**overrides) -> dict:
         "init": {"name": "default"},
         "cost": {"name": "cross_entropy"},
         "optimizer": {"name": "sgd", "eta": 0.1, "lmbda": 0.0},
+        "schedule": {"name": "constant"},
         "data": {"name": "mnist", "path": None, "train_size": 100},
         "train": {"epochs": 2, "mini_batch_size": 10, "stop_on_divergence": True, "checkpoint_every": 1},
         "probes": {"size": 50},

@@ -115,14 +115,15 @@ def test_ch3_trained_chapter_1s_runs_only_once(chapters):
     assert {r.data.tags["mlflow.parentRunId"] for r in trained} == {max(sweeps, key=lambda r: r.info.start_time).info.run_id}
 
 
-def test_all_redraws_chapters_1_to_3_identically_then_stops_at_chapter_4(chapters):
+def test_all_redraws_chapters_1_to_3_identically_then_stops_at_the_next(chapters):
     """`all --plot-only` on the chapters' store: ch1, ch2 and ch3 redrawn from the store alone, then
-    chapter 4, which this store never ran, stops with what to run, and nothing was trained."""
+    ch3hp (chapter 3's hyper-parameter section, next in `all`), which this store never ran, stops
+    with what to run, and nothing was trained."""
     folder, uri, client, _ = chapters
     experiments = [client.get_experiment_by_name(c).experiment_id for c in FIGURES]
     before = len(client.search_runs(experiments, "tags.`nnx.role` != 'report'"))
     done = reproduce("all", "--plot-only", "--out", folder / "again", uri=uri, cwd=folder)
-    assert done.returncode != 0 and "no finished ch4_step run" in done.stderr and "nnx-reproduce ch4" in done.stderr
+    assert done.returncode != 0 and "no finished ch3hp_broad sweep" in done.stderr and "nnx-reproduce ch3hp" in done.stderr
     assert len(client.search_runs(experiments, "tags.`nnx.role` != 'report'")) == before
     for chapter, figures in FIGURES.items():
         for name in figures:

@@ -17,6 +17,7 @@ GROUPS = {
     "cost": nnx.COSTS,
     "optimizer": nnx.OPTIMIZERS,
     "data": nnx.DATASETS,
+    "schedule": nnx.SCHEDULES,
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = sorted(p for p in (ROOT / "nnx").glob("*.py"))
-EDGE_PACKAGES = ("nnx.edges", "mlflow", "hydra", "omegaconf", "matplotlib", "experiments", "filelock", "yaml", "submitit")
+EDGE_PACKAGES = ("nnx.edges", "mlflow", "hydra", "omegaconf", "matplotlib", "experiments", "filelock", "yaml", "submitit", "optuna")
 
 
 def imports(path: Path) -> list[tuple[str, list[str], int]]:
@@ -74,7 +74,7 @@ def test_the_checks_catch_what_they_claim(tmp_path):
 
 def test_importing_the_core_loads_no_edge_package():
     code = ("import sys, nnx, nnx.model, nnx.train, nnx.probes, nnx.theory, nnx.meanfield, nnx.records, nnx.spec; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'hydra', 'omegaconf', 'matplotlib') "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'hydra', 'omegaconf', 'matplotlib', 'optuna') "
             "or m.startswith('nnx.edges')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

@@ -21,12 +21,12 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from nnx.data import DataError
-from nnx.edges import job, paths, tracking
+from nnx.edges import job, paths, search, tracking
 from nnx.edges.resume import ResumeError, resume
 from nnx.registry import ConfigError
 
 CONF = str(paths.CONF)
-USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, ResumeError)
+USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, ResumeError, search.SearchError)
 # Override keys shortened in run names: "model.depth=3" reads "depth=3".
 SHORT_PREFIXES = ("model.", "train.", "optimizer.", "data.")
 OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs
@@ -71,16 +71,16 @@ def sweep_parent(client, experiment_id, sweep_dir, preset: str) -> tuple[str, st
         return sweep["parent_run_id"], sweep["sweep_id"]
 
 
-def finish_sweep(sweep_dir):
+def finish_sweep(sweep_dir, failed_ok: bool = False):
     """Ends the sweep's parent run when the sweep process ends, however it ends (tracking.end_sweep),
-    and prints its children's outcome."""
+    and prints its children's outcome. failed_ok: the search sweeper's rule (FAILED trials are results)."""
     path = sweep_file(sweep_dir)
     if not path.exists():
         return
     sweep = json.loads(path.read_text())
     if "parent_run_id" not in sweep or sweep.get("finished"):
         return
-    status, rows = tracking.end_sweep(tracking.connect(sweep["tracking_uri"]), sweep["parent_run_id"])
+    status, rows = tracking.end_sweep(tracking.connect(sweep["tracking_uri"]), sweep["parent_run_id"], failed_ok=failed_ok)
     sweep["finished"] = True
     path.write_text(json.dumps(sweep))
     width = max((len(r[0]) for r in rows), default=3)
@@ -121,8 +121,12 @@ def train(cfg) -> dict:
     multirun = hc.mode == RunMode.MULTIRUN
     parent = (lambda client, experiment_id: sweep_parent(client, experiment_id, hc.sweep.dir, preset)) if multirun else None
     name = run_name(hc.overrides.task, None if plain["seeds"] else plain["seed"])
-    return job.run(plain, name=name, tags=tags, parent=parent,
-                   skip_finished=multirun and plain["tracking"]["skip_finished"], echo=_echo, progress=_progress())
+    trial = search.trial_stopper(hc.sweep.dir, hc.job.num, plain["train"]["epochs"]) if multirun else None  # a search's trial
+    if trial is not None:
+        tags[search.TRIAL_TAG] = str(trial.number)
+    # A search's trial always trains: the study needs its epochs, and a twin from another search was judged by another study.
+    skip = multirun and plain["tracking"]["skip_finished"] and trial is None
+    return job.run(plain, name=name, tags=tags, parent=parent, skip_finished=skip, echo=_echo, progress=_progress(), should_stop=trial)
 
 
 def _progress():
@@ -157,10 +161,21 @@ def _hydra_main(cfg):
         signal.signal(signal.SIGTERM, previous)
 
 
+def register_search():
+    """Makes hydra/sweeper=search known to Hydra. Hydra finds plugins by walking the hydra_plugins
+    namespace package, which misses a package that an editable install maps through setuptools'
+    import finder (pip install -e: what `make install` does), so nnx registers its own by hand."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.nnx_search.search_sweeper import SearchSweeper
+
+    Plugins.instance().register(SearchSweeper)
+
+
 def main():
     from nnx.edges.preflight import preflight
 
     paths.use_compilation_cache()
+    register_search()
     checked = preflight(sys.argv[1:], CONF, "train")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -27,7 +27,7 @@ SHORT_PARAMS = {
     "depth": "model.depth", "width": "model.width", "activation": "activation.name", "init": "init.name",
     "cost": "cost.name", "optimizer": "optimizer.name", "eta": "optimizer.eta", "lmbda": "optimizer.lmbda",
     "mini_batch_size": "train.mini_batch_size", "epochs": "train.epochs", "train_size": "data.train_size",
-    "batch_norm": "model.batch_norm",
+    "batch_norm": "model.batch_norm", "schedule": "schedule.name", "early_stopping_n": "train.early_stopping_n",
 }
 
 
@@ -35,9 +35,21 @@ class Diverged(RuntimeError):
     """A run's cost, accuracy or gradient norm became NaN or inf (train.stop_on_divergence)."""
 
 
+# Keys added after runs were stored, with the value that means "as before": at that value they are
+# left out of the hash, so a relaunched sweep still finds (and skips) the runs stored before them.
+LATER_KEYS = {("train", "early_stopping_n"): None, ("data", "validation_size"): None, ("schedule",): {"name": "constant"}}
+
+
 def config_hash(cfg: dict) -> str:
     """What makes two jobs the same: the config less where it is recorded and how it is resumed."""
-    kept = {k: v for k, v in cfg.items() if k not in ("tracking", "resume")}
+    kept = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items() if k not in ("tracking", "resume")}
+    for path, default in LATER_KEYS.items():
+        *parents, key = path
+        node = kept
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == default:
+            del node[key]
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -87,7 +99,7 @@ def _finished_twin(client, experiment_id, cfg, preset):
     return found[0] if found else None
 
 
-def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, echo=print, progress=None) -> dict:
+def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, echo=print, progress=None, should_stop=None) -> dict:
     """Trains what `cfg` describes into MLflow and returns the first seed's summary.
 
     Args:
@@ -98,6 +110,8 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
       skip_finished: seeds whose identical config already FINISHED are not run again; their runs
         join this sweep's parent instead.
       echo: prints a line; progress(step, epochs, values): shows an epoch's numbers (default: a line).
+      should_stop: should_stop(i, step, values) -> why the i-th seed's run stops after this epoch, or ""
+        (a search's pruner); the run ends FINISHED with tags nnx.stopped and nnx.stopped_epoch.
     Raises:
       ConfigError, DataError, TrackingError before any run exists; Diverged after ending the
       diverged run(s) FAILED; anything raised while training after ending the runs FAILED/KILLED.
@@ -135,7 +149,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
     ]
     for m in members:
         echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {uri}")
-    return train_and_end(spec, data, members, group, echo, progress=progress)
+    return train_and_end(spec, data, members, group, echo, progress=progress, should_stop=should_stop)
 
 
 def epoch_line(step, epochs, values) -> str:
@@ -145,9 +159,10 @@ def epoch_line(step, epochs, values) -> str:
     return f"Epoch {step}: " + " ".join(f"{label} {values[key]:.4f}" for label, key in shown if key in values)
 
 
-def train_and_end(spec, data, members, group, echo, start=None, progress=None):
+def train_and_end(spec, data, members, group, echo, start=None, progress=None, should_stop=None):
     """Trains the members' networks (one, or several seeds vmapped), logging as it goes, and ends
-    every run: FINISHED with its files and summary, FAILED on divergence or an error, KILLED on a signal."""
+    every run: FINISHED with its files and summary (also when it stopped early: early stopping, the
+    schedule or should_stop, tagged nnx.stopped), FAILED on divergence or an error, KILLED on a signal."""
     every = spec.checkpoint_every
     started = time.perf_counter()
 
@@ -166,11 +181,13 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None):
         with stop.on_signals() as stop_request:
             if len(members) == 1:
                 key = jax.random.PRNGKey(members[0].seed)
-                results = [training.fit(spec, data, key=key, start=start, on_epoch=lambda s, v: on_epoch(0, s, v),
-                                        on_state=lambda e, p, o: on_state(0, e, p, o))]
+                earlier = members[0].earlier.get("val_accuracy") if start is not None else None
+                results = [training.fit(spec, data, key=key, start=start, earlier=earlier, on_epoch=lambda s, v: on_epoch(0, s, v),
+                                        on_state=lambda e, p, o: on_state(0, e, p, o),
+                                        should_stop=None if should_stop is None else lambda s, v: should_stop(0, s, v))]
             else:
                 params, histories = training.fit_many(spec, data, seeds=[m.seed for m in members], on_epoch=on_epoch,
-                                                      on_state=on_state)
+                                                      on_state=on_state, should_stop=should_stop)
                 results = list(zip(params, histories))
     except BaseException as err:
         for m in members:
@@ -197,13 +214,18 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None):
             diverged.append((m.seed, step))
         else:
             result = records.summary(history)
-            m.run.log_metrics(spec.epochs, result)
+            stopped = records.STOPPED_AT in history
+            last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
+            if stopped:
+                m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
+            m.run.log_metrics(last, result)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
             best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
                     if "best_val_accuracy" in result else " (the initialization measured)")
-            echo(f"nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} (seed {m.seed}). "
-                 f"See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
+            why = f"; stopped after epoch {last - 1} of {spec.epochs}: {history[records.STOP_REASON]}" if stopped else ""
+            echo(f"{chr(10) if stopped and progress else ''}nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} "
+                 f"(seed {m.seed}){why}. See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
     if group:
         group.end("FAILED" if diverged else "FINISHED")
     if diverged:

@@ -43,8 +43,9 @@ def _explain(err: Exception, job: list[str], config_name: str) -> str:
     return message
 
 
-def _jobs(argv: list[str]) -> list[list[str]] | None:
-    """The override list of each job the command would run, or None when Hydra should decide alone."""
+def _jobs(argv: list[str], config_name: str) -> list[list[str]] | None:
+    """The override list of each job the command would run, or None when Hydra should decide alone.
+    For nnx's search sweeper: the corners of its search space (every choice, both ends of each range)."""
     flags = [a for a in argv if a.startswith("-")]
     if any(f not in MULTIRUN_FLAGS for f in flags):
         return None  # --help, --cfg, --info, -c ...: Hydra's own business
@@ -54,19 +55,44 @@ def _jobs(argv: list[str]) -> list[list[str]] | None:
         return None  # a syntax error: Hydra's message says where
     user = [o for o in overrides if not o.get_key_element().lstrip("+~").startswith("hydra")]
     if flags:
-        return BasicSweeper.split_arguments(user, None)[0]
+        searched = _search_space(overrides, config_name)
+        return searched if searched is not None else BasicSweeper.split_arguments(user, None)[0]
     if any(o.is_sweep_override() for o in user):
         return None  # a sweep without -m: Hydra explains
     return [[o.input_line for o in user]]
 
 
+def _search_space(overrides, config_name: str) -> list[list[str]] | None:
+    """The jobs to check when the sweeper is nnx's search (hydra/sweeper=search), else None."""
+    from nnx.edges import search
+
+    try:
+        cfg = compose(config_name, overrides=[o.input_line for o in overrides if not o.is_sweep_override()], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException):
+        return None  # the jobs' own composition says what is wrong
+    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("nnx_search.search_sweeper.SearchSweeper"):
+        return None
+    settings = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    search.check_settings(settings)
+    dims, fixed = search.space([o.input_line for o in overrides], settings.get("params"))
+    search.check_space(dims, OmegaConf.to_container(cfg.train, resolve=True))
+    return search.corner_jobs(dims, fixed)
+
+
 def preflight(argv: list[str], config_dir: str, config_name: str) -> bool:
     """Composes and builds each job; on the first bad one prints why and exits with status 2.
-    Returns whether it checked the jobs (False: Hydra's own business, such as --help or --cfg)."""
-    jobs = _jobs(argv)
-    if jobs is None:
-        return False
+    Returns whether it checked the command's jobs (for a search, the corners of its space, which
+    use every key and value kind its trials can); False where Hydra decides alone (--help, --cfg)."""
+    from nnx.edges.search import SearchError
+
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        try:
+            jobs = _jobs(argv, config_name)
+        except SearchError as err:
+            print(f"nnx-train: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if jobs is None:
+            return False
         for job in jobs:
             try:
                 build(OmegaConf.to_container(compose(config_name, overrides=job), resolve=True))

@@ -203,10 +203,11 @@ def read_config(client, run_id: str) -> dict:
     return yaml.safe_load(raw)
 
 
-def end_sweep(client, parent_run_id: str) -> tuple[str, list]:
+def end_sweep(client, parent_run_id: str, failed_ok: bool = False) -> tuple[str, list]:
     """Ends a sweep's parent run; children still RUNNING lost their worker and end KILLED.
 
-    The parent is FINISHED if every child finished, KILLED if any was killed, else FAILED.
+    The parent is FINISHED if every child finished (or, failed_ok, none was killed: a search's
+    diverged trials are among its results), KILLED if any was killed, else FAILED.
     Returns (the parent's status, [(child name, status, best_val_accuracy or None)] sorted by name).
     """
     parent = _retry(client.get_run, parent_run_id)
@@ -218,7 +219,8 @@ def end_sweep(client, parent_run_id: str) -> tuple[str, list]:
             _retry(client.set_terminated, child.info.run_id, "KILLED")
         statuses.append("KILLED" if child.info.status == "RUNNING" else child.info.status)
     Run(client, parent_run_id).set_tags({"nnx.children": json.dumps({s: statuses.count(s) for s in sorted(set(statuses))})})
-    status = "FINISHED" if statuses and set(statuses) == {"FINISHED"} else "KILLED" if "KILLED" in statuses else "FAILED"
+    finished = {"FINISHED", "FAILED"} if failed_ok else {"FINISHED"}
+    status = "FINISHED" if statuses and set(statuses) <= finished else "KILLED" if "KILLED" in statuses else "FAILED"
     _retry(client.set_terminated, parent_run_id, status)
     rows = sorted((c.info.run_name, s, c.data.metrics.get("best_val_accuracy")) for c, s in zip(children, statuses))
     return status, rows
