@@ -27,6 +27,7 @@ DIVERGED_AT = "diverged_at"  # history: the step at which a value became NaN or 
 STOPPED_AT = "stopped_at"  # history: the last epoch trained by a run that stopped early (early stopping, schedule, pruner)
 STOP_REASON = "stop_reason"  # history: why it stopped, e.g. "no improvement in 10 epochs"
 ETA = "eta"  # the learning rate of each epoch (logged with a schedule or early stopping)
+EVAL_STEPS = "eval_steps"  # history, with train.eval_every > 1: the epochs whose costs and accuracies were measured
 SPLIT_PREFIX = {"train": "train", "validation": "val", "test": "test"}
 SUMMARY = ("best_val_accuracy", "best_epoch", "test_accuracy_at_best_val", "best_test_accuracy", "final_val_accuracy",
            "final_test_accuracy", "final_train_accuracy", "grad_ratio_first_last_init", "grad_ratio_first_last_final")
@@ -96,7 +97,7 @@ def summary(history) -> dict:
         best = int(np.argmax(history["val_accuracy"]))
         out.update({
             "best_val_accuracy": history["val_accuracy"][best],
-            "best_epoch": best,
+            "best_epoch": history[EVAL_STEPS][best] if EVAL_STEPS in history else best,
             "test_accuracy_at_best_val": history["test_accuracy"][best],
             "best_test_accuracy": np.max(history["test_accuracy"]),
             "final_val_accuracy": history["val_accuracy"][-1],

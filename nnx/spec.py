@@ -52,6 +52,7 @@ class Spec:
     mini_batch_size: int
     shuffle: bool  # a fresh shuffle each epoch (network2); false: fixed mini-batches in file order (network3)
     eval_splits: tuple[str, ...]  # the splits evaluated after each epoch (train, validation, test)
+    eval_every: int  # epochs between those evaluations (always after the last epoch)
     train_size: int
     probe_size: int
     probes: Probes
@@ -147,6 +148,9 @@ def build(cfg: dict) -> Spec:
     splits = train.get("eval_splits", list(SPLITS))
     check(isinstance(splits, list) and splits and set(splits) <= set(SPLITS), "train.eval_splits", splits,
           f"must be a non-empty list of {list(SPLITS)}", "Use e.g. 'train.eval_splits=[validation,test]' (quoted in a shell).")
+    eval_every = train.get("eval_every", 1)  # runs recorded before the key existed evaluated every epoch
+    check(is_int(eval_every) and eval_every >= 1, "train.eval_every", eval_every, "must be an integer >= 1 (epochs between evaluations)",
+          "Use e.g. train.eval_every=1 (every epoch) or 25 (every 25th and the last).")
     act = cfg["activation"]
     facts = lookup(ACTIVATIONS, "activation", act["name"])
     batch_norm = model.get("batch_norm", False)
@@ -168,6 +172,8 @@ def build(cfg: dict) -> Spec:
     reader = "train.early_stopping_n" if stopping is not None else f"schedule={sched['name']}" if schedule.reads_validation else None
     check(reader is None or "validation" in splits, "train.eval_splits", splits, f"{reader} reads the validation accuracy after each epoch",
           "Add validation to train.eval_splits, e.g. 'train.eval_splits=[validation,test]'.")
+    check(reader is None or eval_every == 1, "train.eval_every", eval_every, f"{reader} reads the validation accuracy after each epoch",
+          "Use train.eval_every=1 with it.")
 
     seeds = cfg["seeds"]
     check(seeds is None or (isinstance(seeds, list) and seeds and all(is_int(s) for s in seeds) and len(set(seeds)) == len(seeds)),
@@ -199,6 +205,7 @@ def build(cfg: dict) -> Spec:
         mini_batch_size=m,
         shuffle=train.get("shuffle", True),
         eval_splits=tuple(name for name in SPLITS if name in splits),
+        eval_every=eval_every,
         train_size=train_size,
         probe_size=min(probe_size, train_size),
         probes=probes,

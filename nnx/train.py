@@ -301,6 +301,8 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
                 continue
             values = {**records.flatten_probe(m), **({} if evaluated is None else records.flatten_evaluation(evaluated[i])),
                       **({} if extra is None else extra[i])}
+            if spec.eval_every > 1 and evaluated is not None and evaluated[i]:  # which epochs the accuracies are of
+                history.setdefault(records.EVAL_STEPS, []).append(step)
             if on_epoch is not None:
                 on_epoch(i, step, values)
             for name, value in values.items():
@@ -341,8 +343,9 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         if spec.injects_eta:
             opt_state = schedules.set_eta(opt_state, etas)
         params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
-        evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items() if name in spec.eval_splits}
-        evaluated = split(jax.device_get(evaluated))
+        evaluating = (e + 1) % spec.eval_every == 0 or e == spec.epochs - 1
+        evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items() if evaluating and name in spec.eval_splits}
+        evaluated = split(jax.device_get(evaluated)) if evaluated else [{}] * len(histories)
         record(e, measured, evaluated, [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
         stopping = stop_reasons(e, evaluated)
         if stopping:

@@ -7,6 +7,7 @@ import pytest
 
 import nnx
 from conftest import tiny_cfg
+from nnx import records
 
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
 
@@ -39,6 +40,22 @@ def test_fit_history_and_step_numbering(small):
     for name in ("train_cost", "train_accuracy", "val_cost", "val_accuracy", "test_cost", "test_accuracy"):
         assert history[name].shape == (3,) and np.all(np.isfinite(history[name]))
     assert history["init_bias_grad/hidden_1"].shape == (8,)
+
+
+def test_eval_every_measures_accuracies_every_kth_epoch_and_the_last_with_the_same_training(small):
+    cfg = tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}, train={"epochs": 7, "mini_batch_size": 10})
+    every = nnx.build(cfg)
+    sparse = nnx.build({**cfg, "train": {**cfg["train"], "eval_every": 3}})
+    _, full = nnx.fit(every, small, key=jax.random.PRNGKey(0))
+    _, history = nnx.fit(sparse, small, key=jax.random.PRNGKey(0))
+    assert list(history["eval_steps"]) == [2, 5, 6] and "eval_steps" not in full  # epochs 3, 6 and the last
+    for name in ("train_accuracy", "val_cost", "test_accuracy"):
+        np.testing.assert_array_equal(history[name], full[name][[2, 5, 6]])  # evaluating changes no step
+    np.testing.assert_array_equal(history["grad_norm/hidden_1"], full["grad_norm/hidden_1"])  # probed every epoch
+    summary = records.summary(history)
+    assert summary["best_epoch"] == [2, 5, 6][int(np.argmax(full["val_accuracy"][[2, 5, 6]]))]
+    with pytest.raises(nnx.ConfigError, match="train.eval_every=3.*Use train.eval_every=1"):
+        nnx.build({**cfg, "train": {**cfg["train"], "eval_every": 3, "early_stopping_n": 2}})
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(small):

@@ -37,7 +37,8 @@ class Diverged(RuntimeError):
 
 # Keys added after runs were stored, with the value that means "as before": at that value they are
 # left out of the hash, so a relaunched sweep still finds (and skips) the runs stored before them.
-LATER_KEYS = {("train", "early_stopping_n"): None, ("data", "validation_size"): None, ("schedule",): {"name": "constant"}}
+LATER_KEYS = {("train", "early_stopping_n"): None, ("data", "validation_size"): None, ("schedule",): {"name": "constant"},
+              ("train", "eval_every"): 1}
 
 
 def config_hash(cfg: dict) -> str:

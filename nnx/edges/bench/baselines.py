@@ -11,6 +11,7 @@ Chapter 6's conv nets have one baseline, torch_conv: network3.py's algorithm in 
 numpy baselines are fully connected only; nnx-bench leaves them out of the conv cases).
 """
 
+import contextlib
 import numpy as np
 
 
@@ -109,11 +110,20 @@ def _import_torch():
         import torch  # imported here: it is an optional extra (pip install nnx[bench])
     except ImportError as err:
         raise ImportError("the torch baseline needs PyTorch: pip install torch==2.13.0 (make bench does this)") from err
-    # XLA's CPU backend flushes subnormal floats to zero; PyTorch computes with them unless told, and
-    # a conv net trained with network3's settings makes them: 6.conv2's epoch took 160 s with them
-    # against 11.4 s without. Same arithmetic on both sides, so the comparison is of the code.
-    torch.set_flush_denormal(True)
     return torch
+
+
+@contextlib.contextmanager
+def subnormals_flushed(torch):
+    """PyTorch's CPU arithmetic with subnormal floats flushed to zero, as XLA's CPU backend computes.
+    A conv net trained with network3's settings makes subnormals: 6.conv2's PyTorch epoch took 160 s
+    with them against 11.4 s without. The setting is the process's, so it is put back after (hypothesis,
+    for one, refuses to run where subnormals are flushed)."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def torch_eager(params, x, y, mini_batch_size, eta, *, rng=0):
@@ -128,15 +138,16 @@ def torch_eager(params, x, y, mini_batch_size, eta, *, rng=0):
     optimizer = torch.optim.SGD([p for layer in layers for p in layer], lr=eta)
     x = torch.from_numpy(np.asarray(x, np.float32))
     targets = torch.nn.functional.one_hot(torch.from_numpy(np.asarray(y, np.int64)), 10).float()
-    for batch in _mini_batches(len(x), mini_batch_size, rng):
-        batch = torch.from_numpy(batch)
-        a = x[batch]
-        for w, b in layers:
-            a = torch.sigmoid(a @ w.T + b)
-        cost = 0.5 * ((a - targets[batch]) ** 2).sum(dim=1).mean()
-        optimizer.zero_grad()
-        cost.backward()
-        optimizer.step()
+    with subnormals_flushed(torch):
+        for batch in _mini_batches(len(x), mini_batch_size, rng):
+            batch = torch.from_numpy(batch)
+            a = x[batch]
+            for w, b in layers:
+                a = torch.sigmoid(a @ w.T + b)
+            cost = 0.5 * ((a - targets[batch]) ** 2).sum(dim=1).mean()
+            optimizer.zero_grad()
+            cost.backward()
+            optimizer.step()
     return [(w.detach().numpy(), b.detach().numpy()) for w, b in layers]
 
 
@@ -196,21 +207,22 @@ def torch_conv(params, x, y, mini_batch_size, eta, *, lmbda=0.0, dropout=0.0, n=
     labels = torch.from_numpy(np.asarray(y, np.int64))
     generator = torch.Generator().manual_seed(rng)
     m = mini_batch_size
-    for k in range(0, len(x) - m + 1, m):
-        a = images[k : k + m]
-        for i, p in enumerate(weighted):
-            if p["w"].dim() == 4:
-                z = F.max_pool2d(F.conv2d(a, p["w"]), pool) + p["b"][:, None, None]
-            else:
-                a = a.flatten(1)
-                if dropout:
-                    a = network3_dropout(a, dropout, generator)
-                z = F.linear(a, p["w"], p["b"])
-            a = z if i == len(weighted) - 1 else sigma(z)
-        cost = F.cross_entropy(a, labels[k : k + m])
-        optimizer.zero_grad()
-        cost.backward()
-        optimizer.step()
+    with subnormals_flushed(torch):
+        for k in range(0, len(x) - m + 1, m):
+            a = images[k : k + m]
+            for i, p in enumerate(weighted):
+                if p["w"].dim() == 4:
+                    z = F.max_pool2d(F.conv2d(a, p["w"]), pool) + p["b"][:, None, None]
+                else:
+                    a = a.flatten(1)
+                    if dropout:
+                        a = network3_dropout(a, dropout, generator)
+                    z = F.linear(a, p["w"], p["b"])
+                a = z if i == len(weighted) - 1 else sigma(z)
+            cost = F.cross_entropy(a, labels[k : k + m])
+            optimizer.zero_grad()
+            cost.backward()
+            optimizer.step()
     return [{k: v.detach().numpy() for k, v in p.items()} for p in layers]
 
 
