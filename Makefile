@@ -17,11 +17,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Two workers: the end-to-end tests wait on subprocesses and the store as much as on the CPU. A
-# module with a module fixture (a pipeline, a server) is one xdist_group, run in one worker; every
-# other test goes to whichever worker is free, so neither idles while the other ends a long file.
+# Two workers, one test file each at a time (module fixtures such as the pipelines stay in one
+# worker), the longest files first (tests/conftest.py): the end-to-end tests wait on subprocesses
+# and the store as much as on the CPU.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 reproduce: $(STAMP)
 	$(BIN)/nnx-reproduce ch5

@@ -11,8 +11,6 @@ import nnx
 from conftest import tiny_cfg
 from nnx.edges.bench import baselines
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 N, ETA = 20, 3.0
 rng = np.random.default_rng(0)
 x = rng.random((N, 784), dtype=np.float32)

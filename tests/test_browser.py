@@ -18,7 +18,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "reports" / "browser"
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.xdist_group(__name__),  # one browser and server for the module, in one worker
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (Debian: apt-get install chromium; .ci/run does it)"),
 ]
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

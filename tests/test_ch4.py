@@ -12,8 +12,6 @@ from conftest import check_report, copy_store, reproduce
 from experiments import ch4
 from experiments import universality as U
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 
 def logistic(z):
     """The sigmoid in another closed form than experiments.universality's."""

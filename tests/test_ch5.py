@@ -10,8 +10,6 @@ import pytest
 import nnx
 from conftest import copy_store, reproduce, tiny_cfg
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 # Two seeds trained as one vmapped job per config (seeds=[0,1]; seed=0 replaces the presets' seed
 # sweeps): one run per seed under each sweep's parent, as separate jobs would give, from half the jobs.
 SHRUNK = ["train.epochs=2", "data.train_size=100", "train.mini_batch_size=50", "probes.size=100", "model.width=8",

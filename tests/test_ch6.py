@@ -10,8 +10,6 @@ import pytest
 from conftest import check_report, copy_store, reproduce
 from experiments import ch6
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 # 50 images (250 expanded), one epoch, one seed, and one small net per preset (2 then 3 maps, FC 8: the
 # sweeps over architectures collapse to 6.conv2 and 6.expanded), so the "ensemble" is one net: the
 # pipeline's structure, not its numbers. The scaled defaults (ch6.SCALED) come first; these override

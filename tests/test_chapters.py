@@ -10,8 +10,6 @@ import pytest
 
 from conftest import check_report, copy_store, reproduce
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 # 200 images (so the full batch, 200, differs from mini-batch 100), 2 epochs, no checkpoints, and 2 seeds
 # trained by one vmapped job (seeds=[0,1]; seed=0 replaces each preset's seed sweep): the same runs, one
 # per seed under the sweep's parent, from half the jobs. model.width is left alone: the reports key the

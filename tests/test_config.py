@@ -9,8 +9,6 @@ from omegaconf import OmegaConf
 import nnx
 from nnx.edges.cli import CONF
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 GROUPS = {
     "activation": nnx.ACTIVATIONS,
     "init": nnx.INITIALIZERS,

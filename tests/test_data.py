@@ -9,8 +9,6 @@ import pytest
 import nnx
 from nnx import data
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 
 @pytest.fixture(scope="module")
 def mnist():

@@ -11,8 +11,6 @@ import pytest
 import nnx
 from nnx import data
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 # (dy, dx) for original, up, down, left, right, written out here rather than read from nnx.
 BOOK_SHIFTS = [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]
 

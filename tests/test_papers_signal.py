@@ -12,8 +12,6 @@ import nnx
 from conftest import check_report, copy_store, reproduce, tiny_cfg
 from experiments import ch5, he2015, schoenholz2017
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 # Numbers are meaningless at this size; the pipelines' structure is what is tested. Depth 22 keeps
 # He's published-claim rows in play; sigma_w2 = 1 with depth 30 sits beyond 6 xi_c (~22), depth 10 below.
 SHRUNK = ["train.epochs=1", "data.train_size=100", "train.mini_batch_size=20", "probes.size=100"]

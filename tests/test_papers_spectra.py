@@ -20,8 +20,6 @@ from experiments import spectra
 from experiments.store import final_params, sweep_runs
 from nnx import meanfield
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 SHRUNK = ["model.width=24", "model.depth=3,4", "data.train_size=20"]
 FIGURES = {"saxe2014": {"fig_saxe_spectra", "fig_saxe_spread_vs_depth"},
            "pennington2017": {"fig_pennington_spectra", "fig_pennington_variance_vs_depth"}}

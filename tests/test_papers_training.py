@@ -13,8 +13,6 @@ from conftest import check_report, copy_store, reproduce
 from experiments import glorot2010, ioffe2015
 from experiments.store import sweep_runs
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 SHRUNK = {
     # 5 hidden layers of 16 (the paper's depth; the reports read the depth from the runs), 1 epoch of
     # 30 updates: enough for the normalized nets to move off chance, so the ranking is defined.

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import BIN, ROOT
 
-SHRINK = ["train.epochs=1", "data.train_size=100", "probes.size=50", "model.width=8", "tracking.experiment=readme"]
+SHRINK = ["train.epochs=1", "data.train_size=100", "data.validation_size=500", "probes.size=50", "model.width=8",
+          "tracking.experiment=readme"]
 # Commands with placeholders or long jobs, and the tests that exercise them for real.
 COVERED_ELSEWHERE = {
     "nnx-train resume=": "test_reliability.py::test_a_killed_run_resumes_to_the_uninterrupted_numbers",

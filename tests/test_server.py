@@ -11,8 +11,6 @@ import pytest
 
 from conftest import BIN, free_port, mlflow_server
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
 

@@ -9,8 +9,6 @@ import nnx
 from conftest import tiny_cfg
 from nnx import records
 
-pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, in one worker
-
 
 @pytest.fixture(scope="module")
 def small():
