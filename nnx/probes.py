@@ -132,7 +132,7 @@ def probe_fn(spec, kinds=()):
         return jnp.sum(spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype))), hidden
 
     def probe(params, x, y):
-        # The weighted inputs' shapes ([batch, n] dense, [batch, maps, h, w] conv), without computing them.
+        # The weighted inputs' shapes ([batch, n] dense, [batch, h, w, maps] conv), without computing them.
         shapes = jax.eval_shape(lambda: model.trace(net, params, x)[0])
         shifts = [jnp.zeros(z.shape, x.dtype) for z, _ in shapes]
         (g, deltas), hidden = jax.grad(summed_cost, argnums=(0, 1), has_aux=True)(params, shifts, x, y)

@@ -356,7 +356,9 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         if all(done(h) for h in histories):
             break
         if on_state is not None:
-            for i, (p, s) in enumerate(zip(split(params), split(opt_state))):
+            # Cut on the host: slicing each seed out of the device arrays costs a dispatch per leaf
+            # and seed, every epoch (ch5_speed's 5 seeds: 13 of a job's 28 s).
+            for i, (p, s) in enumerate(split(jax.device_get((params, opt_state)))):
                 if not done(histories[i]):
                     on_state(i, e, p, s)
     else:
