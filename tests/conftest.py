@@ -152,25 +152,32 @@ def mlflow_server(backend_uri: str, cwd, *extra):
         process.wait(timeout=30)
 
 
-@pytest.fixture
-def nnx_train(store, tmp_path, monkeypatch):
-    """Runs nnx-train into the test's store, in this process (nnx.edges.cli.run: the console script's
-    own entry point, without paying for a new interpreter); returns a CompletedProcess with its
-    exit status and what it printed. Tests of signals and of parallel workers start real processes."""
+def train_in_process(args, cwd, env: dict) -> subprocess.CompletedProcess:
+    """nnx-train with these arguments in this process (nnx.edges.cli.run: the console script's own
+    entry point, without paying for a new interpreter), from cwd, with env's variables set (None:
+    unset) for its duration; returns a CompletedProcess with its exit status and what it printed."""
     import io
 
     from nnx.edges import cli
 
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for name, value in env.items():
+            patch.setenv(name, value) if value is not None else patch.delenv(name, raising=False)
+        patch.chdir(cwd)
+        status = cli.run([str(a) for a in args])
+    return subprocess.CompletedProcess(["nnx-train", *args], status, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def nnx_train(store, tmp_path):
+    """Runs nnx-train into the test's store, in this process (train_in_process). Tests of signals
+    and of parallel workers start real processes."""
     uri, _ = store
 
     def run(*args, check=True):
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.chdir(tmp_path)
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = cli.run(list(args))
-        done = subprocess.CompletedProcess(["nnx-train", *args], status, out.getvalue(), err.getvalue())
-        if check and status != 0:
+        done = train_in_process(args, tmp_path, {"MLFLOW_TRACKING_URI": uri})
+        if check and done.returncode != 0:
             raise AssertionError(f"nnx-train {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done
 

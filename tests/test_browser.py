@@ -5,14 +5,12 @@ Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it) and Playwright'
 reports/browser/.
 """
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, copy_store, mlflow_server
+from conftest import ROOT, copy_store, mlflow_server, train_in_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "reports" / "browser"
@@ -32,9 +30,9 @@ def ui(migrated_store, tmp_path_factory):
     from experiments import ch5, report
     folder = tmp_path_factory.mktemp("ui")
     uri = copy_store(migrated_store, folder)
-    subprocess.run([str(BIN / "nnx-train"), "-m", "experiment=ch5_depth", "model.depth=1,2", "seed=0", "train.epochs=3",
-                    "data.train_size=200", "probes.size=100", "model.width=10"],
-                   cwd=folder, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True, capture_output=True, timeout=600)
+    done = train_in_process(["-m", "experiment=ch5_depth", "model.depth=1,2", "seeds=null", "seed=0", "train.epochs=3", "data.train_size=200",
+                             "probes.size=100", "model.width=10"], folder, {"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 0, done.stdout + done.stderr
     client = mlflow.MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("ch5").experiment_id
     out = folder / "report"

@@ -1,7 +1,6 @@
 """A shared tracking server: `mlflow server` on 127.0.0.1 backed by a PostgreSQL the test starts."""
 
 import glob
-import os
 import shutil
 import subprocess
 import tempfile
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, free_port, mlflow_server
+from conftest import free_port, mlflow_server, train_in_process
 
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
@@ -48,12 +47,9 @@ def server(postgres, tmp_path_factory):
 def test_16_parallel_jobs_through_the_server_lose_nothing(server, tmp_path):
     import mlflow
 
-    done = subprocess.run(
-        [str(BIN / "nnx-train"), "-m", "seed=range(16)", "train.epochs=3", "model.width=8", "data.train_size=100",
-         "probes.size=50", "tracking=server", f"tracking.uri={server}", "tracking.experiment=server",
-         "hydra/launcher=joblib", "hydra.launcher.n_jobs=4"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-    )
+    done = train_in_process(["-m", "seed=range(16)", "train.epochs=3", "model.width=8", "data.train_size=100", "probes.size=50",
+                             "tracking=server", f"tracking.uri={server}", "tracking.experiment=server", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=4"], tmp_path, {"MLFLOW_TRACKING_URI": None})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client = mlflow.MlflowClient(server)
     found = client.search_runs([client.get_experiment_by_name("server").experiment_id])
