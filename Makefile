@@ -33,9 +33,9 @@ bench: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/nnx-bench
 
+# Prints each experiment's runs link (the UI's Model training view), then serves mlruns/ on 127.0.0.1:5000.
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-	  --default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+	$(BIN)/python -m nnx.edges.ui
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -163,6 +163,22 @@ def _filter(tags: dict | None, status: str | None) -> str:
     return " and ".join(clauses)
 
 
+UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
+
+
+def ui_links(client, base: str = UI) -> dict:
+    """{experiment name: the MLflow UI page of its runs}, each in the UI's Model training view.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view (traces, prompts, an assistant) unless
+    the URL asks for the training one: the sidebar's toggle lives in the browser's localStorage,
+    whatever the experiment's mlflow.experimentKind tag says (MLflow issue #24498). A new user
+    following the home page lands there; these links land on the runs table.
+    """
+    experiments = _retry(client.search_experiments)
+    return {e.name: f"{redact(base.rstrip('/'))}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
+            for e in sorted(experiments, key=lambda e: e.name) if e.name != "Default"}
+
+
 def find_runs(client, experiment_ids, *, tags: dict | None = None, status: str | None = None,
               newest_first: bool = False, max_results: int = 50_000) -> list:
     """Runs whose tags equal `tags` (e.g. {"mlflow.parentRunId": id}), in `status` if given."""
