@@ -7,6 +7,7 @@
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import uuid
@@ -201,12 +202,31 @@ def _no_second_batch_check():
         Sweeper.validate_batch_is_legal = check
 
 
+_WORKERS_STARTED_IN = None  # (cwd, MLFLOW_TRACKING_URI) of the last in-process run
+
+
+def _no_stale_workers():
+    """joblib keeps its worker processes between the sweeps of one process, and a worker keeps the
+    folder and environment it started with: a sweep run in process from another folder or for
+    another store would find the sweep's shared file under the old folder and write to the old
+    store. So the workers go when either changed since the last run (nnx-reproduce's sweeps share
+    both and keep theirs)."""
+    global _WORKERS_STARTED_IN
+    from joblib.externals.loky import reusable_executor
+
+    here = (os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI"))
+    if here != _WORKERS_STARTED_IN and reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+    _WORKERS_STARTED_IN = here
+
+
 def run(argv: list[str]) -> int:
     """nnx-train with these arguments, in this process: its exit status (0 when every job finished).
 
     What nnx-reproduce and the tests use: the same entry point a user types, without a new
     interpreter that imports JAX, Hydra and MLflow again and compiles again what this one has.
     """
+    _no_stale_workers()
     saved = sys.argv
     sys.argv = ["nnx-train", *argv]
     try:
