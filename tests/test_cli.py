@@ -75,6 +75,7 @@ def test_a_sweep_has_one_parent_and_linked_children(nnx_train, store):
 
 BAD_INPUT = [
     (["model.dept=3"], "Valid keys under model: model.name, model.depth, model.width"),
+    (["model=conv", "model.width=8"], "Valid keys under model: model.name, model.conv_maps, model.kernel"),  # the job's keys
     (["activation=swish"], "Available options in 'activation'"),
     (["model.depth=-1"], "model.depth=-1 is invalid"),
     (["-m", "model.depth=1,-2"], "model.depth=-2 is invalid"),

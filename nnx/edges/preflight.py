@@ -21,10 +21,14 @@ from nnx.spec import build
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def _valid_keys(config_name: str, key: str) -> str:
-    """The keys next to `key` in the composed default config, e.g. model.* for model.dept."""
+def _valid_keys(config_name: str, key: str, job: list[str]) -> str:
+    """The keys next to `key` in the job's config without it, e.g. model.* for model.dept (a
+    preset or group choice in the job decides them: model=conv has no model.width)."""
     parent, _, _ = key.rpartition(".")
-    node = compose(config_name)
+    try:
+        node = compose(config_name, overrides=[o for o in job if o.lstrip("+~").partition("=")[0] != key])
+    except (HydraException, OmegaConfBaseException):
+        node = compose(config_name)
     node = OmegaConf.select(node, parent) if parent else node
     if not OmegaConf.is_dict(node):
         return ""
@@ -38,7 +42,7 @@ def _explain(err: Exception, job: list[str], config_name: str) -> str:
         for override in job:
             key = override.partition("=")[0]
             if not key.startswith(("+", "~")) and f"'{key}'" in message:
-                return (f"unknown config key {key!r}.{_valid_keys(config_name, key)} "
+                return (f"unknown config key {key!r}.{_valid_keys(config_name, key, job)} "
                         f"(To add a new key on purpose, write +{override}.)")
     return message
 
