@@ -221,7 +221,7 @@ def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int
     if stored is None:
         stored = _build(train)
         try:
-            _write_cache(path, stored)
+            _write_arrays(path, dict(zip(("pixels", "y", "origin"), stored)))
         except OSError as why:
             warnings.warn(f"could not save the expanded MNIST cache to {path} ({why}); it will be rebuilt next time. "
                           f"Set ${CACHE_ENV} (or pass cache_dir) to a writable folder.", stacklevel=2)
@@ -284,11 +284,6 @@ def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     if pixels.shape != (m, 784) or y.shape != (m,) or origin.shape != (m,):
         raise ValueError(f"shapes {pixels.shape}, {y.shape}, {origin.shape} do not hold {m} images")
     return pixels, y, origin
-
-
-def _write_cache(path: Path, stored: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    pixels, y, origin = stored
-    _write_arrays(path, {"pixels": pixels, "y": y, "origin": origin})
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
