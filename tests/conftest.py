@@ -82,25 +82,33 @@ def check_report(out, figures: set, ids: set, printed: str) -> list:
     return rows
 
 
-def reproduce(*args, uri: str, cwd) -> subprocess.CompletedProcess:
-    """nnx-reproduce with these arguments into the store at `uri`, in this process (the console
-    script's own main, run where its sweeps and this test share one interpreter and compile cache)."""
+def in_process(command: list, main, cwd, env: dict) -> subprocess.CompletedProcess:
+    """A console script's own main() run in this process, where its sweeps and the test share one
+    interpreter and compile cache: from cwd, with env's variables set (None: unset) for its duration.
+    Returns a CompletedProcess with its exit status (main's return value, or SystemExit's) and what it printed."""
     import io
-
-    from experiments import reproduce as command
 
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        patch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after: main() sets it for its sweeps
+        for name, value in env.items():
+            patch.setenv(name, value) if value is not None else patch.delenv(name, raising=False)
         patch.chdir(cwd)
         try:
-            command.main([*map(str, args), "--tracking-uri", uri])
-            status = 0
+            status = main() or 0
         except SystemExit as stop:
             status = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
             if isinstance(stop.code, str):
                 err.write(stop.code)
-    return subprocess.CompletedProcess(["nnx-reproduce", *map(str, args)], status, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(command, status, out.getvalue(), err.getvalue())
+
+
+def reproduce(*args, uri: str, cwd) -> subprocess.CompletedProcess:
+    """nnx-reproduce with these arguments into the store at `uri`, in this process (in_process; the
+    variable is restored after: main() sets it for its sweeps)."""
+    from experiments import reproduce as command
+
+    args = [str(a) for a in args]
+    return in_process(["nnx-reproduce", *args], lambda: command.main([*args, "--tracking-uri", uri]), cwd, {"MLFLOW_TRACKING_URI": uri})
 
 
 def copy_store(migrated_store, folder) -> str:
@@ -153,20 +161,12 @@ def mlflow_server(backend_uri: str, cwd, *extra):
 
 
 def train_in_process(args, cwd, env: dict) -> subprocess.CompletedProcess:
-    """nnx-train with these arguments in this process (nnx.edges.cli.run: the console script's own
-    entry point, without paying for a new interpreter), from cwd, with env's variables set (None:
-    unset) for its duration; returns a CompletedProcess with its exit status and what it printed."""
-    import io
-
+    """nnx-train with these arguments in this process (in_process; nnx.edges.cli.run is the console
+    script's own entry point), from cwd, with env's variables set (None: unset)."""
     from nnx.edges import cli
 
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        for name, value in env.items():
-            patch.setenv(name, value) if value is not None else patch.delenv(name, raising=False)
-        patch.chdir(cwd)
-        status = cli.run([str(a) for a in args])
-    return subprocess.CompletedProcess(["nnx-train", *args], status, out.getvalue(), err.getvalue())
+    args = [str(a) for a in args]
+    return in_process(["nnx-train", *args], lambda: cli.run(args), cwd, env)
 
 
 @pytest.fixture
