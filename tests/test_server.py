@@ -64,7 +64,7 @@ def test_16_parallel_jobs_through_the_server_lose_nothing(server, tmp_path):
         assert {"config.yaml", "params.npz", "history.npz"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
 
 
-def test_a_slurm_sweep_tracks_into_the_server(cluster, server, tmp_path):
+def test_a_slurm_sweep_tracks_into_the_server(cluster, server, tmp_path):  # noqa: F811
     """test_slurm's sweep with this module's server as the store (here, not there, so the suite
     starts one server: its first answer takes ~30 s)."""
     import mlflow

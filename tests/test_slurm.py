@@ -125,6 +125,9 @@ def cluster():
             out.close()
             time.sleep(0.5)  # munged's socket before slurmctld, slurmctld before slurmd registers
         patch.setenv("SLURM_CONF", str(conf))  # for sbatch from the launcher, and sbatch's jobs after it
+        # submitit configures logging when first imported (logging.config.dictConfig), which closes every
+        # handler there is, pytest's own among them; the tests' in-process launcher must not.
+        patch.setenv("SUBMITIT_LOG_LEVEL", "NOCONFIG")
         deadline = time.time() + 60
         while "idle" not in slurm(found["sinfo"], "-h", "-N", "-o", "%T", check=False):
             if time.time() > deadline or any(d.poll() is not None for d in daemons):
@@ -184,44 +187,51 @@ def test_a_sweep_runs_as_slurm_jobs_into_the_embedded_store(cluster, store, tmp_
     check_sweep(client, "slurm", [0, 1], 2, tmp_path)
 
 
-def test_a_job_slurm_cancels_ends_killed_and_the_relaunched_sweep_resumes_it(cluster, store, tmp_path):
+def test_slurms_stop_signals_end_runs_killed_and_the_relaunched_sweep_resumes_them(cluster, store, tmp_path):
+    """seed 3's job is cancelled (scancel: SIGTERM, SIGKILL after KillWait), seed 4's gets the signal
+    SLURM sends before a job's time limit (SIGUSR2, as submitit asks with --signal)."""
     uri, client = store
     epochs = 30
-    args = ["-m", *LAUNCHER, *TINY, f"train.epochs={epochs}", "tracking.experiment=slurm_kill", "seed=3"]
-    cancelled = []
+    args = ["-m", *LAUNCHER, *TINY, f"train.epochs={epochs}", "tracking.experiment=slurm_kill", "seed=3,4"]
+    signalled = {}
 
-    def cancel_after_the_first_epoch():
-        """scancel (SIGTERM, SIGKILL after KillWait) once the job's run has logged an epoch."""
+    def signal_each_job_after_its_first_epoch():
         deadline = time.time() + 240
-        while time.time() < deadline:
-            found = [r for r in runs(client, "slurm_kill") if r.info.status == "RUNNING" and r.data.tags.get("nnx.role") != "sweep"]
-            if found and steps(client, found[0].info.run_id, "val_accuracy"):
-                jobs = slurm(cluster["squeue"], "-h", "-o", "%i").split()
-                slurm(cluster["scancel"], *jobs)
-                cancelled.extend(jobs)
-                return
+        while len(signalled) < 2 and time.time() < deadline:
+            for r in runs(client, "slurm_kill"):
+                seed = r.data.params.get("seed")
+                if r.info.status == "RUNNING" and seed in ("3", "4") and seed not in signalled and steps(client, r.info.run_id, "val_accuracy"):
+                    task = {"3": 0, "4": 1}[seed]  # the job's index in the sweep, its SLURM array task
+                    (job,) = [j for j in slurm(cluster["squeue"], "-h", "-o", "%i").split() if j.endswith(f"_{task}")]
+                    slurm(cluster["scancel"], *([] if seed == "3" else ["--signal=USR2"]), job)
+                    signalled[seed] = job
             time.sleep(0.1)
 
-    watcher = threading.Thread(target=cancel_after_the_first_epoch)
+    watcher = threading.Thread(target=signal_each_job_after_its_first_epoch)
     watcher.start()
     done = train_in_process(args, tmp_path, {"MLFLOW_TRACKING_URI": uri})
     watcher.join()
-    assert cancelled, "the job's run never logged an epoch"
-    # The launcher hears of the cancellation from the job's result file at once (no accounting here for sacct)
+    assert len(signalled) == 2, f"only {signalled} were signalled: a job's run never logged an epoch"
+    # The launcher hears of both from the jobs' result files at once (there is no accounting here for sacct)
     assert done.returncode != 0 and "KILLED" in done.stdout + done.stderr, done.stdout[-3000:] + done.stderr[-3000:]
     (parent,) = [r for r in runs(client, "slurm_kill") if r.data.tags.get("nnx.role") == "sweep"]
-    (killed,) = [r for r in runs(client, "slurm_kill") if r.info.run_id != parent.info.run_id]
-    assert killed.info.status == "KILLED" and parent.info.status == "KILLED"
-    assert "checkpoint" in {a.path for a in client.list_artifacts(killed.info.run_id)}
-    stopped_at = len(steps(client, killed.info.run_id, "val_accuracy"))
-    assert 1 <= stopped_at < epochs
+    killed = {r.data.params["seed"]: r for r in runs(client, "slurm_kill") if r.info.run_id != parent.info.run_id}
+    assert sorted(killed) == ["3", "4"] and parent.info.status == "KILLED"
+    stopped_at = {}
+    for seed, r in killed.items():
+        assert r.info.status == "KILLED", (seed, r.info.status, r.data.tags.get("nnx.error"))
+        assert "checkpoint" in {a.path for a in client.list_artifacts(r.info.run_id)}
+        stopped_at[seed] = len(steps(client, r.info.run_id, "val_accuracy"))
+        assert 1 <= stopped_at[seed] < epochs
 
     again = train_in_process(args, tmp_path, {"MLFLOW_TRACKING_URI": uri})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     found = runs(client, "slurm_kill")
-    parents = sorted((r for r in found if r.data.tags.get("nnx.role") == "sweep"), key=lambda r: r.info.start_time)
-    (resumed,) = [r for r in found if r.data.tags.get("nnx.role") != "sweep"]  # the same run, not a second one
-    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
-    assert resumed.data.tags["nnx.resumed_from_epoch"] == str(stopped_at)
-    assert resumed.data.tags["mlflow.parentRunId"] == parents[-1].info.run_id and parents[-1].info.status == "FINISHED"
-    assert steps(client, resumed.info.run_id, "val_accuracy") == list(range(epochs))  # each epoch once
+    latest = max((r for r in found if r.data.tags.get("nnx.role") == "sweep"), key=lambda r: r.info.start_time)
+    resumed = {r.data.params["seed"]: r for r in found if r.data.tags.get("nnx.role") != "sweep"}
+    assert {s: r.info.run_id for s, r in resumed.items()} == {s: r.info.run_id for s, r in killed.items()}  # no new runs
+    assert latest.info.status == "FINISHED"
+    for seed, r in resumed.items():
+        assert r.info.status == "FINISHED" and r.data.tags["nnx.resumed_from_epoch"] == str(stopped_at[seed])
+        assert r.data.tags["mlflow.parentRunId"] == latest.info.run_id
+        assert steps(client, r.info.run_id, "val_accuracy") == list(range(epochs))  # each epoch once
