@@ -45,6 +45,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
 MpiDefault=none
+MailProg=/bin/true
 ReturnToService=2
 KillWait=30
 JobAcctGatherType=jobacct_gather/none
