@@ -13,7 +13,7 @@ SHRINK = ["train.epochs=1", "data.train_size=100", "data.validation_size=500", "
 # Commands with placeholders or long jobs, and the tests that exercise them for real.
 COVERED_ELSEWHERE = {
     "nnx-train resume=": "test_reliability.py::test_a_killed_run_resumes_to_the_uninterrupted_numbers",
-    "nnx-train -m hydra/launcher=slurm": "test_readme.py::test_the_slurm_launcher_config_composes",
+    "nnx-train -m hydra/launcher=slurm": "test_slurm.py and test_server.py::test_a_slurm_sweep_tracks_into_the_server (a real one-node cluster)",
     "nnx-train -m seed=0,1,2,3 hydra/launcher=joblib": "test_reliability.py::test_16_parallel_jobs_on_the_embedded_store_lose_nothing",
     "nnx-train tracking=server": "test_server.py::test_16_parallel_jobs_through_the_server_lose_nothing",
     "nnx-rerun": "test_reliability.py::test_rerun_reproduces_a_finished_run",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, mlflow_server, train_in_process
+from test_slurm import LAUNCHER, TINY, check_sweep, cluster  # noqa: F401  (cluster: the test SLURM cluster fixture)
 
 PG_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 
@@ -61,3 +62,14 @@ def test_16_parallel_jobs_through_the_server_lose_nothing(server, tmp_path):
     for r in children:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [0, 1, 2]
         assert {"config.yaml", "params.npz", "history.npz"} <= {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_a_slurm_sweep_tracks_into_the_server(cluster, server, tmp_path):  # noqa: F811
+    """test_slurm's sweep with this module's server as the store (here, not there, so the suite
+    starts one server: its first answer takes ~30 s)."""
+    import mlflow
+
+    done = train_in_process(["-m", *LAUNCHER, *TINY, "train.epochs=2", "tracking=server", f"tracking.uri={server}",
+                             "tracking.experiment=slurm_server", "seed=0,1"], tmp_path, {"MLFLOW_TRACKING_URI": None})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    check_sweep(mlflow.MlflowClient(server), "slurm_server", [0, 1], 2, tmp_path)

@@ -107,6 +107,10 @@ class SweepParent(Callback):
         finish_sweep(config.hydra.sweep.dir)
 
 
+class Killed(Exception):
+    """A submitit job (SLURM) whose run(s) a signal ended KILLED: scancel, preemption, time limit."""
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -150,6 +154,7 @@ def _bar(step, epochs, values):
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def _hydra_main(cfg):
+    paths.use_compilation_cache()  # also in joblib's and submitit's (SLURM's) workers, which never run main()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # also in joblib/submitit workers
     try:
         return train(cfg)
@@ -158,6 +163,14 @@ def _hydra_main(cfg):
             raise  # the other jobs go on; Hydra reports this one at the end of the batch
         print(f"nnx-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):
+            raise
+        # In a submitit job an interrupt (a BaseException) leaves no result file, and the sweep's
+        # launcher then learns that the job ended only from sacct: after up to 10 minutes, or never
+        # where the cluster keeps no accounting. As an Exception it is this job's recorded failure,
+        # which the launcher reads at once (the sweep's other jobs still run to their end).
+        raise Killed(f"{err}: the run ended KILLED after its last checkpoint; run the same sweep again to resume it") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

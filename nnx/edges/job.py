@@ -92,11 +92,12 @@ def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, pa
     return Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
 
 
-def _finished_twin(client, experiment_id, cfg, preset):
-    """A FINISHED run of the same preset with the same config: the job a relaunched sweep skips.
-    (Same preset only: two presets that happen to share a config each keep their own runs.)"""
+def _twin(client, experiment_id, cfg, preset, status="FINISHED"):
+    """The newest run of the same preset with the same config in `status`: a FINISHED one is the job a
+    relaunched sweep skips, a KILLED one the run it resumes. (Same preset only: two presets that
+    happen to share a config each keep their own runs.)"""
     found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
-                               status="FINISHED", newest_first=True, max_results=1)
+                               status=status, newest_first=True, max_results=1)
     return found[0] if found else None
 
 
@@ -128,7 +129,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
     if found:
         parent_id, tags["nnx.sweep_id"] = found
     preset = tags.get("nnx.experiment", "none")
-    twins = {s: _finished_twin(client, experiment_id, seed_config(cfg, s), preset) for s in seeds} if skip_finished else {}
+    twins = {s: _twin(client, experiment_id, seed_config(cfg, s), preset) for s in seeds} if skip_finished else {}
     for seed, twin in twins.items():
         if twin is not None:
             echo(f"nnx: seed {seed} skipped: the same config FINISHED as run {twin.info.run_id}")
@@ -137,6 +138,18 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
     seeds = [s for s in seeds if twins.get(s) is None]
     if not seeds:
         return {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
+    killed = _twin(client, experiment_id, seed_config(cfg, seeds[0]), preset, "KILLED") if skip_finished and len(seeds) == 1 else None
+    if killed is not None:
+        # A job stopped by a signal (Ctrl-C, SLURM's scancel, preemption) goes on from its last
+        # checkpoint in its own run, as `nnx-train resume=RUN_ID` would; imported here because
+        # resume is built on this module. (A vmapped group's member is trained anew instead.)
+        from nnx.edges.resume import ResumeError, resume
+
+        joined = {"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]} if parent_id else {}
+        try:
+            return resume(killed.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress, tags=joined)
+        except ResumeError as err:
+            echo(f"nnx: seed {seeds[0]}: the KILLED run {killed.info.run_id} cannot be resumed ({err}); training it anew")
 
     group = None
     if len(seeds) > 1 and parent_id is None:
