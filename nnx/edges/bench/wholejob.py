@@ -21,14 +21,15 @@ BOOK_RUN = Path(__file__).with_name("book_run.py")
 
 def _timed(command, env) -> tuple[float, float]:
     """(wall seconds, peak resident MiB) of one process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(map(str, command))} failed ({process.returncode}): {process.stderr.read()[-2000:]}")
-    process.stderr.close()
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: nothing is read until the process ends
+        start = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)  # wait4: this one process's peak memory
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(map(str, command))} failed ({process.returncode}): {errors.read()[-2000:]}")
     return wall, usage.ru_maxrss / 1024
 
 
