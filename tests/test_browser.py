@@ -94,7 +94,11 @@ def test_a_new_user_gets_from_the_home_page_to_the_runs(ui, browser):
         assert "/runs" in page.url
         assert page.evaluate(f"localStorage.getItem('{nnx_ui.WORKFLOW_KEY}')") == '"machine_learning"'
         assert page.locator("[role='row']").filter(has_text="sweep ch5_depth").count() >= 1
-        assert page.get_by_text("MLflow Assistant").count() == 0  # its panel not opened by itself
+        assert page.get_by_placeholder("Ask a question").filter(visible=True).count() == 0  # the assistant's panel stays shut
+        # A browser that chose GenAI (the sidebar's toggle) keeps its choice.
+        page.evaluate(f"localStorage.setItem('{nnx_ui.WORKFLOW_KEY}', '\"genai\"')")
+        page.goto(f"{base}/", wait_until="load")
+        assert page.evaluate(f"localStorage.getItem('{nnx_ui.WORKFLOW_KEY}')") == '"genai"'
     finally:
         context.close()
 
@@ -114,9 +118,11 @@ def test_the_printed_link_shows_the_swept_params_and_the_best_accuracy(ui, page)
     page.get_by_text("depth=1 seed=0").first.wait_for(timeout=60_000)
     page.screenshot(path=str(SHOTS / "5_runs_expanded.png"))
     child = next(r for r in client.search_runs([experiment_id]) if r.data.params.get("depth") == "2")
-    row = page.locator("[role='row']").filter(has_text="depth=2 seed=0").first
-    assert row.locator("[col-id='params.`depth`']").inner_text().strip() == "2"
-    accuracy = row.locator(f"[col-id='metrics.`{tracking.BEST}`']").inner_text().strip()
+    # The grid draws a row as two: the pinned run name and the other columns, one row-index.
+    index = page.locator("[role='row']").filter(has_text="depth=2 seed=0").first.get_attribute("row-index")
+    row = page.locator(f"[role='row'][row-index='{index}']")
+    assert row.locator("[col-id='params.`depth`']").first.inner_text().strip() == "2"
+    accuracy = row.locator(f"[col-id='metrics.`{tracking.BEST}`']").first.inner_text().strip().rstrip(".…")
     assert abs(float(accuracy) - child.data.metrics[tracking.BEST]) < 1e-3
     visit(page, f"{base}/#/experiments/{experiment_id}/runs/{child.info.run_id}", "activation", "6_run_params.png")
     body = page.inner_text("body")
@@ -145,3 +151,24 @@ def test_the_report_runs_figure_opens(ui, page):
     page.screenshot(path=str(SHOTS / "9_report_figure.png"))
     width = page.locator("img[src^='blob:']").first.evaluate("img => img.naturalWidth")
     assert width > 300  # the PNG itself, decoded by the browser
+
+
+# MLflow 3's logged models and dataset inputs: nnx's runs log them from the mlflow3 branch on. Until
+# the store has them these skip, saying so; with them, they check what a user then sees.
+def test_the_models_tab_lists_the_logged_models(ui, page):
+    base, client, experiment_id = ui
+    models = client.search_logged_models([experiment_id])
+    if not models:
+        pytest.skip("the store has no logged model yet (nnx logs models from the mlflow3 branch on)")
+    visit(page, f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning", "Models", "10_before_models.png")
+    page.get_by_role("link", name="Models", exact=True).first.click()
+    seen(page, models[0].name, "10_models.png")
+
+
+def test_a_runs_page_shows_its_dataset(ui, page):
+    base, client, experiment_id = ui
+    run = next((r for r in client.search_runs([experiment_id]) if r.inputs and r.inputs.dataset_inputs), None)
+    if run is None:
+        pytest.skip("no run in the store has a dataset input yet (nnx logs them from the mlflow3 branch on)")
+    name = run.inputs.dataset_inputs[0].dataset.name
+    visit(page, f"{base}/#/experiments/{experiment_id}/runs/{run.info.run_id}", name, "11_run_dataset.png")

@@ -70,8 +70,7 @@ def test_the_links_open_each_experiments_runs_with_what_its_sweeps_swept(store):
     tracking.share_runs_views(client)  # again: the same view, not a second tag
     tags = {name: client.get_experiment(i).tags for name, i in ids.items()}
     view = json.loads(tags["ch5"][tracking.SHARE_TAG + tracking.RUNS_VIEW])
-    assert view == {"selectedColumns": [*tracking.UI_DEFAULT_COLUMNS, "params.`depth`", "params.`eta`", "metrics.`best_val_accuracy`"],
-                    "orderByKey": "metrics.`best_val_accuracy`", "orderByAsc": False}
+    assert view == {"selectedColumns": [*tracking.UI_DEFAULT_COLUMNS, "params.`depth`", "params.`eta`", "metrics.`best_val_accuracy`"]}
     assert [k for k in tags["ch5"] if k.startswith(tracking.SHARE_TAG)] == [tracking.SHARE_TAG + tracking.RUNS_VIEW]
     assert not any(k.startswith(tracking.SHARE_TAG) for k in (*tags["ch1"], *tags["ch6"]))  # nothing differs, no metric
     links = tracking.ui_links(client, "http://user:secret@127.0.0.1:5001/")

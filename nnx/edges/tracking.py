@@ -197,8 +197,9 @@ DERIVED = ("model.layers", "model.sizes", "model.num_params")  # nnx logs these 
 def runs_view(runs, most: int = 8) -> dict | None:
     """The shared view state of a runs table whose columns are what a sweep swept (the params whose
     values differ between these runs, by name; of params equal run by run, the shortest name, so
-    `depth` and not also `model.depth`; at most `most`) and best_val_accuracy, best first; None if
-    nothing differs and no run has best_val_accuracy."""
+    `depth` and not also `model.depth`; at most `most`) and best_val_accuracy; None if nothing
+    differs and no run has best_val_accuracy. Unsorted: sorting by a metric flattens each sweep's
+    parent and children into one list, and a column header's click sorts anyway."""
     columns = {}
     for key in sorted({key for run in runs for key in run.data.params} - set(DERIVED), key=lambda k: (len(k), k)):
         values = tuple(run.data.params.get(key) for run in runs)
@@ -208,10 +209,7 @@ def runs_view(runs, most: int = 8) -> dict | None:
     best = any(BEST in run.data.metrics for run in runs)
     if not swept and not best:
         return None
-    view = {"selectedColumns": UI_DEFAULT_COLUMNS + [f"params.`{key}`" for key in swept] + ([f"metrics.`{BEST}`"] if best else [])}
-    if best:
-        view.update(orderByKey=f"metrics.`{BEST}`", orderByAsc=False)
-    return view
+    return {"selectedColumns": UI_DEFAULT_COLUMNS + [f"params.`{key}`" for key in swept] + ([f"metrics.`{BEST}`"] if best else [])}
 
 
 def share_runs_views(client, max_runs: int = 5000):
