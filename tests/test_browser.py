@@ -2,7 +2,7 @@
 
 Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it) and Playwright's Python package
 (no browser download: it drives that binary). Deselect with `-m "not browser"`. Screenshots go to
-reports/browser/.
+reports/browser/. The server is MLflow's, with nnx's app plugin, as `make ui` runs it.
 """
 
 import shutil
@@ -30,6 +30,8 @@ def ui(migrated_store, tmp_path_factory):
 
     from experiments import ch5, report
     from nnx.edges import tracking
+    from nnx.edges import ui as nnx_ui
+    assert nnx_ui.plugin_installed(), "MLflow does not know nnx's app plugin here (pyproject.toml's mlflow.app): run make install"
     folder = tmp_path_factory.mktemp("ui")
     uri = copy_store(migrated_store, folder)
     done = train_in_process(["-m", "experiment=ch5_depth", "model.depth=1,2", "seeds=null", "seed=0", "train.epochs=3", "data.train_size=200",
@@ -41,8 +43,7 @@ def ui(migrated_store, tmp_path_factory):
     rows = ch5.depth_accuracy(client, out)
     report.write(out, "browser test", rows, [], ["fig_5_1_depth_accuracy"])
     report.log_report_run(client, experiment_id, "ch5", out, {})
-    tracking.share_runs_views(client)
-
+    tracking.share_runs_views(client)  # as make ui does before it serves
     with mlflow_server(uri, folder, "--app-name", "nnx") as base:
         yield base, client, experiment_id
 
