@@ -87,7 +87,7 @@ def test_a_new_user_gets_from_the_home_page_to_the_runs(ui, browser):
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     page = context.new_page()
     try:
-        visit(page, f"{base}/", "Experiments", "1_home.png")
+        visit(page, f"{base}/", "Welcome to MLflow", "1_home.png")
         page.get_by_role("link", name="Experiments").first.click()
         seen(page, "ch5", "2_experiments.png")
         page.get_by_role("link", name="ch5").first.click()
