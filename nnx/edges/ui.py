@@ -9,8 +9,12 @@ browser's localStorage, whatever the experiment's mlflow.experimentKind tag says
 #24498), and no server flag, environment variable or tag sets its default. So `make ui` runs
 MLflow's own server with the app plugin below (`mlflow ui --app-name nnx`, the mechanism MLflow's
 basic-auth uses), which adds one line to the UI's index.html: where the browser has no choice yet,
-it stores Model training (and leaves the GenAI assistant's panel shut). A user's own toggle is kept. The links printed (tracking.ui_links) also
-ask for that view in the URL and open the runs table with the swept params as its columns.
+it stores Model training (and leaves the GenAI assistant's panel shut); a user's own toggle is kept.
+Of the ways to do that it leans least on MLflow's insides: MLflow's CLI still sets the server up
+(a proxy or our own uvicorn launch would copy that or add a port), the hook touches only the page
+that is text/html, and bundle_keeps_these_keys fails loudly when a new bundle reads other keys.
+The links printed (tracking.ui_links) also ask for that view in the URL and open the runs table
+with the swept params as its columns.
 """
 
 import argparse
