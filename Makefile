@@ -33,7 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/nnx-bench
 
-# Prints each experiment's runs link (the UI's Model training view), then serves mlruns/ on 127.0.0.1:5000.
+# Prints each experiment's runs link, then serves mlruns/ on 127.0.0.1:5000 with nnx's MLflow app plugin
+# (a fresh browser gets the Model training view: nnx/edges/ui.py).
 ui: $(STAMP)
 	$(BIN)/python -m nnx.edges.ui
 

@@ -171,12 +171,54 @@ def ui_links(client, base: str = UI) -> dict:
 
     MLflow 3.17's UI opens an experiment in its GenAI view (traces, prompts, an assistant) unless
     the URL asks for the training one: the sidebar's toggle lives in the browser's localStorage,
-    whatever the experiment's mlflow.experimentKind tag says (MLflow issue #24498). A new user
-    following the home page lands there; these links land on the runs table.
+    whatever the experiment's mlflow.experimentKind tag says (MLflow issue #24498); `make ui` also
+    sets that default for a fresh browser (nnx.edges.ui). Where share_runs_views has stored the
+    experiment's view, the link opens it: the swept params and best_val_accuracy as columns.
     """
     experiments = _retry(client.search_experiments)
-    return {e.name: f"{redact(base.rstrip('/'))}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
-            for e in sorted(experiments, key=lambda e: e.name) if e.name != "Default"}
+    links = {}
+    for e in sorted(experiments, key=lambda e: e.name):
+        if e.name != "Default":
+            shared = f"&{SHARE_PARAM}={RUNS_VIEW}" if f"{SHARE_TAG}{RUNS_VIEW}" in e.tags else ""
+            links[e.name] = f"{redact(base.rstrip('/'))}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning{shared}"
+    return links
+
+
+# MLflow 3.17's UI "Share" keeps a view of the runs table (its columns, sort, filters) as the
+# experiment tag mlflow.sharedViewState.<key> and opens it from ?viewStateShareKey=<key>.
+SHARE_TAG, SHARE_PARAM, RUNS_VIEW = "mlflow.sharedViewState.", "viewStateShareKey", "nnx-runs"
+UI_DEFAULT_COLUMNS = ["attributes.`Source`", "attributes.`Models`", "attributes.`Dataset`"]  # the UI's own defaults
+BEST = "best_val_accuracy"
+
+
+DERIVED = ("model.layers", "model.sizes", "model.num_params")  # nnx logs these from the swept ones
+
+
+def runs_view(runs, most: int = 8) -> dict | None:
+    """The shared view state of a runs table whose columns are what a sweep swept (the params whose
+    values differ between these runs, by name; of params equal run by run, the shortest name, so
+    `depth` and not also `model.depth`; at most `most`) and best_val_accuracy; None if nothing
+    differs and no run has best_val_accuracy. Unsorted: sorting by a metric flattens each sweep's
+    parent and children into one list, and a column header's click sorts anyway."""
+    columns = {}
+    for key in sorted({key for run in runs for key in run.data.params} - set(DERIVED), key=lambda k: (len(k), k)):
+        values = tuple(run.data.params.get(key) for run in runs)
+        if len(set(values) - {None}) > 1:
+            columns.setdefault(values, key)
+    swept = sorted(columns.values())[:most]
+    best = any(BEST in run.data.metrics for run in runs)
+    if not swept and not best:
+        return None
+    return {"selectedColumns": UI_DEFAULT_COLUMNS + [f"params.`{key}`" for key in swept] + ([f"metrics.`{BEST}`"] if best else [])}
+
+
+def share_runs_views(client, max_runs: int = 5000):
+    """Stores each experiment's runs_view (of its latest max_runs runs) as the shared view ui_links opens."""
+    for e in _retry(client.search_experiments):
+        view = runs_view(find_runs(client, [e.experiment_id], newest_first=True, max_results=max_runs))
+        value = json.dumps(view, sort_keys=True) if view else None
+        if value and e.tags.get(f"{SHARE_TAG}{RUNS_VIEW}") != value:
+            _retry(client.set_experiment_tag, e.experiment_id, f"{SHARE_TAG}{RUNS_VIEW}", value)
 
 
 def find_runs(client, experiment_ids, *, tags: dict | None = None, status: str | None = None,

@@ -1,0 +1,1 @@
+"""The book's figures and tables, redrawn from the runs stored in MLflow."""

@@ -1,0 +1,129 @@
+"""nnx-reproduce: run a chapter's experiments into MLflow, then redraw its report from the store.
+
+    nnx-reproduce ch5                      # train every sweep, then write reports/ch5/
+    nnx-reproduce ch5 --plot-only          # redraw reports/ch5/ from the runs already stored
+    nnx-reproduce ch5 train.epochs=2 ...   # overrides passed to every sweep (e.g. a smoke test)
+    nnx-reproduce ch3hp                    # chapter 3's hyper-parameter craft: early stopping, schedules, search
+    nnx-reproduce ch4                      # chapter 4's constructions (no sweeps; a small training inline)
+    nnx-reproduce all                      # ch1, ch2, ch3, ch3hp, ch4, ch5 and ch6 in turn, each as if run alone
+    nnx-reproduce ch6 --book               # chapter 6 at the book's protocol, not the scaled default
+    nnx-reproduce he2015                   # one of the papers beyond the book (see PAPERS)
+    nnx-reproduce papers                   # all of them in turn
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from nnx.edges import cli, paths, tracking
+
+# The signal-propagation lab: papers that measured chapter 5's problem more finely.
+PAPERS = ("glorot2010", "he2015", "saxe2014", "schoenholz2017", "pennington2017", "ioffe2015")
+CHAPTERS = {"ch1": "experiments.ch1", "ch2": "experiments.ch2", "ch3": "experiments.ch3", "ch3hp": "experiments.ch3hp",
+            "ch4": "experiments.ch4", "ch5": "experiments.ch5", "ch6": "experiments.ch6",
+            **{name: f"experiments.{name}" for name in PAPERS}}
+GROUPS = {"all": ("ch1", "ch2", "ch3", "ch3hp", "ch4", "ch5", "ch6"), "papers": PAPERS}  # each runs its members in turn
+
+
+@contextlib.contextmanager
+def silenced_stdout():
+    """Standard output to /dev/null at the file-descriptor level, so that the joblib workers a sweep
+    starts (which inherit the descriptor, not sys.stdout) are as quiet as this process."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(devnull):
+                yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def run_sweeps(module, overrides: list[str], jobs: int, book: bool = False):
+    """Each sweep is one `nnx-train -m experiment=<preset>` as a user would type it, run in this
+    process (nnx.edges.cli.run) with its progress lines silenced. A chapter whose book protocol takes
+    hours here (SCALED) gets its scaled overrides first, unless `book`; the user's come last and win."""
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    for preset in module.SWEEPS:
+        scaled = [] if book else getattr(module, "SCALED", {}).get(preset, [])
+        argv = ["-m", f"experiment={preset}", *launcher, *scaled, *overrides]
+        print(f"nnx-reproduce: nnx-train {' '.join(argv)}", flush=True)
+        started = time.perf_counter()
+        with silenced_stdout():
+            status = cli.run(argv)
+        if status != 0:
+            sys.exit(f"nnx-reproduce: the {preset} sweep failed (exit {status}); its runs are in MLflow "
+                     f"with their errors. Fix the cause and rerun, or redraw what exists with --plot-only.")
+        print(f"nnx-reproduce: {preset} done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="nnx-reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("chapter", choices=[*sorted(CHAPTERS), *GROUPS])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every sweep, e.g. seed=0,1 train.epochs=2")
+    parser.add_argument("--plot-only", action="store_true", help="redraw from the runs in the store; train nothing")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<chapter>/ in the project; "
+                                                 "with `all` or `papers`, one subfolder per member)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
+    parser.add_argument("--book", action="store_true", help="the book's full protocol where the default is scaled (ch6: "
+                                                           "all images, 60 epochs, 3 seeds; hours on a CPU; ch3hp: all images)")
+    args = parser.parse_intermixed_args(argv)
+    paths.use_compilation_cache()  # the analyses (ch2's backprop, the theory curves) compile too
+
+    if args.chapter not in GROUPS:
+        return reproduce(args.chapter, args, args.out)
+    started, times = time.perf_counter(), {}
+    for chapter in GROUPS[args.chapter]:
+        begun = time.perf_counter()
+        reproduce(chapter, args, None if args.out is None else args.out / chapter)
+        times[chapter] = time.perf_counter() - begun
+    print(f"\nnnx-reproduce {args.chapter}: " + ", ".join(f"{c} {t:.0f} s" for c, t in times.items())
+          + f"; {time.perf_counter() - started:.0f} s in all")
+
+
+def reproduce(chapter: str, args, out: Path | None):
+    """One chapter: its sweeps and analysis into MLflow (unless --plot-only), then its report."""
+    import importlib
+
+    from experiments import report
+    from experiments.store import MissingRuns
+
+    module = importlib.import_module(CHAPTERS[chapter])
+    out = out or paths.REPORTS / chapter
+    uri = tracking.resolve_uri(args.tracking_uri)
+    if args.tracking_uri:
+        # The sweeps read the store from the environment, like any nnx-train.
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    try:
+        client, experiment_id = tracking.open_experiment(uri, module.EXPERIMENT)
+    except tracking.TrackingError as err:
+        sys.exit(f"nnx-reproduce: error: {err}")
+    started = time.perf_counter()
+    if not args.plot_only:
+        run_sweeps(module, args.overrides, args.jobs, args.book)
+        if hasattr(module, "record_analysis"):  # a computation outside the sweeps (ch2, ch3, ch4, ch5)
+            module.record_analysis(client, experiment_id)
+    try:
+        rows, figures, *notes = module.build_report(client, out)
+    except MissingRuns as err:
+        sys.exit(f"nnx-reproduce: error: {err}")
+    title = getattr(module, "TITLE", f"Chapter {chapter.removeprefix('ch')} reproduced with nnx")
+    reference = "published" if chapter in PAPERS else "book"
+    if chapter in PAPERS:  # a row with nothing to compare is beyond the paper, not the book
+        rows = [{**r, "verdict": "no published number"} if r["verdict"] == "beyond the book" else r for r in rows]
+    report.write(out, title, rows, notes[0] if notes else module.NOTES, figures, reference)
+    run_id = report.log_report_run(client, experiment_id, chapter, out, {})
+    print(report.markdown_table(rows, reference))
+    print(f"\nnnx-reproduce: {len(rows)} rows, {len(figures)} figures in {out} (MLflow run {run_id}, "
+          f"tag nnx.report={chapter}); {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Reading finished runs back from MLflow: the only input a figure or table may have.
+
+Every read goes through nnx.edges.tracking's verbs; metric and file names come from nnx.records.
+"""
+
+import io
+
+import numpy as np
+
+from nnx import records
+from nnx.edges import tracking
+
+
+class MissingRuns(LookupError):
+    """The store holds no finished sweep for a figure."""
+
+
+def _latest(client, experiment: str, preset: str, role: str):
+    """(experiment id, the latest FINISHED run with tags nnx.role=role and nnx.experiment=preset)."""
+    experiment_id = tracking.experiment_id(client, experiment)
+    runs = [] if experiment_id is None else tracking.find_runs(
+        client, [experiment_id], tags={"nnx.role": role, "nnx.experiment": preset}, status="FINISHED",
+        newest_first=True, max_results=1)
+    if not runs:
+        what = "sweep" if role == "sweep" else "run"
+        raise MissingRuns(
+            f"no finished {preset} {what} in MLflow experiment {experiment!r} at {client.tracking_uri}. "
+            f"Run `nnx-reproduce {experiment}` without --plot-only first."
+        )
+    return experiment_id, runs[0]
+
+
+def latest_sweep(client, experiment: str, preset: str):
+    """The parent run of the latest FINISHED sweep of `preset` (its tags hold a search's summary)."""
+    return _latest(client, experiment, preset, "sweep")[1]
+
+
+def sweep_runs(client, experiment: str, preset: str) -> list:
+    """The child runs of the latest FINISHED sweep of `preset` (e.g. ch5_depth) in `experiment`."""
+    experiment_id, parent = _latest(client, experiment, preset, "sweep")
+    return tracking.find_runs(client, [experiment_id], tags={"mlflow.parentRunId": parent.info.run_id})
+
+
+def latest_run(client, experiment: str, preset: str):
+    """The latest FINISHED analysis run (a computation, not a sweep) tagged nnx.experiment=preset."""
+    return _latest(client, experiment, preset, "analysis")[1]
+
+
+def history(client, run, key: str) -> np.ndarray:
+    """A metric's values ordered by step."""
+    return tracking.metric_history(client, run.info.run_id, key)[1]
+
+
+def seconds(client, run, key="test_accuracy") -> np.ndarray:
+    """Wall-clock seconds from the run's start to each logged value of `key`: MLflow stores a
+    timestamp with every metric value, so the time each epoch took needs no metric of its own."""
+    return (tracking.metric_history(client, run.info.run_id, key)[2] - run.info.start_time) / 1000
+
+
+def per_hidden_layer(client, run, name: str, depth: int) -> np.ndarray:
+    """[depth, steps] of a per-hidden-layer metric, e.g. name="grad_norm"."""
+    return np.stack([history(client, run, records.hidden(name, l)) for l in range(1, depth + 1)])
+
+
+def artifact_npz(client, run, path: str) -> dict:
+    """A .npz artifact of a run, read without leaving files behind."""
+    raw = tracking.artifact_bytes(client, run.info.run_id, path)
+    if raw is None:
+        raise MissingRuns(f"run {run.info.run_id} has no artifact {path}")
+    return dict(np.load(io.BytesIO(raw)))
+
+
+def final_params(client, run) -> list[dict]:
+    """The run's trained params (params.npz), in any layout nnx has written (nnx.records)."""
+    return records.params_from_arrays(artifact_npz(client, run, "params.npz"))
+
+
+def param(run, key: str, cast=str):
+    return cast(run.data.params[key])
+
+
+def group(runs, key: str, cast=str) -> dict:
+    """{param value: [runs]} sorted by value; e.g. group(runs, "model.depth", int)."""
+    out = {}
+    for run in runs:
+        out.setdefault(param(run, key, cast), []).append(run)
+    return dict(sorted(out.items()))
+
+
+ANALYSIS_ARRAYS = "analysis.npz"
+
+
+def record_analysis_run(client, experiment_id, preset: str, series: dict, *, params=None, first_step: int = 0,
+                        arrays: dict | None = None):
+    """A computation that is not training (a theory curve, a check) stored as a FINISHED MLflow run
+    tagged nnx.role=analysis, like any result: series {metric: values}, value i at step first_step + i
+    (series may differ in length); arrays {name: ndarray}, too large or too many-dimensional for
+    metrics (a curve on a fine grid, a surface), as one artifact, ANALYSIS_ARRAYS."""
+    run = tracking.Run.start(client, experiment_id, name=preset, params=params or {},
+                             tags={"nnx.experiment": preset, "nnx.role": "analysis", **tracking.environment_tags()})
+    for i in range(max(map(len, series.values()))):
+        run.log_metrics(first_step + i, {k: float(v[i]) for k, v in series.items() if i < len(v)})
+    if arrays:
+        run.log_files({ANALYSIS_ARRAYS: lambda path: np.savez(path, **arrays)})
+    run.end("FINISHED")
+    return run.run_id
+
+
+def analysis_arrays(client, run) -> dict:
+    """The arrays an analysis run stored (record_analysis_run's `arrays`)."""
+    return artifact_npz(client, run, ANALYSIS_ARRAYS)

@@ -1,0 +1,1 @@
+"""nnx's search sweeper, where Hydra looks for plugins (the hydra_plugins namespace package)."""

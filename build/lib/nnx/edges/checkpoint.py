@@ -1,0 +1,44 @@
+"""The files a run writes: checkpoints during training, params.npz and history.npz at the end.
+
+The arrays' names come from nnx.records; this module only puts them on disk and back.
+"""
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from nnx import records
+from nnx import train as training
+
+
+def save(path: Path, epoch: int, params, opt_state):
+    """Params, optimizer state and the epoch they follow, written atomically (tmp + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **records.checkpoint_arrays(epoch, params, opt_state))
+    os.replace(tmp, path)
+
+
+def load(path: Path, spec, seed: int):
+    """(next epoch, params, opt_state); the tree's shape comes from a fresh init of the same spec.
+
+    The shuffle keys need no saving: epoch e always uses fold_in(key(seed), e).
+    """
+    init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
+    template = training.init_state(spec, init_key)
+    with np.load(path) as saved:
+        epoch, params, opt_state = records.checkpoint_from_arrays(dict(saved), template)
+    to_device = lambda tree: jax.tree.map(jax.numpy.asarray, tree)  # noqa: E731
+    return epoch + 1, to_device(params), to_device(opt_state)
+
+
+def params_writer(params):
+    """writer(path) for params.npz (see nnx.records.params_arrays)."""
+    arrays = records.params_arrays(params)
+    return lambda path: np.savez(path, **arrays)
+
+
+def history_writer(history):
+    return lambda path: np.savez(path, **history)

@@ -1,0 +1,240 @@
+"""nnx-train: the Hydra entry point (the runs it trains go through nnx.edges.job).
+
+    nnx-train model.depth=3 activation=tanh optimizer.eta=0.1 seed=0
+    nnx-train -m model.depth=1,2,3,4 activation=sigmoid,tanh,relu
+    nnx-train experiment=ch1_30
+"""
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import hydra
+from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from nnx.data import DataError
+from nnx.edges import job, paths, search, tracking
+from nnx.edges.resume import ResumeError, resume
+from nnx.registry import ConfigError
+
+CONF = str(paths.CONF)
+USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, ResumeError, search.SearchError)
+# Override keys shortened in run names: "model.depth=3" reads "depth=3".
+SHORT_PREFIXES = ("model.", "train.", "optimizer.", "data.")
+OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs
+
+
+def run_name(task_overrides, seed=None) -> str:
+    """`depth=3 activation=tanh seed=0`: what this run sets, so sweeps' runs tell apart."""
+    parts = []
+    for override in task_overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.startswith(("hydra", "tracking", "seeds", "experiment")):
+            continue
+        parts.append(f"{key.removeprefix(next((p for p in SHORT_PREFIXES if key.startswith(p)), ''))}={value}")
+    if seed is not None and not any(p.startswith("seed=") for p in parts):
+        parts.append(f"seed={seed}")
+    return " ".join(parts)
+
+
+def sweep_file(sweep_dir) -> Path:
+    return Path(sweep_dir) / "nnx_sweep.json"
+
+
+def sweep_parent(client, experiment_id, sweep_dir, preset: str) -> tuple[str, str] | None:
+    """(parent run id, sweep id) of the sweep's parent run, created by whichever job gets here first.
+
+    Jobs may run in other processes (joblib, submitit), where the fluent API's active run is not
+    visible, so the parent's id is shared through a file in the sweep folder, under a file lock.
+    """
+    path = sweep_file(sweep_dir)
+    if not path.exists():
+        return None
+    with FileLock(str(path) + ".lock"):
+        sweep = json.loads(path.read_text())
+        if "parent_run_id" not in sweep:
+            parent = tracking.Run.start(
+                client, experiment_id, name=f"sweep {preset} {' '.join(sweep['overrides'])}".strip(), params={},
+                tags={"nnx.sweep_id": sweep["sweep_id"], "nnx.role": "sweep", "nnx.experiment": preset,
+                      "nnx.overrides": " ".join(sweep["overrides"])},
+            )
+            sweep.update(parent_run_id=parent.run_id, tracking_uri=client.tracking_uri)
+            path.write_text(json.dumps(sweep))
+        return sweep["parent_run_id"], sweep["sweep_id"]
+
+
+def finish_sweep(sweep_dir, failed_ok: bool = False):
+    """Ends the sweep's parent run when the sweep process ends, however it ends (tracking.end_sweep),
+    and prints its children's outcome. failed_ok: the search sweeper's rule (FAILED trials are results)."""
+    path = sweep_file(sweep_dir)
+    if not path.exists():
+        return
+    sweep = json.loads(path.read_text())
+    if "parent_run_id" not in sweep or sweep.get("finished"):
+        return
+    status, rows = tracking.end_sweep(tracking.connect(sweep["tracking_uri"]), sweep["parent_run_id"], failed_ok=failed_ok)
+    sweep["finished"] = True
+    path.write_text(json.dumps(sweep))
+    width = max((len(r[0]) for r in rows), default=3)
+    print(f"\nnnx: sweep {sweep['sweep_id']} {status}: {len(rows)} runs under parent run {sweep['parent_run_id']}")
+    for name, state, best in rows:
+        print(f"  {name:<{width}}  {state:<8}  {'' if best is None else f'best val {best:.2%}'}")
+    print("  Compare them with `make ui`: open the experiment, expand the parent run, select the children, Compare.", flush=True)
+
+
+class SweepParent(Callback):
+    """Hydra callback: marks a multirun's folder so its jobs share one MLflow parent run."""
+
+    def on_multirun_start(self, config, **kwargs):
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        overrides = list(config.hydra.overrides.task)
+        sweep_file(sweep_dir).write_text(json.dumps({"sweep_id": uuid.uuid4().hex[:12], "overrides": overrides}))
+        # main() ends the parent even when a job raises or the sweep is interrupted, where
+        # Hydra skips on_multirun_end.
+        OPEN_SWEEPS.append(sweep_dir)
+
+    def on_multirun_end(self, config, **kwargs):
+        finish_sweep(config.hydra.sweep.dir)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def train(cfg) -> dict:
+    """One Hydra job: name it, find its sweep's parent, and hand the resolved config to nnx.edges.job."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if plain["resume"]:
+        return resume(plain["resume"], tracking_cfg=plain["tracking"], echo=_echo, progress=_progress())
+    hc = HydraConfig.get()
+    preset = hc.runtime.choices.get("experiment") or "none"
+    tags = {"nnx.overrides": " ".join(hc.overrides.task), "nnx.experiment": preset}
+    multirun = hc.mode == RunMode.MULTIRUN
+    parent = (lambda client, experiment_id: sweep_parent(client, experiment_id, hc.sweep.dir, preset)) if multirun else None
+    name = run_name(hc.overrides.task, None if plain["seeds"] else plain["seed"])
+    trial = search.trial_stopper(hc.sweep.dir, hc.job.num, plain["train"]["epochs"]) if multirun else None  # a search's trial
+    if trial is not None:
+        tags[search.TRIAL_TAG] = str(trial.number)
+    # A search's trial always trains: the study needs its epochs, and a twin from another search was judged by another study.
+    skip = multirun and plain["tracking"]["skip_finished"] and trial is None
+    return job.run(plain, name=name, tags=tags, parent=parent, skip_finished=skip, echo=_echo, progress=_progress(), should_stop=trial)
+
+
+def _progress():
+    """A bar on a terminal; plain "Epoch k:" lines elsewhere, so CI logs stay readable."""
+    return _bar if sys.stdout.isatty() else None
+
+
+def _echo(line):
+    print(line, flush=True)
+
+
+def _bar(step, epochs, values):
+    """One self-overwriting line per run on a terminal: epochs done and the current accuracy."""
+    done = step + 1
+    filled = round(30 * done / epochs)
+    shown = "  ".join(f"{label} {values[key]:.2%}" for label, key in (("val", "val_accuracy"), ("test", "test_accuracy"))
+                      if key in values)
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] epoch {done}/{epochs}  {shown}", end="\n" if done == epochs else "", flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="train")
+def _hydra_main(cfg):
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # also in joblib/submitit workers
+    try:
+        return train(cfg)
+    except USER_ERRORS as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the other jobs go on; Hydra reports this one at the end of the batch
+        print(f"nnx-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def register_search():
+    """Makes hydra/sweeper=search known to Hydra. Hydra finds plugins by walking the hydra_plugins
+    namespace package, which misses a package that an editable install maps through setuptools'
+    import finder (pip install -e: what `make install` does), so nnx registers its own by hand."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.nnx_search.search_sweeper import SearchSweeper
+
+    Plugins.instance().register(SearchSweeper)
+
+
+def main():
+    from nnx.edges.preflight import preflight
+
+    paths.use_compilation_cache()
+    register_search()
+    checked = preflight(sys.argv[1:], CONF, "train")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with _no_second_batch_check() if checked else contextlib.nullcontext():
+            _hydra_main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        while OPEN_SWEEPS:
+            finish_sweep(OPEN_SWEEPS.pop())
+
+
+@contextlib.contextmanager
+def _no_second_batch_check():
+    """Hydra's sweepers compose every job of a batch to check it (Sweeper.validate_batch_is_legal)
+    before the launcher composes each again to run it. preflight has already composed and built
+    every job of this command, so that check would be a third composition of each: ~10% of an
+    in-process sweep's time."""
+    check = Sweeper.validate_batch_is_legal
+    Sweeper.validate_batch_is_legal = lambda self, batch: None
+    try:
+        yield
+    finally:
+        Sweeper.validate_batch_is_legal = check
+
+
+_WORKERS_STARTED_IN = None  # (cwd, MLFLOW_TRACKING_URI) of the last in-process run
+
+
+def _no_stale_workers():
+    """joblib keeps its worker processes between the sweeps of one process, and a worker keeps the
+    folder and environment it started with: a sweep run in process from another folder or for
+    another store would find the sweep's shared file under the old folder and write to the old
+    store. So the workers go when either changed since the last run (nnx-reproduce's sweeps share
+    both and keep theirs)."""
+    global _WORKERS_STARTED_IN
+    from joblib.externals.loky import reusable_executor
+
+    here = (os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI"))
+    if here != _WORKERS_STARTED_IN and reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+    _WORKERS_STARTED_IN = here
+
+
+def run(argv: list[str]) -> int:
+    """nnx-train with these arguments, in this process: its exit status (0 when every job finished).
+
+    What nnx-reproduce and the tests use: the same entry point a user types, without a new
+    interpreter that imports JAX, Hydra and MLflow again and compiles again what this one has.
+    """
+    _no_stale_workers()
+    saved = sys.argv
+    sys.argv = ["nnx-train", *argv]
+    try:
+        main()
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    finally:
+        sys.argv = saved
+    return 0

@@ -1,0 +1,237 @@
+"""One nnx-train job: a resolved config in, ended MLflow runs out.
+
+No Hydra here: nnx-train (through nnx.edges.cli), resume and nnx-rerun all go through run(). The job
+trains one seed, or several at once (fit_many), writes a checkpoint after each epoch, and ends
+every run it started as FINISHED, FAILED (an error, or divergence) or KILLED (SIGINT/SIGTERM).
+"""
+
+import hashlib
+import json
+import shutil
+import time
+import traceback
+
+import jax
+import numpy as np
+import yaml
+
+from nnx import probes, records
+from nnx import train as training
+from nnx.edges import checkpoint, stop, tracking
+from nnx.model import describe, num_params
+from nnx.spec import build
+
+# Short copies of the settings people sweep, so the UI's runs table and parallel-coordinates
+# plot read "depth", "activation", "eta" without opening the full config.
+SHORT_PARAMS = {
+    "depth": "model.depth", "width": "model.width", "activation": "activation.name", "init": "init.name",
+    "cost": "cost.name", "optimizer": "optimizer.name", "eta": "optimizer.eta", "lmbda": "optimizer.lmbda",
+    "mini_batch_size": "train.mini_batch_size", "epochs": "train.epochs", "train_size": "data.train_size",
+    "batch_norm": "model.batch_norm", "schedule": "schedule.name", "early_stopping_n": "train.early_stopping_n",
+}
+
+
+class Diverged(RuntimeError):
+    """A run's cost, accuracy or gradient norm became NaN or inf (train.stop_on_divergence)."""
+
+
+# Keys added after runs were stored, with the value that means "as before": at that value they are
+# left out of the hash, so a relaunched sweep still finds (and skips) the runs stored before them.
+LATER_KEYS = {("train", "early_stopping_n"): None, ("data", "validation_size"): None, ("schedule",): {"name": "constant"},
+              ("train", "eval_every"): 1}
+
+
+def config_hash(cfg: dict) -> str:
+    """What makes two jobs the same: the config less where it is recorded and how it is resumed."""
+    kept = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items() if k not in ("tracking", "resume")}
+    for path, default in LATER_KEYS.items():
+        *parents, key = path
+        node = kept
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == default:
+            del node[key]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def seed_config(cfg: dict, seed: int) -> dict:
+    """The config of one seed's run: what a separate run of that seed would have used."""
+    return {**cfg, "seed": seed, "seeds": None, "resume": None}
+
+
+class Member:
+    """One seed's run inside a job."""
+
+    def __init__(self, run, seed, cfg, checkpoint_path, logged_until=-1, earlier=None):
+        self.run, self.seed, self.cfg, self.checkpoint = run, seed, cfg, checkpoint_path
+        self.logged_until = logged_until  # steps up to here are in the store already (a resume)
+        self.earlier = earlier or {}  # a resumed run's history before its checkpoint, from the store
+
+    def log(self, step, values):
+        if step > self.logged_until:
+            self.run.log_metrics(step, values)
+
+    def end_with_error(self, err):
+        self.run.set_tags({"nnx.error": f"{type(err).__name__}: {err}"})
+        files = {"error.txt": lambda p: p.write_text(traceback.format_exc())}
+        if self.checkpoint.exists():
+            files["checkpoint/last.npz"] = lambda p: p.write_bytes(self.checkpoint.read_bytes())
+        self.run.log_files(files)
+        self.run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+
+
+def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
+    cfg = seed_config(cfg, seed)
+    params = tracking.flatten({k: v for k, v in cfg.items() if k not in ("tracking", "resume")})
+    params.update({"model.sizes" if spec.sizes else "model.layers": describe(spec.net), "model.num_params": str(num_params(spec.net))})
+    params.update({short: params[full] for short, full in SHORT_PARAMS.items() if full in params})
+    run = tracking.Run.start(client, experiment_id, name=name, params=params, parent_run_id=parent,
+                             tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
+    # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
+    run.log_files({"config.yaml": lambda p: p.write_text(tracking.redact(yaml.safe_dump(cfg, sort_keys=False)))})
+    return Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
+
+
+def _finished_twin(client, experiment_id, cfg, preset):
+    """A FINISHED run of the same preset with the same config: the job a relaunched sweep skips.
+    (Same preset only: two presets that happen to share a config each keep their own runs.)"""
+    found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
+                               status="FINISHED", newest_first=True, max_results=1)
+    return found[0] if found else None
+
+
+def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, echo=print, progress=None, should_stop=None) -> dict:
+    """Trains what `cfg` describes into MLflow and returns the first seed's summary.
+
+    Args:
+      cfg: the resolved config as a plain dict (what Hydra composes, or a run's config.yaml).
+      name: run name; a multi-seed job appends " seed=<s>" per run.
+      tags: extra tags for every run (overrides, preset, rerun source ...).
+      parent: None, or parent(client, experiment_id) -> (parent run id, sweep id) | None.
+      skip_finished: seeds whose identical config already FINISHED are not run again; their runs
+        join this sweep's parent instead.
+      echo: prints a line; progress(step, epochs, values): shows an epoch's numbers (default: a line).
+      should_stop: should_stop(i, step, values) -> why the i-th seed's run stops after this epoch, or ""
+        (a search's pruner); the run ends FINISHED with tags nnx.stopped and nnx.stopped_epoch.
+    Raises:
+      ConfigError, DataError, TrackingError before any run exists; Diverged after ending the
+      diverged run(s) FAILED; anything raised while training after ending the runs FAILED/KILLED.
+    """
+    spec = build(cfg)
+    data = spec.load_data()
+    uri = tracking.resolve_uri(cfg["tracking"]["uri"])
+    client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
+    tags = {**tracking.environment_tags(), **tags}
+    seeds = list(spec.seeds or [spec.seed])
+    found = parent(client, experiment_id) if parent else None
+    parent_id = None
+    if found:
+        parent_id, tags["nnx.sweep_id"] = found
+    preset = tags.get("nnx.experiment", "none")
+    twins = {s: _finished_twin(client, experiment_id, seed_config(cfg, s), preset) for s in seeds} if skip_finished else {}
+    for seed, twin in twins.items():
+        if twin is not None:
+            echo(f"nnx: seed {seed} skipped: the same config FINISHED as run {twin.info.run_id}")
+            if parent_id:
+                tracking.Run(client, twin.info.run_id).set_tags({"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]})
+    seeds = [s for s in seeds if twins.get(s) is None]
+    if not seeds:
+        return {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
+
+    group = None
+    if len(seeds) > 1 and parent_id is None:
+        group = tracking.Run.start(client, experiment_id, name=f"{name} seeds={seeds}", params={},
+                                   tags={**tags, "nnx.role": "seeds"})
+        parent_id = group.run_id
+    members = [
+        _start_member(client, experiment_id, uri, cfg, spec, s, name=name if len(seeds) == 1 else f"{name} seed={s}",
+                      tags=tags, parent=parent_id)
+        for s in seeds
+    ]
+    for m in members:
+        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {uri}")
+    return train_and_end(spec, data, members, group, echo, progress=progress, should_stop=should_stop)
+
+
+def epoch_line(step, epochs, values) -> str:
+    """The plain progress line (CI logs); nnx.edges.cli draws a bar instead on a terminal. Each
+    number appears when its split was evaluated (train.eval_splits)."""
+    shown = [("val", "val_accuracy"), ("test", "test_accuracy"), ("train cost", "train_cost")]
+    return f"Epoch {step}: " + " ".join(f"{label} {values[key]:.4f}" for label, key in shown if key in values)
+
+
+def train_and_end(spec, data, members, group, echo, start=None, progress=None, should_stop=None):
+    """Trains the members' networks (one, or several seeds vmapped), logging as it goes, and ends
+    every run: FINISHED with its files and summary (also when it stopped early: early stopping, the
+    schedule or should_stop, tagged nnx.stopped), FAILED on divergence or an error, KILLED on a signal."""
+    every = spec.checkpoint_every
+    started = time.perf_counter()
+
+    def on_epoch(i, step, values):
+        members[i].log(step, values)
+        if any(k.endswith("_accuracy") for k in values) and i == 0 and spec.epochs:
+            (progress or (lambda s, n, v: echo(epoch_line(s, n, v))))(step, spec.epochs, values)
+
+    def on_state(i, epoch, params, opt_state):
+        if every and ((epoch + 1) % every == 0 or epoch == spec.epochs - 1):
+            checkpoint.save(members[i].checkpoint, epoch, params, opt_state)
+        if i == len(members) - 1:
+            stop_request.check()
+
+    try:
+        with stop.on_signals() as stop_request:
+            if len(members) == 1:
+                key = jax.random.PRNGKey(members[0].seed)
+                earlier = members[0].earlier.get("val_accuracy") if start is not None else None
+                results = [training.fit(spec, data, key=key, start=start, earlier=earlier, on_epoch=lambda s, v: on_epoch(0, s, v),
+                                        on_state=lambda e, p, o: on_state(0, e, p, o),
+                                        should_stop=None if should_stop is None else lambda s, v: should_stop(0, s, v))]
+            else:
+                params, histories = training.fit_many(spec, data, seeds=[m.seed for m in members], on_epoch=on_epoch,
+                                                      on_state=on_state, should_stop=should_stop)
+                results = list(zip(params, histories))
+    except BaseException as err:
+        for m in members:
+            m.end_with_error(err)
+        if group:
+            group.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+
+    diverged, histories = [], []
+    for m, (params, history) in zip(members, results):
+        history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
+        histories.append(history)
+        if records.probe_steps("hist") in history:
+            history.update(probes.histogram_edges(spec.activation_facts))
+        files = {"params.npz": checkpoint.params_writer(params), "history.npz": checkpoint.history_writer(history)}
+        if m.checkpoint.exists():
+            files["checkpoint/last.npz"] = lambda p, c=m.checkpoint: p.write_bytes(c.read_bytes())
+        m.run.log_files(files)
+        if records.DIVERGED_AT in history:
+            step = int(history[records.DIVERGED_AT])
+            m.run.set_tags({"nnx.failure": "diverged", "nnx.failure_epoch": step,
+                            "nnx.error": f"Diverged: NaN or inf at epoch {step}"})
+            m.run.end("FAILED")
+            diverged.append((m.seed, step))
+        else:
+            result = records.summary(history)
+            stopped = records.STOPPED_AT in history
+            last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
+            if stopped:
+                m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
+            m.run.log_metrics(last, result)
+            m.run.end("FINISHED")
+            shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
+            best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
+                    if "best_val_accuracy" in result else " (the initialization measured)")
+            why = f"; stopped after epoch {last - 1} of {spec.epochs}: {history[records.STOP_REASON]}" if stopped else ""
+            echo(f"{chr(10) if stopped and progress else ''}nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} "
+                 f"(seed {m.seed}){why}. See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
+    if group:
+        group.end("FAILED" if diverged else "FINISHED")
+    if diverged:
+        raise Diverged(
+            f"diverged (NaN or inf) at seed/epoch {diverged}: the runs ended FAILED with tag nnx.failure=diverged. "
+            f"Lower optimizer.eta, or set train.stop_on_divergence=false to train on regardless."
+        )
+    return records.summary(histories[0])

@@ -1,0 +1,112 @@
+"""Checks every job of a command line before Hydra runs any of them.
+
+Hydra's struct mode already rejects a misspelt key or an unknown choice, but a sweep such as
+`-m model.depth=2,-1` would still train depth 2 before depth -1 fails. Here each job's config is
+composed and built up front, so a bad value anywhere stops the command before any training and
+before any MLflow run exists, with a message that lists the valid keys or values.
+"""
+
+import sys
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nnx.registry import ConfigError
+from nnx.spec import build
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _valid_keys(config_name: str, key: str, job: list[str]) -> str:
+    """The keys next to `key` in the job's config without it, e.g. model.* for model.dept (a
+    preset or group choice in the job decides them: model=conv has no model.width)."""
+    parent, _, _ = key.rpartition(".")
+    try:
+        node = compose(config_name, overrides=[o for o in job if o.lstrip("+~").partition("=")[0] != key])
+    except (HydraException, OmegaConfBaseException):
+        node = compose(config_name)
+    node = OmegaConf.select(node, parent) if parent else node
+    if not OmegaConf.is_dict(node):
+        return ""
+    names = ", ".join(f"{parent + '.' if parent else ''}{k}" for k in node)
+    return f" Valid keys{' under ' + parent if parent else ''}: {names}."
+
+
+def _explain(err: Exception, job: list[str], config_name: str) -> str:
+    message = str(err).split("\nConfig search path:")[0].strip()
+    if "not in struct" in message or "Could not override" in message or "not in struct" in str(err.__cause__):
+        for override in job:
+            key = override.partition("=")[0]
+            if not key.startswith(("+", "~")) and f"'{key}'" in message:
+                return (f"unknown config key {key!r}.{_valid_keys(config_name, key, job)} "
+                        f"(To add a new key on purpose, write +{override}.)")
+    return message
+
+
+def _jobs(argv: list[str], config_name: str) -> list[list[str]] | None:
+    """The override list of each job the command would run, or None when Hydra should decide alone.
+    For nnx's search sweeper: the corners of its search space (every choice, both ends of each range)."""
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f not in MULTIRUN_FLAGS for f in flags):
+        return None  # --help, --cfg, --info, -c ...: Hydra's own business
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except HydraException:
+        return None  # a syntax error: Hydra's message says where
+    user = [o for o in overrides if not o.get_key_element().lstrip("+~").startswith("hydra")]
+    if flags:
+        searched = _search_space(overrides, config_name)
+        return searched if searched is not None else BasicSweeper.split_arguments(user, None)[0]
+    if any(o.is_sweep_override() for o in user):
+        return None  # a sweep without -m: Hydra explains
+    return [[o.input_line for o in user]]
+
+
+def _search_space(overrides, config_name: str) -> list[list[str]] | None:
+    """The jobs to check when the sweeper is nnx's search (hydra/sweeper=search), else None."""
+    from nnx.edges import search
+
+    try:
+        cfg = compose(config_name, overrides=[o.input_line for o in overrides if not o.is_sweep_override()], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException):
+        return None  # the jobs' own composition says what is wrong
+    if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("nnx_search.search_sweeper.SearchSweeper"):
+        return None
+    settings = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    search.check_settings(settings)
+    dims, fixed = search.space([o.input_line for o in overrides], settings.get("params"))
+    search.check_space(dims, OmegaConf.to_container(cfg.train, resolve=True))
+    return search.corner_jobs(dims, fixed)
+
+
+def preflight(argv: list[str], config_dir: str, config_name: str) -> bool:
+    """Composes and builds each job; on the first bad one prints why and exits with status 2.
+    Returns whether it checked the command's jobs (for a search, the corners of its space, which
+    use every key and value kind its trials can); False where Hydra decides alone (--help, --cfg)."""
+    from nnx.edges.search import SearchError
+
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        try:
+            jobs = _jobs(argv, config_name)
+        except SearchError as err:
+            print(f"nnx-train: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if jobs is None:
+            return False
+        for job in jobs:
+            try:
+                build(OmegaConf.to_container(compose(config_name, overrides=job), resolve=True))
+            except ConfigError as err:
+                message = str(err)
+            except (HydraException, OmegaConfBaseException) as err:
+                message = _explain(err, job, config_name)
+            else:
+                continue
+            where = f" (in the job {' '.join(job)})" if len(jobs) > 1 else ""
+            print(f"nnx-train: error{where}: {message}", file=sys.stderr)
+            sys.exit(2)
+    return True

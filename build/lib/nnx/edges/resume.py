@@ -1,0 +1,53 @@
+"""nnx-train resume=RUN_ID: a KILLED or FAILED run continued from its last checkpoint, in the same run.
+
+The epochs before the checkpoint come back from the store, so the run's summary (best epoch ...)
+covers the whole run, and the steps already logged are not logged twice.
+"""
+
+from pathlib import Path
+
+from nnx.edges import checkpoint, tracking
+from nnx.edges.job import Member, train_and_end
+from nnx.spec import build
+
+RESUMABLE = ("KILLED", "FAILED", "RUNNING")  # RUNNING: a process killed too hard to say so
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed (unknown, finished, or without a checkpoint)."""
+
+
+def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dict:
+    """Continues a KILLED or FAILED run from its last checkpoint, in the same MLflow run."""
+    uri = tracking.resolve_uri(tracking_cfg["uri"])
+    client, _ = tracking.open_experiment(uri, tracking_cfg["experiment"])
+    stored = tracking.get_run(client, run_id)
+    if stored is None:
+        raise ResumeError(f"no run {run_id!r} in {uri}. Copy the id from `make ui` or the nnx-train output.")
+    if stored.info.status not in RESUMABLE:
+        raise ResumeError(f"run {run_id} is {stored.info.status}: only a KILLED or FAILED run can be resumed. "
+                          f"To repeat a finished run, use `nnx-rerun {run_id}`.")
+    cfg = tracking.read_config(client, run_id)
+    cfg["tracking"] = {**cfg["tracking"], **tracking_cfg}
+    spec = build(cfg)
+    path = tracking.checkpoint_path(uri, run_id)
+    if not path.exists():
+        saved = tracking.artifact_bytes(client, run_id, "checkpoint/last.npz")
+        if saved is None:
+            raise ResumeError(f"run {run_id} has no checkpoint (train.checkpoint_every=0, or it stopped in its first "
+                              f"epoch). Start it again with `nnx-rerun {run_id}`.")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(saved)
+    start = checkpoint.load(path, spec, cfg["seed"])
+    logged = tracking.metric_history(client, run_id, "val_accuracy")[0]
+    earlier = {}
+    for key in stored.data.metrics:
+        steps, values, _ = tracking.metric_history(client, run_id, key)
+        earlier[key] = values[steps < start[0]]
+    data = spec.load_data()
+    run = tracking.Run(client, run_id)
+    run.reopen()
+    member = Member(run, cfg["seed"], cfg, path, logged_until=max(logged, default=-1), earlier=earlier)
+    run.set_tags({"nnx.resumed_from_epoch": str(start[0])})
+    echo(f"nnx: resuming run {run_id} at epoch {start[0]} of {spec.epochs}")
+    return train_and_end(spec, data, [member], None, echo, start=start, progress=progress)

@@ -1,0 +1,331 @@
+"""nnx's search sweeper: optuna's TPE over chosen settings, each trial one nnx-train job.
+
+    nnx-train -m hydra/sweeper=search 'optimizer.eta=tag(log, interval(0.01, 10))' hydra.sweeper.n_trials=20
+
+The search space is hydra.sweeper.params (conf/hydra/sweeper/search.yaml, or an experiment preset)
+updated by the command line, in Hydra's sweep syntax: interval(a, b) a float, tag(log, ...) on a log
+scale, tag(int, ...) an integer; range(a, b[, step]) integers; choice(a, b, ...) or a,b,... one of
+them; a plain value fixes the setting. Trials are launched through hydra/launcher in batches of
+n_jobs, so each is an MLflow child run of the sweep's parent, exactly as a grid sweep's jobs are
+(nnx.edges.cli.SweepParent). A trial reports its validation accuracy after every epoch to the
+study (a journal file in the sweep folder, so joblib workers share it) and stops when the pruner
+finds it clearly behind the finished trials: it ends FINISHED, tagged nnx.stopped "pruned ...".
+When the search ends, every trial's run is tagged nnx.search_state (COMPLETE, PRUNED, FAIL), the
+best one nnx.best_trial=true, and the parent carries the study's summary (nnx.search.*).
+
+The study lives in Hydra's sweep folder; MLflow holds everything a figure needs.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+from nnx.edges import tracking
+
+SEARCH_FILE = "nnx_search.json"  # in the sweep folder: the study's storage and which job is which trial
+STORAGE = "optuna.journal"
+PRUNED = "pruned"  # how a pruned trial's nnx.stopped tag begins
+BEST_TAG = "nnx.best_trial"
+STATE_TAG = "nnx.search_state"
+TRIAL_TAG = "nnx.search_trial"
+SAMPLERS = ("tpe", "random")
+# median: behind the median of the finished trials at the same epoch (optuna's MedianPruner); asha: not in
+# the best third of the trials that reached the same rung, epochs w, 3w, 9w ... (w = warmup_epochs, epochs
+# counted from 0; SuccessiveHalvingPruner, asynchronous successive halving: it needs no finished trials, so
+# it suits a small budget); none.
+PRUNERS = {"median": "behind the median of the finished trials at that epoch",
+           "asha": "not in the best third of the trials at that epoch (successive halving)", "none": ""}
+
+
+class SearchError(ValueError):
+    """A search that cannot run: a bad setting or search space. The message says the fix."""
+
+
+# ---- the search space ----
+
+def _distribution(key: str, sweep):
+    """optuna's distribution for one Hydra sweep value (ChoiceSweep, RangeSweep or IntervalSweep)."""
+    import optuna.distributions as d
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    tags = set(sweep.tags or ())
+    if isinstance(sweep, IntervalSweep):
+        low, high = sweep.start, sweep.end
+        if not low < high or ("log" in tags and low <= 0):
+            raise SearchError(f"{key}=interval({low:g}, {high:g}) is empty{' or not positive (log scale)' if 'log' in tags else ''}. "
+                              f"Use e.g. {key}='tag(log, interval(0.01, 1.0))'.")
+        if "int" in tags:
+            return d.IntDistribution(int(low), int(high), log="log" in tags)
+        return d.FloatDistribution(low, high, log="log" in tags)
+    if isinstance(sweep, RangeSweep):
+        values = list(sweep.range())
+        if all(isinstance(v, int) for v in values) and len(values) > 1:
+            return d.IntDistribution(values[0], values[-1], step=values[1] - values[0], log=False)
+        return d.CategoricalDistribution(values)
+    if isinstance(sweep, ChoiceSweep):
+        return d.CategoricalDistribution(list(sweep.list))
+    raise SearchError(f"{key}: the search cannot sweep {sweep!r}")
+
+
+def space(arguments, params) -> tuple[dict, list[str]]:
+    """({key: optuna distribution}, [fixed overrides]) from the config's params and the command line
+    (the command line wins: a plain value there fixes a setting the config would search)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    dims, fixed = {}, {}
+    for override in parser.parse_overrides(lines):
+        key = override.get_key_element()
+        if override.is_hydra_override():
+            if override.is_sweep_override():
+                raise SearchError(f"{override.input_line}: hydra settings cannot be searched")
+            continue  # the launcher's and sweeper's own settings: Hydra applies them
+        dims.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            dims[key] = _distribution(key, override.value())
+        else:
+            fixed[key] = override.input_line
+    return dims, list(fixed.values())
+
+
+def _format(value) -> str:
+    """A sampled value as an override: floats to 4 significant digits (what the run trains and records)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def corner_jobs(dims: dict, fixed: list[str]) -> list[list[str]]:
+    """The settings preflight builds before any trial runs: every choice and both ends of every range."""
+    import optuna.distributions as d
+
+    ends = {}
+    for key, dist in dims.items():
+        ends[key] = list(dist.choices) if isinstance(dist, d.CategoricalDistribution) else [dist.low, dist.high]
+    base = {key: values[0] for key, values in ends.items()}
+    jobs = [dict(base)] + [{**base, key: v} for key, values in ends.items() for v in values[1:]]
+    return [fixed + [f"{key}={_format(v)}" for key, v in job.items()] for job in jobs]
+
+
+# ---- the study: the sweeper and each trial's job open the same one ----
+
+def _pruner(settings: dict):
+    import optuna
+
+    if settings["pruner"] == "none":
+        return optuna.pruners.NopPruner()
+    if settings["pruner"] == "asha":  # rungs after (warmup_epochs or 1) * 3^k epochs
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, settings["warmup_epochs"]), reduction_factor=3)
+    return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"], n_warmup_steps=settings["warmup_epochs"])
+
+
+def _storage(path: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+class TrialStopper:
+    """A job's side of its trial: should_stop(i, step, values) for nnx.edges.job.run. It reports the
+    first seed's validation accuracy after each epoch and stops the run when the pruner says so."""
+
+    def __init__(self, study, trial, number: int, epochs: int, why: str):
+        self.study, self.trial, self.number, self.epochs, self.why, self.reason = study, trial, number, epochs, why, ""
+
+    def __call__(self, i, step, values) -> str:
+        if i != 0 or self.reason or "val_accuracy" not in values:
+            return self.reason  # other seeds of a multi-seed trial follow the first
+        self.trial.report(values["val_accuracy"], step)
+        if step < self.epochs - 1 and self.trial.should_prune():  # after its last epoch a trial is complete
+            self.trial.set_user_attr("nnx.pruned_epoch", step)
+            self.reason = f"{PRUNED} by the search after epoch {step}: validation accuracy {values['val_accuracy']:.2%} is {self.why}"
+        return self.reason
+
+
+def trial_stopper(sweep_dir, job_num: int, epochs: int) -> TrialStopper | None:
+    """The stopper of the trial that Hydra job `job_num` runs (for train.epochs), or None outside a search."""
+    path = Path(sweep_dir) / SEARCH_FILE
+    if not path.exists():
+        return None
+    found = json.loads(path.read_text())
+    number = found["trials"].get(str(job_num))
+    if number is None:
+        return None
+    import optuna
+    from optuna.trial import Trial
+
+    storage = _storage(Path(found["storage"]))
+    study = optuna.load_study(study_name=found["study"], storage=storage, sampler=optuna.samplers.RandomSampler(),
+                              pruner=_pruner(found["settings"]))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(found["study"]), number)
+    # The running trial the sweeper asked for, opened in this job (optuna's Trial over a shared storage).
+    return TrialStopper(study, Trial(study, trial_id), number, epochs, PRUNERS[found["settings"]["pruner"]])
+
+
+# ---- the sweep ----
+
+def check_settings(settings: dict):
+    def need(ok, key, rule, fix):
+        if not ok:
+            raise SearchError(f"hydra.sweeper.{key}={settings.get(key)!r} is invalid: {rule}. {fix}")
+
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    need(count(settings["n_trials"]) and settings["n_trials"] >= 1, "n_trials", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_trials=20.")
+    need(settings["budget"] is None or (count(settings["budget"]) and settings["budget"] >= 1), "budget",
+         "must be an integer >= 1 (epochs over all trials, in full trials of train.epochs) or null",
+         "Use e.g. hydra.sweeper.budget=3 (as many epochs as 3 full trials), or null for none.")
+    need(count(settings["n_jobs"]) and settings["n_jobs"] >= 1, "n_jobs", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_jobs=2.")
+    need(settings["sampler"] in SAMPLERS, "sampler", f"must be one of {list(SAMPLERS)}", "Use hydra.sweeper.sampler=tpe.")
+    need(settings["pruner"] in PRUNERS, "pruner", f"must be one of {list(PRUNERS)}", "Use hydra.sweeper.pruner=median, asha or none.")
+    need(count(settings["startup_trials"]) and settings["startup_trials"] >= 0, "startup_trials", "must be an integer >= 0",
+         "Use e.g. hydra.sweeper.startup_trials=4.")
+    need(count(settings["warmup_epochs"]) and settings["warmup_epochs"] >= 0, "warmup_epochs", "must be an integer >= 0",
+         "Use e.g. hydra.sweeper.warmup_epochs=2.")
+    need(count(settings["seed"]), "seed", "must be an integer", "Use e.g. hydra.sweeper.seed=0.")
+
+
+def check_space(dims: dict, train: dict):
+    if not dims:
+        raise SearchError("nothing to search: give hydra.sweeper.params, or a range on the command line such as "
+                          "optimizer.eta='tag(log, interval(0.01, 10))'")
+    if "validation" not in train.get("eval_splits", ["validation"]):
+        raise SearchError(f"train.eval_splits={train['eval_splits']} is invalid for a search: trials are judged and pruned by "
+                          f"their validation accuracy. Add validation, e.g. 'train.eval_splits=[validation,test]'.")
+
+
+def _sampler(settings: dict):
+    import optuna
+
+    if settings["sampler"] == "random":
+        return optuna.samplers.RandomSampler(seed=settings["seed"])
+    return optuna.samplers.TPESampler(seed=settings["seed"], n_startup_trials=settings["startup_trials"])
+
+
+def _write(path: Path, content: dict):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content))
+    tmp.replace(path)
+
+
+def _epochs_override(overrides: list[str], epochs: int) -> list[str]:
+    return [o for o in overrides if o.partition("=")[0].lstrip("+") != "train.epochs"] + [f"train.epochs={epochs}"]
+
+
+def sweep(sweeper, arguments: list[str]) -> list:
+    """Runs the search (sweeper: the Hydra plugin, holding settings, config and launcher); returns
+    the trials' JobReturns in order."""
+    import optuna
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
+    from nnx.edges import cli
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = {k: v for k, v in sweeper.settings.items() if k != "params"}
+    check_settings(settings)
+    params = OmegaConf.to_container(sweeper.config.hydra.sweeper.params or {}, resolve=False)
+    dims, fixed = space(arguments, params)
+    check_space(dims, OmegaConf.to_container(sweeper.config.train, resolve=True))
+    sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_id = json.loads(cli.sweep_file(sweep_dir).read_text())["sweep_id"] if cli.sweep_file(sweep_dir).exists() else "search"
+    storage_path = sweep_dir / STORAGE
+    study = optuna.create_study(study_name=sweep_id, storage=_storage(storage_path), sampler=_sampler(settings),
+                                pruner=_pruner(settings), direction="maximize", load_if_exists=True)
+    state = {"storage": str(storage_path), "study": sweep_id, "settings": settings, "trials": {}}
+    epochs = int(sweeper.config.train.epochs)
+    budget = None if settings["budget"] is None else settings["budget"] * epochs  # in epochs
+    used, started = 0, time.perf_counter()
+    returns, outcomes, errors = [], {}, []
+    print(f"nnx-search: {settings['n_trials']} trials at most{f', {budget} epochs in all' if budget else ''}; "
+          f"{settings['sampler']} over {', '.join(dims)}; pruner {settings['pruner']}", flush=True)
+    while len(returns) < settings["n_trials"] and (budget is None or used < budget):
+        batch, left = [], None if budget is None else budget - used
+        for _ in range(min(settings["n_jobs"], settings["n_trials"] - len(returns))):
+            if left is not None and left <= 0:
+                break
+            trial = study.ask(dims)
+            overrides = fixed + [f"{key}={_format(trial.params[key])}" for key in dims]
+            wanted = int(trial.params.get("train.epochs", epochs))
+            if left is not None and left < wanted:  # the last trials get what is left of the budget
+                overrides, wanted = _epochs_override(overrides, left), left
+            left = None if left is None else left - wanted
+            batch.append((trial, overrides))
+        for i, (trial, _) in enumerate(batch):
+            state["trials"][str(sweeper.job_idx + i)] = trial.number
+        _write(sweep_dir / SEARCH_FILE, state)
+        sweeper.validate_batch_is_legal([o for _, o in batch])
+        results = sweeper.launcher.launch([o for _, o in batch], initial_job_idx=sweeper.job_idx)
+        sweeper.job_idx += len(batch)
+        frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for (trial, overrides), result in zip(batch, results):
+            trained = len(frozen[trial.number].intermediate_values)
+            used += trained
+            shown = " ".join(o for o in overrides if o not in fixed)
+            if result.status == JobStatus.FAILED:
+                try:
+                    result.return_value
+                except Exception as err:  # the job's own error, re-raised by Hydra's JobReturn
+                    if not isinstance(err, cli.USER_ERRORS):
+                        errors.append(err)
+                    message = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                outcomes[trial.number] = "FAIL"
+                print(f"nnx-search: trial {trial.number} {shown}: FAILED after {trained} epochs ({message})", flush=True)
+            elif "nnx.pruned_epoch" in frozen[trial.number].user_attrs:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                outcomes[trial.number] = "PRUNED"
+                print(f"nnx-search: trial {trial.number} {shown}: PRUNED after epoch {trained - 1}", flush=True)
+            else:
+                value = result.return_value.get("best_val_accuracy", math.nan)
+                if math.isfinite(value):
+                    study.tell(trial, value)
+                else:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                outcomes[trial.number] = "COMPLETE" if math.isfinite(value) else "FAIL"
+                print(f"nnx-search: trial {trial.number} {shown}: best validation accuracy {value:.2%} ({trained} epochs)", flush=True)
+            returns.append(result)
+    seconds = time.perf_counter() - started
+    _record(study, sweep_dir, dims, settings, outcomes, used, budget, seconds)
+    cli.finish_sweep(sweep_dir, failed_ok=True)  # a diverged or pruned trial is an outcome of a search, not its failure
+    if errors:
+        raise errors[0]
+    return returns
+
+
+def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, used: int, budget, seconds: float):
+    """Tags each trial's run with its state, the best one with nnx.best_trial, and the parent with the summary."""
+    from nnx.edges import cli
+
+    path = cli.sweep_file(sweep_dir)
+    sweep = json.loads(path.read_text()) if path.exists() else {}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    counts = {s: list(outcomes.values()).count(s) for s in sorted(set(outcomes.values()))}
+    line = f"nnx-search: {len(outcomes)} trials {json.dumps(counts)}, {used} epochs, {seconds:.0f} s"
+    if best is not None:
+        line += f"; best: trial {best.number}, validation accuracy {best.value:.2%}, " + " ".join(
+            f"{k}={_format(v)}" for k, v in best.params.items())
+    print(line, flush=True)
+    if "parent_run_id" not in sweep:
+        return
+    client = tracking.connect(sweep["tracking_uri"])
+    parent = tracking.get_run(client, sweep["parent_run_id"])
+    children = tracking.find_runs(client, [parent.info.experiment_id], tags={"mlflow.parentRunId": sweep["parent_run_id"]})
+    for child in children:
+        number = child.data.tags.get(TRIAL_TAG)
+        if number is not None and int(number) in outcomes:
+            tags = {STATE_TAG: outcomes[int(number)]}
+            if best is not None and int(number) == best.number:
+                tags[BEST_TAG] = "true"
+            tracking.Run(client, child.info.run_id).set_tags(tags)
+    summary = {"nnx.search.trials": json.dumps(counts), "nnx.search.epochs": used, "nnx.search.seconds": f"{seconds:.1f}",
+               "nnx.search.budget_epochs": budget, "nnx.search.sampler": settings["sampler"],
+               "nnx.search.pruner": settings["pruner"], "nnx.search.space": json.dumps({k: repr(v) for k, v in dims.items()})}
+    if best is not None:
+        trained = {k: float(_format(v)) if isinstance(v, float) else v for k, v in best.params.items()}  # as the run trained them
+        summary.update({"nnx.search.best_trial": best.number, "nnx.search.best_value": best.value,
+                        "nnx.search.best_params": json.dumps(trained)})
+    tracking.Run(client, sweep["parent_run_id"]).set_tags(summary)

@@ -1,0 +1,371 @@
+"""Training as pure functions built once per Spec and jitted once (network2.SGD, in JAX).
+
+epoch_fn is one epoch of mini-batch SGD as a lax.scan; evaluate_fn the book's reported cost and
+accuracy; probe_fn the per-layer probes of nnx.probes (chapter 5's gradients and more). make_* jit them for one network;
+fit_many vmaps them over seeds, so several seeds train as one compiled program. fit() strings
+them together and returns the history, calling `on_epoch` so the caller can record as it goes.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nnx import model, probes, records, schedules
+
+
+def make_loss(spec, product=model.times_transpose):
+    """C = mean over the mini-batch of C_x (no L2 term: the optimizer adds its gradient).
+
+    product(a, w) = a @ w.T, as model.feedforward takes it (epoch_fn passes training_product).
+    loss(params, x, y, key=None): with a key, the net runs as in training (dropout draws its masks).
+    """
+
+    def loss(params, x, y, key=None):
+        z, a = model.feedforward(spec.net, params, x, product=product, key=key, train=key is not None)
+        return jnp.mean(spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)))
+
+    return loss
+
+
+@jax.custom_vjp
+def times_transpose_grad(a, w):
+    """a @ w.T as model.times_transpose, with the same gradient computed faster on XLA's CPU.
+
+    jax.grad's own rule writes dC/dw = delta.T @ a as one dot contracting the batch axis of both
+    operands; XLA's CPU backend hands that form to Eigen, which for the [30,784] gradient of a
+    10-row mini-batch took ~5 us of an ~18 us step. With delta.T laid out in memory first (the
+    barrier keeps XLA from folding the transpose back into the dot) the same product goes to
+    YNNPACK in about half that; the transpose fuses into the fusion that computes delta.
+    ([784,30,10], mb 10: ~9% less per epoch; [784,30,30,30,30,10]: ~12%.) The sums are the same,
+    so only float32 rounding differs. Only jax.grad may go through it: a custom_vjp function
+    has no forward-mode derivative.
+    """
+    return a @ w.T
+
+
+def _times_transpose_fwd(a, w):
+    return a @ w.T, (a, w)
+
+
+def _times_transpose_bwd(residuals, g):
+    a, w = residuals
+    return g @ w, jax.lax.optimization_barrier(g.T) @ a
+
+
+times_transpose_grad.defvjp(_times_transpose_fwd, _times_transpose_bwd)
+
+# Weight matrices up to this many entries take times_transpose_grad. For large ones Eigen's own
+# dot is the faster one (784-1000x5-10, mb 32: 0.86 s plain vs 0.89 s per 6400 images).
+SMALL_WEIGHTS = 100_000
+
+
+def training_product(a, w):
+    """a @ w.T for epoch_fn's gradient: the custom VJP where it is faster (shapes are static)."""
+    return times_transpose_grad(a, w) if w.size <= SMALL_WEIGHTS else a @ w.T
+
+
+# Two steps per loop iteration: XLA's CPU while loop costs ~2 us per trip, a tenth of a small
+# step ([784,30,10], mb 10: 0.103 -> 0.092 s per epoch); more unrolling gained nothing here.
+UNROLL = 2
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest c <= at_most that divides n: chunks of one shape, so nothing recompiles."""
+    return max(c for c in range(1, min(n, at_most) + 1) if n % c == 0)
+
+
+def steps_per_gather(n_batches: int, m: int, rows: int = 1024) -> int:
+    """How many mini-batches to gather at once: the largest divisor of n_batches whose rows fit
+    in `rows`. XLA's CPU gather costs about twice a [784,30] step when done 10 rows at a time;
+    gathered 1000 rows at a time it is cheap, and the steps then slice contiguous memory."""
+    return largest_divisor(n_batches, max(rows, m) // m)
+
+
+def epoch_fn(spec):
+    """epoch(params, opt_state, key, x, y) -> (params, opt_state), not yet jitted.
+
+    A fresh permutation of the training set (or, with spec.shuffle false, the set in file order,
+    as network3 trains) is cut into n // m mini-batches of one shape (a remainder smaller than m is
+    dropped, so nothing recompiles; the book's sizes divide evenly). Rows are gathered by index a
+    chunk of mini-batches at a time: the shuffled set is never copied whole, and no step waits on a
+    small gather. A net with dropout gets one key per step, split from the epoch's key.
+    """
+    grad = jax.grad(make_loss(spec, training_product))
+    m = spec.mini_batch_size
+    random = spec.net.has_randomness
+
+    def step(carry, batch):
+        params, opt_state = carry
+        updates, opt_state = spec.optimizer.update(grad(params, *batch), opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    def epoch(params, opt_state, key, x, y):
+        n_batches = x.shape[0] // m
+        c = steps_per_gather(n_batches, m)
+        order, step_keys = epoch_plan(spec, key, x.shape[0])
+        order = order.reshape(n_batches // c, c * m)
+        chunks = (order, step_keys.reshape(n_batches // c, c, *step_keys.shape[1:])) if random else order
+
+        def chunk(carry, chunk_of):
+            idx, keys = chunk_of if random else (chunk_of, None)
+            batches = (x[idx].reshape(c, m, -1), y[idx].reshape(c, m)) + ((keys,) if random else ())
+            return jax.lax.scan(step, carry, batches, unroll=UNROLL)[0], None
+
+        (params, opt_state), _ = jax.lax.scan(chunk, (params, opt_state), chunks)
+        return params, opt_state
+
+    return epoch
+
+
+def epoch_plan(spec, key, n: int):
+    """(the epoch's mini-batches as [n // m, m] row indices, one key per step or None): a fresh
+    permutation (or file order, spec.shuffle false) and, for a net with dropout, the steps' keys
+    from a fold of the epoch's key (the permutation used the key itself)."""
+    m = spec.mini_batch_size
+    order = jax.random.permutation(key, n) if spec.shuffle else jnp.arange(n)
+    order = order[: n // m * m].reshape(n // m, m)
+    return order, jax.random.split(jax.random.fold_in(key, 1), n // m) if spec.net.has_randomness else None
+
+
+EVAL_CHUNK = 1000  # images per pass when a conv net is evaluated: its feature maps of a whole split would not fit
+
+
+def evaluate_fn(spec):
+    """evaluate(params, x, y) -> (cost, accuracy), as network2's total_cost and accuracy.
+
+    cost = mean C_x + (lmbda / 2 len(x)) sum_l ||w^l||^2: the book divides by the evaluated set's size.
+    A conv net is evaluated a chunk of images at a time (lax.map), an MLP in one pass.
+    """
+    loss = make_loss(spec)
+
+    def sums(params, x, y):
+        z, _ = model.feedforward(spec.net, params, x)
+        return loss(params, x, y) * x.shape[0], jnp.sum(jnp.argmax(z, axis=-1) == y)
+
+    def evaluate(params, x, y):
+        l2 = sum(jnp.sum(layer["w"] ** 2) for layer in params if "w" in layer)
+        if len(spec.net.input_shape) == 1:
+            z, _ = model.feedforward(spec.net, params, x)
+            cost, accuracy = loss(params, x, y), jnp.mean(jnp.argmax(z, axis=-1) == y)
+        else:
+            c = largest_divisor(x.shape[0], EVAL_CHUNK)
+            total, correct = jax.lax.map(lambda xy: sums(params, *xy), (x.reshape(-1, c, x.shape[1]), y.reshape(-1, c)))
+            cost, accuracy = jnp.sum(total) / x.shape[0], jnp.sum(correct) / x.shape[0]
+        return cost + 0.5 * spec.lmbda / x.shape[0] * l2, accuracy
+
+    return evaluate
+
+
+def probe_fn(spec, kinds=()):
+    """probe(params, x, y) -> dict of chapter 5's gradient measurements (and `kinds`): nnx.probes."""
+    return probes.probe_fn(spec, kinds)
+
+
+def make_epoch(spec):
+    """epoch_fn jitted once, params and optimizer state donated (updated in place)."""
+    return jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
+
+
+def make_evaluate(spec):
+    return jax.jit(evaluate_fn(spec))
+
+
+def make_probe(spec, kinds=()):
+    return jax.jit(probe_fn(spec, kinds))
+
+
+def init_state(spec, key, dtype=jnp.float32):
+    params = model.init(key, spec.net, dtype)
+    return params, spec.optimizer.init(params)
+
+
+def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=None, should_stop=None, dtype=jnp.float32):
+    """Trains one network for spec.epochs epochs and returns (params, history), like network2.SGD.
+
+    Steps are numbered as in the book: gradients at step e are measured before epoch e's updates
+    (step 0 is the initialization, and one more measurement follows the last epoch); costs and
+    accuracies at step e are measured after epoch e.
+
+    Args:
+      data: nnx.data.Data (numpy arrays; moved to the device once here).
+      key: PRNG key; split into one key for the initialization and one folded per epoch.
+      on_epoch: called as on_epoch(step, values), values a dict of floats: gradient measures at
+        steps 0..epochs, costs and accuracies at steps 0..epochs-1.
+      on_state: called as on_state(epoch, params, opt_state) after each epoch's values are
+        recorded, e.g. to write a checkpoint.
+      start: (epoch, params, opt_state) to resume from a checkpoint: training goes on with that
+        epoch, drawing the same shuffles an uninterrupted run would.
+      earlier: with start, the validation accuracies of the epochs before it, from which the
+        schedule and early stopping pick up their count where the run left off.
+      should_stop: called as should_stop(step, values) after each epoch's values are recorded;
+        a non-empty string stops training there, for that reason (e.g. a search's pruner).
+    Returns:
+      params, and history: {metric: np.ndarray over steps}; if spec.stop_on_divergence and a
+      cost, accuracy or gradient norm became NaN or inf, training stopped there and
+      history["diverged_at"] holds that step. If training stopped early (train.early_stopping_n,
+      the schedule, or should_stop), history["stopped_at"] holds the last epoch trained and
+      history["stop_reason"] why; params are that epoch's.
+    """
+    init_key, shuffle_key = jax.random.split(key)
+    epoch = make_epoch(spec)
+    first, state = (0, init_state(spec, init_key, dtype)) if start is None else (start[0], start[1:])
+    (params,), (history,) = _train(
+        spec, data, state, first=first,
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, jax.random.fold_in(shuffle_key, e), x, y),
+        probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
+        on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
+        on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
+        should_stop=None if should_stop is None else lambda i, step, values: should_stop(step, values),
+        earlier=None if earlier is None else [earlier],
+    )
+    return params, history
+
+
+def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=None, dtype=jnp.float32):
+    """fit() for several seeds at once: one compiled program, vmapped over the seeds.
+
+    Seed s uses PRNGKey(s) exactly as fit(key=PRNGKey(s)) does: the same initialization and the
+    same shuffles as a separate run. Metrics agree with separate runs to float32 rounding (XLA's
+    batched matrix products sum in another order), not bit for bit.
+
+    Args:
+      seeds: a sequence of ints.
+      on_epoch: called as on_epoch(i, step, values) for the i-th seed.
+      on_state: called as on_state(i, epoch, params, opt_state) for the i-th seed.
+      should_stop: called as should_stop(i, step, values) for the i-th seed (see fit).
+    Returns:
+      ([params for each seed], [history for each seed]). A seed that stops early keeps the params
+      of its last epoch while the others train on.
+    """
+    keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+    init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
+    epoch = jax.jit(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None)), donate_argnums=(0, 1))
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    return _train(
+        spec, data, jax.vmap(lambda k: init_state(spec, k, dtype))(init_keys), first=0,
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
+        probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
+        evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
+        # Cut on the host: slicing each seed out of device arrays costs a dispatch per leaf and seed,
+        # and the params are cut every epoch for the checkpoints (ch5_speed's 5 seeds: 13 of 28 s).
+        split=lambda tree: [jax.tree.map(lambda a: a[i], host) for host in [jax.device_get(tree)] for i in range(len(seeds))],
+        on_epoch=on_epoch, on_state=on_state, dtype=dtype, should_stop=should_stop,
+    )
+
+
+def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_epoch, on_state, dtype, should_stop=None, earlier=None):
+    """The epoch loop of fit and fit_many; split(tree) cuts a result into one tree per network
+    (fit_many's cuts on the host, so its params come back as numpy arrays).
+
+    probe(kinds) builds the jitted probe for those optional kinds (once per distinct set).
+    A network whose values turn non-finite is recorded once more (so the blow-up is visible) and
+    then dropped from the records; the loop ends early when every network has diverged or stopped.
+    Each network follows its own schedule and early stopping (nnx.schedules), on the host between
+    epochs; one that stops gets its closing gradient measurement at once and keeps that epoch's
+    params. Histograms and spectra go into the history as arrays stacked over the steps listed in
+    history["probe_steps/hist"] and history["probe_steps/spectrum"], never to on_epoch (MLflow
+    metrics are scalars).
+    """
+    params, opt_state = state
+    splits = {name: (jnp.asarray(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items()}
+    x_train, y_train = splits["train"]
+    probe_set = (x_train[: spec.probe_size], y_train[: spec.probe_size])
+    histories, built, rules, kept = None, {}, None, {}
+
+    def measure(step):
+        kinds = probes.kinds_at(spec, step, spec.epochs)
+        if kinds not in built:
+            built[kinds] = probe(kinds)
+        return [probes.finish(m, len(spec.net.weighted) - 1) for m in split(jax.device_get(built[kinds](params, *probe_set)))]
+
+    def start_histories(measured):
+        """One history per network; 5.5's bars (dC/db at init) only where step 0 is measured."""
+        return [records.init_bias_grads(m["bias_grad"]) if first == 0 else {} for m in measured]
+
+    def start_rules(count):
+        """Each network's (schedule state, early-stopping count), caught up on the epochs before `first`."""
+        out = []
+        for i in range(count):
+            state, patience = spec.schedule.init(), schedules.patience_init()
+            for e, accuracy in enumerate((earlier or [[]] * count)[i]):
+                state, patience = spec.schedule.update(state, e, accuracy), schedules.patience_update(patience, accuracy)
+            out.append((state, patience))
+        return out
+
+    def done(history):
+        return records.DIVERGED_AT in history or records.STOPPED_AT in history
+
+    def record(step, measured, evaluated=None, extra=None, only=None):
+        for i, (history, m) in enumerate(zip(histories, measured)):
+            if done(history) or (only is not None and i not in only):
+                continue
+            values = {**records.flatten_probe(m), **({} if evaluated is None else records.flatten_evaluation(evaluated[i])),
+                      **({} if extra is None else extra[i])}
+            if spec.eval_every > 1 and evaluated is not None and evaluated[i]:  # which epochs the accuracies are of
+                history.setdefault(records.EVAL_STEPS, []).append(step)
+            if on_epoch is not None:
+                on_epoch(i, step, values)
+            for name, value in values.items():
+                history.setdefault(name, []).append(value)
+            for group in {name.split("/", 1)[0] for name in m.get("arrays", {})}:  # hist, spectrum
+                history.setdefault(records.probe_steps(group), []).append(step)
+            for name, value in m.get("arrays", {}).items():
+                history.setdefault(name, []).append(np.asarray(value))
+            if spec.stop_on_divergence and not all(np.isfinite(v) for v in values.values()):
+                history[records.DIVERGED_AT] = step
+
+    def stop_reasons(e, evaluated) -> dict:
+        """{network: why it stops after epoch e}; advances every live network's schedule and count."""
+        reasons = {}
+        for i, history in enumerate(histories):
+            if done(history):
+                continue
+            values = records.flatten_evaluation(evaluated[i])
+            state, patience = rules[i]
+            if "val_accuracy" in values:
+                state = spec.schedule.update(state, e, values["val_accuracy"])
+                patience = schedules.patience_update(patience, values["val_accuracy"])
+            elif not spec.schedule.reads_validation:
+                state = spec.schedule.update(state, e, math.nan)
+            rules[i] = (state, patience)
+            n = spec.early_stopping_n
+            rule = state.stop or (f"no improvement in {n} epochs" if n is not None and patience.since >= n else "")
+            asked = should_stop(i, e, values) if should_stop is not None else ""  # asked every epoch: a pruner records each
+            if (asked or rule) and e < spec.epochs - 1:  # after the last epoch the run ends anyway
+                reasons[i] = asked or rule
+        return reasons
+
+    for e in range(first, spec.epochs):
+        measured = measure(e)
+        histories = histories or start_histories(measured)
+        rules = rules or start_rules(len(measured))
+        etas = [state.eta for state, _ in rules]
+        if spec.injects_eta:
+            opt_state = schedules.set_eta(opt_state, etas)
+        params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
+        evaluating = (e + 1) % spec.eval_every == 0 or e == spec.epochs - 1
+        evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items() if evaluating and name in spec.eval_splits}
+        evaluated = split(jax.device_get(evaluated)) if evaluated else [{}] * len(histories)
+        record(e, measured, evaluated, [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
+        stopping = stop_reasons(e, evaluated)
+        if stopping:
+            kept.update({i: jax.tree.map(jnp.copy, split(params)[i]) for i in stopping})  # the others train on (vmapped)
+            record(e + 1, measure(e + 1), only=stopping)  # the closing gradient measurement, after the last epoch
+            for i, reason in stopping.items():
+                histories[i].update({records.STOPPED_AT: e, records.STOP_REASON: reason})
+        if all(done(h) for h in histories):
+            break
+        if on_state is not None:
+            for i, (p, s) in enumerate(zip(split(params), split(opt_state))):
+                if not done(histories[i]):
+                    on_state(i, e, p, s)
+    else:
+        final = measure(spec.epochs)
+        # epochs=0 (measure the initialization only), or resumed after the last epoch
+        histories = histories or start_histories(final)
+        record(spec.epochs, final)  # epochs=0: no accuracies, which would cost a pass over 70000 images
+    return ([kept.get(i, p) for i, p in enumerate(split(params))],
+            [{name: np.asarray(v) for name, v in h.items()} for h in histories])
