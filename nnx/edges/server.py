@@ -80,6 +80,10 @@ def start_postgres(folder: Path) -> dict:
     if os.geteuid() == 0:
         for path in (folder, sock):
             shutil.chown(path, "postgres", "postgres")
+        if subprocess.run([*_as_owner(), "test", "-x", str(folder)]).returncode != 0:
+            raise ServerError(f"as root, PostgreSQL runs as the postgres user, who cannot enter {folder} (a folder above it is "
+                              f"closed to other users): give --folder (FOLDER= for make server) outside it, e.g. /srv/nnx-server, "
+                              f"or run it as a normal user")
     if not (data / "PG_VERSION").exists():
         _pg([str(bin_ / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-instructions"])
     _pg([str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-w", "start", "-o",
@@ -119,8 +123,11 @@ def auth_config(folder: Path, auth_db: str, default_permission: str) -> Path:
     """MLflow's basic-auth settings (the file MLFLOW_AUTH_CONFIG_PATH names). No password in it:
     the admin's reaches MLflow through MLFLOW_AUTH_ADMIN_PASSWORD in the server's environment."""
     path = Path(folder) / "basic_auth.ini"
+    # auth_cache_ttl_seconds: each request's password check is a PBKDF2 hash (slow on purpose); a
+    # sweep's jobs send thousands of requests, so a checked login is trusted for 60 s per worker
+    # (a changed password reaches the other worker within that time).
     path.write_text(f"[mlflow]\ndefault_permission = {default_permission}\ndatabase_uri = {auth_db}\nadmin_username = admin\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\nauth_cache_ttl_seconds = 60\n")
     path.chmod(0o600)
     return path
 
