@@ -143,17 +143,27 @@ def test_metrics_the_writer_could_not_write_end_the_run_failed_naming_them(lab, 
     experiment = client.create_experiment("flaky")
     password = new_user(auth, "flaky")
     auth.grant_user_permission("flaky", "experiment", experiment, "EDIT")
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "flaky")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+    def login(user, password):  # both clients read the login from the environment at each request
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+    login("flaky", password)
     run = tracking.Run.start(mlflow.MlflowClient(lab.url), experiment, name="flaky", params={}, tags={})
     run.log_metrics(0, {"val_accuracy": 0.5})
     run.flush()
+    login("admin", lab.password)
+    auth.revoke_user_permission("flaky", "experiment", experiment)
     auth.grant_user_permission("flaky", "experiment", experiment, "READ")
+    login("flaky", password)
     run.log_metrics(1, {"val_accuracy": 0.6, "train_cost": 1.0})
     run._queue.join()
     with pytest.raises(tracking.TrackingError, match=r"2 metric values of epoch\(s\) 1 .* not written"):
         run.log_metrics(2, {"val_accuracy": 0.7})  # training stops at the next epoch
+    login("admin", lab.password)
+    auth.revoke_user_permission("flaky", "experiment", experiment)
     auth.grant_user_permission("flaky", "experiment", experiment, "EDIT")
+    login("flaky", password)
     run.end("FINISHED")
     stored = client.get_run(run.run_id)
     assert stored.info.status == "FAILED" and stored.data.tags["nnx.failure"] == "tracking"
@@ -185,8 +195,8 @@ def test_a_server_restart_mid_run_loses_no_metric(lab, as_admin, tmp_path):
     print(f"outage from epoch 1 to the run's end: {time.time() - down[0]:.1f} s; whole run {time.time() - started:.1f} s")
     (run,) = client.search_runs([client.get_experiment_by_name("restart").experiment_id])
     assert run.info.status == "FINISHED" and "nnx.failure" not in run.data.tags
-    for key in ("val_accuracy", "train_cost", "grad_norm/hidden_1"):
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == list(range(6)), key
+    for key in ("val_accuracy", "train_cost", "grad_norm/hidden_1"):  # grad norms have step 6 too: after the last epoch
+        assert set(range(6)) <= {m.step for m in client.get_metric_history(run.info.run_id, key)}, key
 
 
 def test_no_password_in_the_store_the_logs_or_the_artifacts(lab, as_admin):
@@ -200,7 +210,8 @@ def test_no_password_in_the_store_the_logs_or_the_artifacts(lab, as_admin):
     texts.update({str(cwd): printed for cwd, printed in lab.seen})
     roots = [lab.folder / "artifacts", lab.folder / "mlflow.log", *(cwd for cwd, _ in lab.seen)]
     files = [p for root in roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file() and p.name != "netrc"]
-    assert any(p.parent.name == ".hydra" for p in files) and any(p.suffix == ".log" for p in files)
+    # conf/train.yaml turns off Hydra's .hydra/ folder and job log; a sweep's folder holds nnx_sweep.json (with the URI).
+    assert files and not any(p.parent.name == ".hydra" or p.suffix == ".log" for p in files)
     assert any(p.name == "config.yaml" and "artifacts" in p.parts for p in files)
     texts.update({str(p): p.read_bytes().decode("utf-8", "replace") for p in files})
     for where, text in texts.items():
