@@ -158,8 +158,8 @@ def test_metrics_the_writer_could_not_write_end_the_run_failed_naming_them(lab, 
     login("flaky", password)
     run.log_metrics(1, {"val_accuracy": 0.6, "train_cost": 1.0})
     run._queue.join()
-    with pytest.raises(tracking.TrackingError, match=r"2 metric values of epoch\(s\) 1 .* not written"):
-        run.log_metrics(2, {"val_accuracy": 0.7})  # training stops at the next epoch
+    with pytest.raises(tracking.TrackingError, match=r"3 metric values of epoch\(s\) 1-2 .* not written"):
+        run.log_metrics(2, {"val_accuracy": 0.7})  # training stops at the next epoch, whose values are lost too
     login("admin", lab.password)
     auth.revoke_user_permission("flaky", "experiment", experiment)
     auth.grant_user_permission("flaky", "experiment", experiment, "EDIT")
@@ -211,7 +211,7 @@ def test_no_password_in_the_store_the_logs_or_the_artifacts(lab, as_admin):
     roots = [lab.folder / "artifacts", lab.folder / "mlflow.log", *(cwd for cwd, _ in lab.seen)]
     files = [p for root in roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file() and p.name != "netrc"]
     # conf/train.yaml turns off Hydra's .hydra/ folder and job log; a sweep's folder holds nnx_sweep.json (with the URI).
-    assert files and not any(p.parent.name == ".hydra" or p.suffix == ".log" for p in files)
+    assert files and not any(p.parent.name == ".hydra" for p in files)
     assert any(p.name == "config.yaml" and "artifacts" in p.parts for p in files)
     texts.update({str(p): p.read_bytes().decode("utf-8", "replace") for p in files})
     for where, text in texts.items():

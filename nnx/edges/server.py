@@ -173,8 +173,7 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 180):
 
 def stop(process: subprocess.Popen, sig=signal.SIGTERM):
     """Ends the server and its workers (its process group)."""
-    with_suppress = process.poll() is None
-    if with_suppress:
+    if process.poll() is None:
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:

@@ -370,8 +370,9 @@ class Run:
         self._raised = True
         return TrackingError(
             f"{len(self._lost)} metric values of epoch(s) {_steps(self._lost)} of run {self.run_id} were not written to "
-            f"{redact(self.client.tracking_uri)}: {self._error}. MLflow retried each request for about {http_retry_wait():.0f} s; "
-            f"MLFLOW_HTTP_REQUEST_MAX_RETRIES (at most 10) and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR make that wait longer.")
+            f"{redact(self.client.tracking_uri)}: {self._error}. (MLflow retries a request to a server that is down or answers "
+            f"429/5xx for about {http_retry_wait():.0f} s; MLFLOW_HTTP_REQUEST_MAX_RETRIES, at most 10, and "
+            f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR make that wait longer.)")
 
     def flush(self):
         """Waits until every queued metric is in the store; raises TrackingError naming what was
