@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test reproduce bench ui clean
+.PHONY: install test reproduce bench ui server clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ bench: $(STAMP)
 # (a fresh browser gets the Model training view: nnx/edges/ui.py).
 ui: $(STAMP)
 	$(BIN)/python -m nnx.edges.ui
+
+# A tracking server for a lab: PostgreSQL + mlflow server with logins, under server/ (nnx/edges/server.py).
+# HOST=0.0.0.0 serves other machines; the admin password is in server/admin_password (0600).
+HOST ?= 127.0.0.1
+PORT ?= 5000
+FOLDER ?= server
+server: $(STAMP)
+	$(BIN)/python -m nnx.edges.server --host $(HOST) --port $(PORT) --folder $(FOLDER)
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -19,7 +19,7 @@ COVERED_ELSEWHERE = {
     "nnx-rerun": "test_reliability.py::test_rerun_reproduces_a_finished_run",
     "nnx-reproduce": "test_ch5.py (the pipeline, --plot-only, overrides)",
     "mlflow server": "test_server.py and test_browser.py start it",
-    "make ": ".ci/run runs make test; make reproduce is nnx-reproduce ch5",
+    "make ": ".ci/run runs make test; make reproduce is nnx-reproduce ch5; make server is nnx.edges.server, which test_server.py starts",
     "nnx-train activation=swish": "test_readme.py::test_the_readme_recipe_for_a_new_activation_works_as_written",
 }
 

@@ -215,19 +215,20 @@ def _no_second_batch_check():
         Sweeper.validate_batch_is_legal = check
 
 
-_WORKERS_STARTED_IN = None  # (cwd, MLFLOW_TRACKING_URI) of the last in-process run
+_WORKERS_STARTED_IN = None  # (cwd, the tracking variables) of the last in-process run
 
 
 def _no_stale_workers():
     """joblib keeps its worker processes between the sweeps of one process, and a worker keeps the
-    folder and environment it started with: a sweep run in process from another folder or for
-    another store would find the sweep's shared file under the old folder and write to the old
-    store. So the workers go when either changed since the last run (nnx-reproduce's sweeps share
-    both and keep theirs)."""
+    folder and environment it started with: a sweep run in process from another folder, for
+    another store or with another login would find the sweep's shared file under the old folder and
+    write to the old store as the old user. So the workers go when any of these changed since the
+    last run (nnx-reproduce's sweeps share them and keep theirs)."""
     global _WORKERS_STARTED_IN
     from joblib.externals.loky import reusable_executor
 
-    here = (os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI"))
+    here = (os.getcwd(), *(os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                         "NETRC")))
     if here != _WORKERS_STARTED_IN and reusable_executor._executor is not None:
         reusable_executor._executor.shutdown(wait=True, kill_workers=True)
     _WORKERS_STARTED_IN = here

@@ -162,7 +162,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
         for s in seeds
     ]
     for m in members:
-        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {uri}")
+        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {tracking.redact(uri)}")
     return train_and_end(spec, data, members, group, echo, progress=progress, should_stop=should_stop)
 
 

@@ -55,7 +55,21 @@ def checkpoint_path(uri: str, run_id: str) -> Path:
     return (_local_store(uri) or STORE) / "checkpoints" / run_id / "last.npz"
 
 
+def check_uri(uri: str | None):
+    """A tracking URI may not carry a password (http://user:password@host): Hydra records
+    tracking.uri in each job's .hydra/ folder and nnx in each run's config, and both are read by
+    more people than the password should be. MLflow takes it from the environment instead."""
+    from urllib.parse import urlsplit
+
+    if uri and urlsplit(uri).password is not None:
+        raise TrackingError(
+            f"the tracking URI {redact(uri)} holds a password: it would be recorded in Hydra's output folder and in the "
+            f"run. Give the URI without it, and the login as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+            f"as `machine HOST login USER password PASSWORD` in ~/.netrc (or the file $NETRC names).")
+
+
 def _check_reachable(uri: str, timeout: float = 10.0):
+    check_uri(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -63,10 +77,43 @@ def _check_reachable(uri: str, timeout: float = 10.0):
             response.read()
     except (urllib.error.URLError, OSError) as err:
         raise TrackingError(
-            f"the MLflow tracking server at {uri} is not reachable ({err}). Start it (e.g. `mlflow server "
+            f"the MLflow tracking server at {uri} is not reachable ({err}). Start it (`make server`, or `mlflow server "
             f"--host 127.0.0.1 --port 5000`), fix tracking.uri / MLFLOW_TRACKING_URI, or drop them to use "
             f"the embedded store under {STORE}."
         ) from None
+
+
+def _login_hint(uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    given = (f"user {user!r} from MLFLOW_TRACKING_USERNAME" if user else
+             f"no MLFLOW_TRACKING_USERNAME, so whatever ~/.netrc (or $NETRC) holds for {urlsplit(uri).hostname}, if anything")
+    return (f"It was given {given}. Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or a `machine HOST login "
+            f"USER password PASSWORD` line in ~/.netrc) to a login the server's admin created for you")
+
+
+def _check_login(client, uri: str):
+    """/health answers everyone, even with logins on: a call that needs one tells, before any
+    training, whether this process's credentials are accepted."""
+    from mlflow.exceptions import MlflowException
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as err:
+        if err.error_code == "UNAUTHENTICATED":
+            raise TrackingError(f"the MLflow tracking server at {uri} refused the login (401 Unauthorized). "
+                                f"{_login_hint(uri)} (README: 'A shared tracking server').") from None
+        raise
+
+
+def _denied(err, uri: str, what: str) -> TrackingError:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this login"
+    return TrackingError(f"the MLflow tracking server at {uri} does not let {user} {what} (403 permission denied). "
+                         f"Ask its admin for EDIT on the experiment (MLflow's permissions API; README: 'A shared tracking "
+                         f"server'), or write to another experiment with tracking.experiment=NAME.")
 
 
 def open_experiment(uri: str, name: str):
@@ -84,13 +131,16 @@ def open_experiment(uri: str, name: str):
         local.mkdir(parents=True, exist_ok=True)
     with lock:
         client = mlflow.MlflowClient(tracking_uri=uri)
+        _check_login(client, uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return client, experiment.experiment_id
         artifacts = (local / "artifacts" / name).as_uri() if local else None
         try:
             return client, client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
-        except mlflow.exceptions.MlflowException:
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code == "PERMISSION_DENIED":
+                raise _denied(err, uri, f"create the experiment {name!r}") from None
             # Another job (no file lock reaches a server's clients) created it a moment ago.
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -148,7 +198,9 @@ def connect(uri: str):
     import mlflow
 
     _check_reachable(uri)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    _check_login(client, uri)
+    return client
 
 
 def experiment_id(client, name: str) -> str | None:
@@ -299,13 +351,36 @@ def _retry(call, *args, attempts=30, **kwargs):
 BATCH = 1000  # metrics per log_batch call: MLflow's limit
 
 
+def http_retry_wait() -> float:
+    """Seconds MLflow's REST client sleeps across its retries of one request before it gives up
+    on a server that refuses connections (a restart) or answers 429/5xx: urllib3's backoff, 0 then
+    factor * 2**k capped at 120 s, over MLFLOW_HTTP_REQUEST_MAX_RETRIES retries (7 and factor 2
+    by default: 0+4+8+16+32+64+120 = 244 s, plus up to 1 s of jitter each). A server that accepts
+    but never answers costs MLFLOW_HTTP_REQUEST_TIMEOUT (120 s) per attempt on top."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    retries, factor = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
+    return float(sum(min(factor * 2 ** (k - 1), 120) for k in range(2, retries + 1)))
+
+
+def _steps(metrics) -> str:
+    steps = sorted({m.step for m in metrics})
+    return f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}" if steps == list(range(steps[0], steps[-1] + 1)) else str(steps)
+
+
 class Run:
     """One MLflow run: metrics are sent by a writer thread, so training does not wait on the store
-    (flushed before the run ends), in batches of whatever has queued up, never one call per value."""
+    (flushed before the run ends), in batches of whatever has queued up, never one call per value.
+
+    A server that goes away (a restart) is waited out by MLflow's own retries of each request
+    (http_retry_wait: ~4 minutes by default); meanwhile training goes on and its metrics queue up.
+    If a batch still fails, nothing is dropped silently: the values not written are counted, the
+    next log_metrics stops training, and the run ends FAILED with tags saying which epochs were lost.
+    """
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
-        self._queue, self._writer, self._error = queue.Queue(), None, None
+        self._queue, self._writer, self._error, self._lost, self._raised = queue.Queue(), None, None, [], False
 
     def _write(self):
         while True:
@@ -321,22 +396,33 @@ class Run:
             try:
                 for i in range(0, len(metrics), BATCH):
                     if self._error is None:
-                        _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH])
-            except Exception as err:  # surfaced by flush(), in the training thread
-                self._error = err
+                        try:
+                            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH])
+                            continue
+                        except Exception as err:  # surfaced by log_metrics or flush, in the training thread
+                            self._error = err
+                    self._lost.extend(metrics[i : i + BATCH])
             finally:
                 for _ in items:
                     self._queue.task_done()
             if items[-1] is None:
                 return
 
+    def _failure(self) -> TrackingError:
+        self._raised = True
+        return TrackingError(
+            f"{len(self._lost)} metric values of epoch(s) {_steps(self._lost)} of run {self.run_id} were not written to "
+            f"{redact(self.client.tracking_uri)}: {self._error}. (MLflow retries a request to a server that is down or answers "
+            f"429/5xx for about {http_retry_wait():.0f} s; MLFLOW_HTTP_REQUEST_MAX_RETRIES, at most 10, and "
+            f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR make that wait longer.)")
+
     def flush(self):
-        """Waits until every queued metric is in the store; raises what the writer met."""
+        """Waits until every queued metric is in the store; raises TrackingError naming what was
+        lost if the writer could not write something (once: log_metrics may have raised it first)."""
         if self._writer is not None:
             self._queue.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        if self._error is not None and not self._raised:
+            raise self._failure()
 
     @classmethod
     def start(cls, client, experiment_id, *, name, params, tags, parent_run_id=None):
@@ -345,7 +431,12 @@ class Run:
         tags = {k: redact(str(v)) for k, v in tags.items()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = _retry(client.create_run, experiment_id, run_name=redact(name), tags=tags)
+        try:
+            run = _retry(client.create_run, experiment_id, run_name=redact(name), tags=tags)
+        except Exception as err:  # MlflowException
+            if getattr(err, "error_code", None) == "PERMISSION_DENIED":
+                raise _denied(err, client.tracking_uri, f"write runs to experiment {experiment_id}") from None
+            raise
         self = cls(client, run.info.run_id)
         items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -357,6 +448,9 @@ class Run:
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        if self._error is not None and not self._raised:  # no use training on when its numbers are not kept
+            self._lost.extend(metrics)
+            raise self._failure()
         if self._writer is None:
             self._writer = threading.Thread(target=self._write, daemon=True, name=f"mlflow-{self.run_id[:8]}")
             self._writer.start()
@@ -383,10 +477,19 @@ class Run:
             _retry(self.client.set_tag, self.run_id, key, redact(str(value))[:5000])
 
     def end(self, status: str):
+        """Ends the run in status once its metrics are written; FAILED, tagged nnx.failure=tracking
+        and nnx.error, if some were lost (and raises TrackingError saying which)."""
+        lost = None
         try:
             self.flush()
+        except TrackingError as err:
+            lost = err
+            raise
         finally:
             if self._writer is not None:
                 self._queue.put(None)
                 self._writer = None
+            if self._error is not None:
+                status = "FAILED"
+                self.set_tags({"nnx.failure": "tracking", "nnx.error": str(lost or self._failure())})
             _retry(self.client.set_terminated, self.run_id, status)
