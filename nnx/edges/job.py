@@ -8,13 +8,16 @@ every run it started as FINISHED, FAILED (an error, or divergence) or KILLED (SI
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import jax
 import numpy as np
 import yaml
 
+from nnx import data as nnx_data
 from nnx import probes, records
 from nnx import train as training
 from nnx.edges import checkpoint, stop, tracking
@@ -80,16 +83,34 @@ class Member:
         self.run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
 
-def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
-    cfg = seed_config(cfg, seed)
+def model_params(cfg: dict, spec) -> dict:
+    """A run's params as MLflow records them: its config flattened, the network's layers and size,
+    and the short names the runs table shows (SHORT_PARAMS)."""
     params = tracking.flatten({k: v for k, v in cfg.items() if k not in ("tracking", "resume")})
     params.update({"model.sizes" if spec.sizes else "model.layers": describe(spec.net), "model.num_params": str(num_params(spec.net))})
     params.update({short: params[full] for short, full in SHORT_PARAMS.items() if full in params})
-    run = tracking.Run.start(client, experiment_id, name=name, params=params, parent_run_id=parent,
+    return params
+
+
+def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
+    cfg = seed_config(cfg, seed)
+    run = tracking.Run.start(client, experiment_id, name=name, params=model_params(cfg, spec), parent_run_id=parent,
                              tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
     run.log_files({"config.yaml": lambda p: p.write_text(tracking.redact(yaml.safe_dump(cfg, sort_keys=False)))})
+    log_dataset(run, cfg["data"], spec)
+    if cfg["tracking"].get("system_metrics"):
+        run.watch_system(uri)
     return Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
+
+
+def log_dataset(run, data_cfg: dict, spec):
+    """The training set as the run's MLflow dataset input: named by data.name, digested by nnx.data.digest,
+    sourced from the book's file; which images (split, data.train_size, their number) in the input's tags."""
+    path = spec.data_path or nnx_data.default_path()
+    run.log_dataset(data_cfg["name"], nnx_data.digest(data_cfg["name"]), str(Path(path).expanduser().resolve()),
+                    {"nnx.split": "train", "nnx.train_size": "all" if data_cfg["train_size"] is None else data_cfg["train_size"],
+                     "nnx.images": spec.train_size, "nnx.sha256": nnx_data.digest(data_cfg["name"])})
 
 
 def _finished_twin(client, experiment_id, cfg, preset):
@@ -120,6 +141,8 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
     spec = build(cfg)
     data = spec.load_data()
     uri = tracking.resolve_uri(cfg["tracking"]["uri"])
+    if cfg["tracking"].get("system_metrics"):
+        tracking.check_system_metrics()
     client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
     tags = {**tracking.environment_tags(), **tags}
     seeds = list(spec.seeds or [spec.seed])
@@ -219,7 +242,13 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
             last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
             if stopped:
                 m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
-            m.run.log_metrics(last, result)
+            if m.cfg["tracking"].get("log_model", True):
+                with tempfile.TemporaryDirectory() as folder:
+                    params_file = Path(folder) / "params.npz"
+                    checkpoint.params_writer(params)(params_file)
+                    m.run.log_model(params_file, m.cfg, result, last, model_params(m.cfg, spec))
+            else:
+                m.run.log_metrics(last, result)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
             best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
