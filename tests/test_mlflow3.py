@@ -65,7 +65,7 @@ def test_the_expanded_set_has_its_own_digest(trained):
 def test_the_network_is_a_logged_model_that_classifies_in_a_fresh_process(trained, tmp_path):
     uri, client, run, without = trained
     (model,) = client.search_logged_models([run.info.experiment_id])
-    assert (model.source_run_id, model.status.to_string(), model.name) == (run.info.run_id, "READY", tracking.MODEL_NAME)
+    assert (model.source_run_id, str(model.status), model.name) == (run.info.run_id, "READY", tracking.MODEL_NAME)
     (output,) = run.outputs.model_outputs
     assert (output.model_id, output.step) == (model.model_id, 2)  # the step after the last epoch, where the summary is
     linked = {m.key: m.value for m in client.get_logged_model(model.model_id).metrics}
@@ -78,8 +78,8 @@ def test_the_network_is_a_logged_model_that_classifies_in_a_fresh_process(traine
 
     script = (
         "import json, sys, mlflow, numpy as np\n"
-        "from nnx import data\n"
         f"model = mlflow.pyfunc.load_model('models:/{model.model_id}')\n"
+        "from nnx import data\n"  # after loading: the model's copy of nnx is the one imported
         "test = data.load().test\n"
         "digits = model.predict(test.x)\n"
         "import nnx\n"
@@ -100,7 +100,7 @@ def test_the_model_needs_only_what_it_names(trained, tmp_path):
     (model,) = client.search_logged_models([run.info.experiment_id])
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(f"models:/{model.model_id}", dst_path=str(tmp_path / "model"))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp_path / "model"))
     requirements = open(os.path.join(local, "requirements.txt")).read().split()
     assert {r.split("==")[0] for r in requirements} == {"mlflow", *tracking.MODEL_PACKAGES}, requirements
     assert os.path.exists(os.path.join(local, "code", "nnx", "model.py"))

@@ -303,8 +303,8 @@ class Run:
     """One MLflow run: metrics are sent by a writer thread, so training does not wait on the store
     (flushed before the run ends), in batches of whatever has queued up, never one call per value."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, experiment_id: str | None = None):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id  # experiment_id: None, ask the store
         self._queue, self._writer, self._error = queue.Queue(), None, None
         self._system = None  # MLflow's system metrics monitor (watch_system)
 
@@ -347,7 +347,7 @@ class Run:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = _retry(client.create_run, experiment_id, run_name=redact(name), tags=tags)
-        self = cls(client, run.info.run_id)
+        self = cls(client, run.info.run_id, experiment_id)
         items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             _retry(client.log_batch, self.run_id, params=items[i : i + 100])
@@ -402,14 +402,15 @@ class Run:
         import nnx
         from nnx.edges.classifier import Classifier
 
-        experiment_id = _retry(self.client.get_run, self.run_id).info.experiment_id
+        experiment_id = self.experiment_id or _retry(self.client.get_run, self.run_id).info.experiment_id
         model = _retry(self.client.create_logged_model, experiment_id, name=MODEL_NAME, source_run_id=self.run_id,
                        params={k: redact(str(v)) for k, v in params.items()}, model_type="nnx classifier")
         try:
             with tempfile.TemporaryDirectory() as folder, _quiet_model_saving():
                 (Path(folder) / "config.json").write_text(redact(json.dumps(config)))
-                signature = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, 784), "images")]),
-                                           Schema([TensorSpec(np.dtype(np.int64), (-1,), "digits")]))
+                # Unnamed tensors: predict takes and returns bare arrays (a named input arrives as a dict).
+                signature = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, 784))]),
+                                           Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
                 mlflow.pyfunc.save_model(
                     Path(folder) / "model", python_model=Classifier(), signature=signature,
                     artifacts={"params": str(params_file), "config": str(Path(folder) / "config.json")},
