@@ -113,6 +113,23 @@ def log_dataset(run, data_cfg: dict, spec):
                      "nnx.images": spec.train_size, "nnx.sha256": nnx_data.digest(data_cfg["name"])})
 
 
+def log_summary(member, spec, params, result: dict, step: int, echo):
+    """The run's summary metrics at `step`; with tracking.log_model (the default), linked to the network
+    logged as an MLflow model. A model that cannot be logged costs the run nothing but the model: the
+    summary goes in unlinked, the reason in tag nnx.model_error, and params.npz still holds the network."""
+    if member.cfg["tracking"].get("log_model", True):
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                params_file = Path(folder) / "params.npz"
+                checkpoint.params_writer(params)(params_file)
+                member.run.log_model(params_file, member.cfg, result, step, model_params(member.cfg, spec))
+            return
+        except Exception as err:  # MlflowException, OSError: the store refused it
+            member.run.set_tags({"nnx.model_error": f"{type(err).__name__}: {err}"})
+            echo(f"nnx: run {member.run.run_id}: its model was not logged ({type(err).__name__}: {err}); params.npz holds the network.")
+    member.run.log_metrics(step, result)
+
+
 def _finished_twin(client, experiment_id, cfg, preset):
     """A FINISHED run of the same preset with the same config: the job a relaunched sweep skips.
     (Same preset only: two presets that happen to share a config each keep their own runs.)"""
@@ -242,13 +259,7 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
             last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
             if stopped:
                 m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
-            if m.cfg["tracking"].get("log_model", True):
-                with tempfile.TemporaryDirectory() as folder:
-                    params_file = Path(folder) / "params.npz"
-                    checkpoint.params_writer(params)(params_file)
-                    m.run.log_model(params_file, m.cfg, result, last, model_params(m.cfg, spec))
-            else:
-                m.run.log_metrics(last, result)
+            log_summary(m, spec, params, result, last, echo)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
             best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
