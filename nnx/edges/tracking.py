@@ -384,7 +384,14 @@ class Run:
 
         dataset = Dataset(name=name, digest=sha256[:DIGEST_CHARS], source_type="local", source=json.dumps({"uri": redact(source)}))
         inputs = [InputTag("mlflow.data.context", "training"), *(InputTag(k, redact(str(v))) for k, v in tags.items())]
-        _retry(self.client.log_inputs, self.run_id, datasets=[DatasetInput(dataset, inputs)])
+        for attempt in range(3):
+            try:
+                return _retry(self.client.log_inputs, self.run_id, datasets=[DatasetInput(dataset, inputs)])
+            except Exception as err:  # MlflowException, RestException
+                # MLflow looks the dataset up, then inserts it: parallel jobs meeting a new one on PostgreSQL
+                # collide on its key ("dataset_pk"); tried again, the loser finds it and links it.
+                if not any(s in str(err) for s in ("dataset_pk", "UNIQUE constraint failed: datasets")) or attempt == 2:
+                    raise
 
     def log_model(self, params_file: Path, config: dict, metrics: dict, step: int, params: dict) -> str:
         """The trained network as an MLflow 3 LoggedModel (the experiment's Models tab): a pyfunc
