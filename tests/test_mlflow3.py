@@ -96,11 +96,12 @@ def test_the_network_is_a_logged_model_that_classifies_in_a_fresh_process(traine
 
 
 def test_the_model_needs_only_what_it_names(trained, tmp_path):
-    _, client, run, _ = trained
+    uri, client, run, _ = trained
     (model,) = client.search_logged_models([run.info.experiment_id])
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp_path / "model"))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(tmp_path / "model"),
+                                                tracking_uri=uri)  # else MLflow opens its default store, ./mlflow.db
     requirements = open(os.path.join(local, "requirements.txt")).read().split()
     assert {r.split("==")[0] for r in requirements} == {"mlflow", *tracking.MODEL_PACKAGES}, requirements
     assert os.path.exists(os.path.join(local, "code", "nnx", "model.py"))
