@@ -45,14 +45,19 @@ def silenced_stdout():
             os.close(saved)
 
 
+# The reports read metrics and params.npz, never a logged model, and a model costs ~0.2-0.5 s a run
+# (hundreds of runs here): `nnx-reproduce ch5 tracking.log_model=true` logs them all the same.
+NO_MODELS = ["tracking.log_model=false"]
+
+
 def run_sweeps(module, overrides: list[str], jobs: int, book: bool = False):
     """Each sweep is one `nnx-train -m experiment=<preset>` as a user would type it, run in this
     process (nnx.edges.cli.run) with its progress lines silenced. A chapter whose book protocol takes
-    hours here (SCALED) gets its scaled overrides first, unless `book`; the user's come last and win."""
+    hours here (SCALED) gets its scaled overrides first, unless `book`, then NO_MODELS; the user's come last and win."""
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     for preset in module.SWEEPS:
         scaled = [] if book else getattr(module, "SCALED", {}).get(preset, [])
-        argv = ["-m", f"experiment={preset}", *launcher, *scaled, *overrides]
+        argv = ["-m", f"experiment={preset}", *launcher, *scaled, *NO_MODELS, *overrides]
         print(f"nnx-reproduce: nnx-train {' '.join(argv)}", flush=True)
         started = time.perf_counter()
         with silenced_stdout():

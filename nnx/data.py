@@ -319,3 +319,16 @@ def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 DATASETS = {"mnist": load, "mnist_expanded": load_expanded}
+
+
+def digest(name: str) -> str:
+    """The sha256 that names a training set: the book's file for "mnist"; for "mnist_expanded", the
+    sha256 of its recipe (the book file's sha256, SHIFTS, EXPANDED_SEED, CACHE_VERSION), which fixes
+    every one of its 250,000 images and their order. Known without reading any image: what a run
+    records as its dataset (the file itself is verified against MNIST_SHA256 whenever it is read)."""
+    if name == "mnist":
+        return MNIST_SHA256
+    if name == "mnist_expanded":
+        recipe = f"mnist_expanded v{CACHE_VERSION} of {MNIST_SHA256}: shifts {SHIFTS}, shuffled with seed {EXPANDED_SEED}"
+        return hashlib.sha256(recipe.encode()).hexdigest()
+    raise ValueError(f"no digest for dataset {name!r}; the datasets are {sorted(DATASETS)}")

@@ -193,5 +193,9 @@ def test_nothing_secret_is_recorded(store, tmp_path):
     assert str(home) not in recorded and "s3cr3t" not in recorded
     folder = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "a"))
     assert str(home) not in open(folder).read()
+    (given,) = run.inputs.dataset_inputs  # the dataset's source and the logged model's params too
+    assert given.dataset.source == '{"uri": "~/mnist.pkl.gz"}'
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.params["data.path"] == "~/mnist.pkl.gz" and str(home) not in " ".join(model.params.values())
     assert redact("http://bob:pw@127.0.0.1:5000") == "http://***@127.0.0.1:5000"
 

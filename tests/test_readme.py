@@ -8,8 +8,9 @@ import pytest
 
 from conftest import BIN, ROOT
 
+# No logged models: ~0.3 s a run over the ~40 runs these commands make; test_mlflow3.py tests them.
 SHRINK = ["train.epochs=1", "data.train_size=100", "data.validation_size=500", "probes.size=50", "model.width=8",
-          "tracking.experiment=readme"]
+          "tracking.experiment=readme", "tracking.log_model=false"]
 # Commands with placeholders or long jobs, and the tests that exercise them for real.
 COVERED_ELSEWHERE = {
     "nnx-train resume=": "test_reliability.py::test_a_killed_run_resumes_to_the_uninterrupted_numbers",
@@ -20,6 +21,7 @@ COVERED_ELSEWHERE = {
     "nnx-reproduce": "test_ch5.py (the pipeline, --plot-only, overrides)",
     "mlflow server": "test_server.py and test_browser.py start it",
     "make ": ".ci/run runs make test; make reproduce is nnx-reproduce ch5; make server is nnx.edges.server, which test_server.py starts",
+    "nnx-train tracking.system_metrics=true": "test_mlflow3.py (psutil is optional: the run, or the error without it)",
     "nnx-train activation=swish": "test_readme.py::test_the_readme_recipe_for_a_new_activation_works_as_written",
 }
 

@@ -3,7 +3,8 @@
 The core (nnx.*, outside this package) takes plain values and returns plain values; these
 modules turn a command line into those values and what comes back into stored runs:
   paths       where the project's conf/, mlruns/ and reports/ are
-  tracking    the only module that talks to MLflow
+  tracking    the only module that talks to MLflow (runs, their dataset input, their logged model)
+  classifier  a trained network as an MLflow pyfunc model (what tracking logs; loaded by MLflow)
   cli         nnx-train (Hydra), with preflight (every job of a sweep checked before any runs)
   search      hydra/sweeper=search: optuna's TPE over a config's settings, trials pruned per epoch
               (its Hydra class lives in hydra_plugins/nnx_search/, where Hydra takes plugins from)

@@ -8,13 +8,16 @@ every run it started as FINISHED, FAILED (an error, or divergence) or KILLED (SI
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import jax
 import numpy as np
 import yaml
 
+from nnx import data as nnx_data
 from nnx import probes, records
 from nnx import train as training
 from nnx.edges import checkpoint, stop, tracking
@@ -80,16 +83,51 @@ class Member:
         self.run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
 
-def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
-    cfg = seed_config(cfg, seed)
+def model_params(cfg: dict, spec) -> dict:
+    """A run's params as MLflow records them: its config flattened, the network's layers and size,
+    and the short names the runs table shows (SHORT_PARAMS)."""
     params = tracking.flatten({k: v for k, v in cfg.items() if k not in ("tracking", "resume")})
     params.update({"model.sizes" if spec.sizes else "model.layers": describe(spec.net), "model.num_params": str(num_params(spec.net))})
     params.update({short: params[full] for short, full in SHORT_PARAMS.items() if full in params})
-    run = tracking.Run.start(client, experiment_id, name=name, params=params, parent_run_id=parent,
+    return params
+
+
+def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
+    cfg = seed_config(cfg, seed)
+    run = tracking.Run.start(client, experiment_id, name=name, params=model_params(cfg, spec), parent_run_id=parent,
                              tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
     run.log_files({"config.yaml": lambda p: p.write_text(tracking.redact(yaml.safe_dump(cfg, sort_keys=False)))})
+    log_dataset(run, cfg["data"], spec)
+    if cfg["tracking"].get("system_metrics"):
+        run.watch_system(uri)
     return Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
+
+
+def log_dataset(run, data_cfg: dict, spec):
+    """The training set as the run's MLflow dataset input: named by data.name, digested by nnx.data.digest,
+    sourced from the book's file; which images (split, data.train_size, their number) in the input's tags."""
+    path = spec.data_path or nnx_data.default_path()
+    run.log_dataset(data_cfg["name"], nnx_data.digest(data_cfg["name"]), str(Path(path).expanduser().resolve()),
+                    {"nnx.split": "train", "nnx.train_size": "all" if data_cfg["train_size"] is None else data_cfg["train_size"],
+                     "nnx.images": spec.train_size, "nnx.sha256": nnx_data.digest(data_cfg["name"])})
+
+
+def log_summary(member, spec, params, result: dict, step: int, echo):
+    """The run's summary metrics at `step`; with tracking.log_model (the default), linked to the network
+    logged as an MLflow model. A model that cannot be logged costs the run nothing but the model: the
+    summary goes in unlinked, the reason in tag nnx.model_error, and params.npz still holds the network."""
+    if member.cfg["tracking"].get("log_model", True):
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                params_file = Path(folder) / "params.npz"
+                checkpoint.params_writer(params)(params_file)
+                member.run.log_model(params_file, member.cfg, result, step, model_params(member.cfg, spec))
+            return
+        except Exception as err:  # MlflowException, OSError: the store refused it
+            member.run.set_tags({"nnx.model_error": f"{type(err).__name__}: {err}"})
+            echo(f"nnx: run {member.run.run_id}: its model was not logged ({type(err).__name__}: {err}); params.npz holds the network.")
+    member.run.log_metrics(step, result)
 
 
 def _twin(client, experiment_id, cfg, preset, status="FINISHED"):
@@ -121,6 +159,8 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
     spec = build(cfg)
     data = spec.load_data()
     uri = tracking.resolve_uri(cfg["tracking"]["uri"])
+    if cfg["tracking"].get("system_metrics"):
+        tracking.check_system_metrics()
     client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
     tags = {**tracking.environment_tags(), **tags}
     seeds = list(spec.seeds or [spec.seed])
@@ -232,7 +272,7 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
             last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
             if stopped:
                 m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
-            m.run.log_metrics(last, result)
+            log_summary(m, spec, params, result, last, echo)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
             best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"

@@ -8,6 +8,7 @@ through the retry that SQLite's "database is locked" needs.
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import queue
@@ -146,6 +147,20 @@ def open_experiment(uri: str, name: str):
             if experiment is None:
                 raise
             return client, experiment.experiment_id
+
+
+SYSTEM_INTERVAL = 1.0  # seconds between system metric samples: most runs here take seconds, not minutes
+
+
+def check_system_metrics():
+    """Raises TrackingError unless MLflow's system metrics can run: they read the machine through psutil,
+    which nnx does not depend on."""
+    if importlib.util.find_spec("psutil") is None:
+        raise TrackingError(
+            "tracking.system_metrics=true needs the psutil package (MLflow reads CPU and memory through it), and it is "
+            "not installed in this environment. Install it (`.venv/bin/pip install psutil`), or leave "
+            "tracking.system_metrics=false."
+        )
 
 
 def environment_tags() -> dict:
@@ -349,6 +364,33 @@ def _retry(call, *args, attempts=30, **kwargs):
 
 
 BATCH = 1000  # metrics per log_batch call: MLflow's limit
+DIGEST_CHARS = 32  # MLflow keeps a dataset digest in 36 characters (a column of PostgreSQL's too): a sha256's first 32
+MODEL_NAME = "network"  # each run's LoggedModel; the Models tab tells them apart by source run
+MODEL_PACKAGES = ("jax", "jaxlib", "optax", "numpy", "cloudpickle")  # what a logged model needs besides mlflow
+
+
+@contextlib.contextmanager
+def _quiet_model_saving():
+    """Without MLflow's progress bars (one per file copied into a model) and its advice, for models
+    logged from code, to log from a file and with an input example: nnx's pickle is a class reference
+    into the nnx code the model carries, and an example would cost a load and predict per run."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("mlflow.pyfunc")
+    level, bar = log.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    log.setLevel(logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            yield
+    finally:
+        log.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def http_retry_wait() -> float:
@@ -378,9 +420,10 @@ class Run:
     next log_metrics stops training, and the run ends FAILED with tags saying which epochs were lost.
     """
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, experiment_id: str | None = None):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id  # experiment_id: None, ask the store
         self._queue, self._writer, self._error, self._lost, self._raised = queue.Queue(), None, None, [], False
+        self._system = None  # MLflow's system metrics monitor (watch_system)
 
     def _write(self):
         while True:
@@ -437,7 +480,7 @@ class Run:
             if getattr(err, "error_code", None) == "PERMISSION_DENIED":
                 raise _denied(err, client.tracking_uri, f"write runs to experiment {experiment_id}") from None
             raise
-        self = cls(client, run.info.run_id)
+        self = cls(client, run.info.run_id, experiment_id)
         items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             _retry(client.log_batch, self.run_id, params=items[i : i + 100])
@@ -468,6 +511,79 @@ class Run:
                 write(local)
             self.log_artifacts(Path(folder))
 
+    def log_dataset(self, name: str, sha256: str, source: str, tags: dict):
+        """The data the run trains on, as an MLflow dataset input in context "training" (the runs
+        table's Dataset column): its name, its sha256's first DIGEST_CHARS hex digits as digest, its
+        file as source, `tags` on the input. Metadata only: MLflow never sees the arrays, so it
+        computes no schema or profile (mlflow.data.from_numpy would hash and profile 157 MB)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=sha256[:DIGEST_CHARS], source_type="local", source=json.dumps({"uri": redact(source)}))
+        inputs = [InputTag("mlflow.data.context", "training"), *(InputTag(k, redact(str(v))) for k, v in tags.items())]
+        for attempt in range(3):
+            try:
+                return _retry(self.client.log_inputs, self.run_id, datasets=[DatasetInput(dataset, inputs)])
+            except Exception as err:  # MlflowException, RestException
+                # MLflow looks the dataset up, then inserts it: parallel jobs meeting a new one on PostgreSQL
+                # collide on its key ("dataset_pk"); tried again, the loser finds it and links it.
+                if not any(s in str(err) for s in ("dataset_pk", "UNIQUE constraint failed: datasets")) or attempt == 2:
+                    raise
+
+    def log_model(self, params_file: Path, config: dict, metrics: dict, step: int, params: dict) -> str:
+        """The trained network as an MLflow 3 LoggedModel (the experiment's Models tab): a pyfunc
+        (nnx.edges.classifier) over params_file and `config`, carrying nnx's code, an output of
+        this run at `step`, with `metrics` logged to the run at `step` and linked to the model.
+        Returns the model's id: mlflow.pyfunc.load_model(f"models:/{id}") classifies images.
+
+        Built by hand rather than by mlflow.pyfunc.log_model, which needs the fluent API's global
+        tracking URI and reads back every metric's whole history to link the ones at `step`."""
+        import mlflow.pyfunc
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+        from mlflow.models import Model, ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        import nnx
+        from nnx.edges.classifier import Classifier
+
+        experiment_id = self.experiment_id or _retry(self.client.get_run, self.run_id).info.experiment_id
+        model = _retry(self.client.create_logged_model, experiment_id, name=MODEL_NAME, source_run_id=self.run_id,
+                       params={k: redact(str(v)) for k, v in params.items()}, model_type="nnx classifier")
+        try:
+            with tempfile.TemporaryDirectory() as folder, _quiet_model_saving():
+                (Path(folder) / "config.json").write_text(redact(json.dumps(config)))
+                # Unnamed tensors: predict takes and returns bare arrays (a named input arrives as a dict).
+                signature = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, 784))]),
+                                           Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+                mlflow.pyfunc.save_model(
+                    Path(folder) / "model", python_model=Classifier(), signature=signature,
+                    artifacts={"params": str(params_file), "config": str(Path(folder) / "config.json")},
+                    # Its own copy of nnx: the model loads wherever jax and optax do, whatever nnx is there.
+                    code_paths=[str(Path(nnx.__file__).parent)],
+                    # Given, not inferred: inference imports the model and can query a package index.
+                    pip_requirements=[f"{p}=={metadata.version(p)}" for p in MODEL_PACKAGES],
+                    mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=self.run_id,
+                                       model_id=model.model_id))
+                _retry(self.client.log_model_artifacts, model.model_id, str(Path(folder) / "model"))
+        except BaseException:
+            _retry(self.client.finalize_logged_model, model.model_id, LoggedModelStatus.FAILED)
+            raise
+        _retry(self.client.finalize_logged_model, model.model_id, LoggedModelStatus.READY)
+        _retry(self.client.log_outputs, self.run_id, [LoggedModelOutput(model.model_id, step)])
+        now = int(time.time() * 1000)
+        self.flush()
+        _retry(self.client.log_batch, self.run_id,
+               metrics=[Metric(k, float(v), now, step, model_id=model.model_id) for k, v in metrics.items()])
+        return model.model_id
+
+    def watch_system(self, uri: str):
+        """MLflow's system metrics (CPU, memory, disk, network; GPUs where present) as metrics
+        system/..., sampled every SYSTEM_INTERVAL seconds ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins)
+        until the run ends. Call check_system_metrics() before any run starts."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._system = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_INTERVAL, tracking_uri=uri)
+        self._system.start()
+
     def reopen(self):
         """Marks an ended run RUNNING again (a resume trains on in the same run)."""
         _retry(self.client.update_run, self.run_id, status="RUNNING")
@@ -481,6 +597,9 @@ class Run:
         and nnx.error, if some were lost (and raises TrackingError saying which)."""
         lost = None
         try:
+            if self._system is not None:
+                self._system.finish()  # its last samples go in before the run ends
+                self._system = None
             self.flush()
         except TrackingError as err:
             lost = err
