@@ -72,6 +72,7 @@ class Member:
             self.run.log_metrics(step, values)
 
     def end_with_error(self, err):
+        self.run.drain()  # the newest checkpoint is written once its epoch's metrics are in the store
         self.run.set_tags({"nnx.error": f"{type(err).__name__}: {err}"})
         files = {"error.txt": lambda p: p.write_text(traceback.format_exc())}
         if self.checkpoint.exists():
@@ -100,7 +101,31 @@ def _finished_twin(client, experiment_id, cfg, preset):
     return found[0] if found else None
 
 
-def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, echo=print, progress=None, should_stop=None) -> dict:
+def _twin_to_heal(client, experiment_id, uri, cfg, preset, *, killed_too, echo):
+    """The run of the same preset and config that a repeated command continues instead of training
+    a new one: one left RUNNING by a process that is gone (marked KILLED here, saying why) or, with
+    killed_too (a relaunched sweep), one that ended KILLED; either only with a checkpoint to resume
+    from. A RUNNING twin whose process lives (another command training it now) is left alone."""
+    found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
+                               newest_first=True, max_results=20)
+    for twin in found:
+        if twin.data.tags.get("nnx.rerun_of") or twin.info.status not in ("RUNNING", "KILLED"):
+            continue
+        if twin.info.status == "RUNNING":
+            reason = tracking.stale_reason(twin, cfg["tracking"].get("stale_after"))
+            if reason is None:
+                continue
+            tracking.Run(client, twin.info.run_id).kill(reason)
+            echo(f"nnx: run {twin.info.run_id} was left RUNNING: {reason}; marked KILLED")
+        elif not killed_too:
+            continue
+        if tracking.has_checkpoint(client, uri, twin.info.run_id):
+            return twin
+    return None
+
+
+def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, heal=False, echo=print, progress=None,
+        should_stop=None) -> dict:
     """Trains what `cfg` describes into MLflow and returns the first seed's summary.
 
     Args:
@@ -109,7 +134,9 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
       tags: extra tags for every run (overrides, preset, rerun source ...).
       parent: None, or parent(client, experiment_id) -> (parent run id, sweep id) | None.
       skip_finished: seeds whose identical config already FINISHED are not run again; their runs
-        join this sweep's parent instead.
+        join this sweep's parent instead, and those whose run ended KILLED are resumed into it.
+      heal: a seed whose identical config was left RUNNING by a process that is gone is marked
+        KILLED (tag nnx.killed_reason) and resumed from its checkpoint in the same run.
       echo: prints a line; progress(step, epochs, values): shows an epoch's numbers (default: a line).
       should_stop: should_stop(i, step, values) -> why the i-th seed's run stops after this epoch, or ""
         (a search's pruner); the run ends FINISHED with tags nnx.stopped and nnx.stopped_epoch.
@@ -135,8 +162,19 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
             if parent_id:
                 tracking.Run(client, twin.info.run_id).set_tags({"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]})
     seeds = [s for s in seeds if twins.get(s) is None]
+    summaries = []
+    for seed in list(seeds) if heal or skip_finished else []:
+        twin = _twin_to_heal(client, experiment_id, uri, seed_config(cfg, seed), preset, killed_too=skip_finished, echo=echo)
+        if twin is None:
+            continue
+        if parent_id:
+            tracking.Run(client, twin.info.run_id).set_tags({"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]})
+        from nnx.edges.resume import resume  # imported here: resume trains through this module
+
+        summaries.append(resume(twin.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress))
+        seeds.remove(seed)
     if not seeds:
-        return {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
+        return summaries[0] if summaries else {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
 
     group = None
     if len(seeds) > 1 and parent_id is None:
@@ -174,7 +212,7 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
 
     def on_state(i, epoch, params, opt_state):
         if every and ((epoch + 1) % every == 0 or epoch == spec.epochs - 1):
-            checkpoint.save(members[i].checkpoint, epoch, params, opt_state)
+            members[i].run.save_after_logged(checkpoint.saver(members[i].checkpoint, epoch, params, opt_state))
         if i == len(members) - 1:
             stop_request.check()
 
@@ -199,6 +237,7 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
 
     diverged, histories = [], []
     for m, (params, history) in zip(members, results):
+        m.run.drain()  # the last checkpoint is written by the run's writer
         history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
         histories.append(history)
         if records.probe_steps("hist") in history:

@@ -10,7 +10,7 @@ from nnx.edges import checkpoint, tracking
 from nnx.edges.job import Member, train_and_end
 from nnx.spec import build
 
-RESUMABLE = ("KILLED", "FAILED", "RUNNING")  # RUNNING: a process killed too hard to say so
+RESUMABLE = ("KILLED", "FAILED", "RUNNING")  # RUNNING: a process killed too hard to say so (nnx.edges.liveness)
 
 
 class ResumeError(ValueError):
@@ -27,6 +27,14 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dic
     if stored.info.status not in RESUMABLE:
         raise ResumeError(f"run {run_id} is {stored.info.status}: only a KILLED or FAILED run can be resumed. "
                           f"To repeat a finished run, use `nnx-rerun {run_id}`.")
+    if stored.info.status == "RUNNING":
+        reason = tracking.stale_reason(stored, tracking_cfg.get("stale_after"))
+        if reason is None:
+            tags = stored.data.tags
+            raise ResumeError(f"run {run_id} is RUNNING in process {tags.get('nnx.pid', '?')} on host {tags.get('nnx.host', '?')}, "
+                              f"which is still alive (or its heartbeat is recent): stop it first, or wait. "
+                              f"`nnx-runs` lists the runs whose process is gone.")
+        tracking.Run(client, run_id).kill(reason)
     cfg = tracking.read_config(client, run_id)
     cfg["tracking"] = {**cfg["tracking"], **tracking_cfg}
     spec = build(cfg)
@@ -39,15 +47,15 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dic
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(saved)
     start = checkpoint.load(path, spec, cfg["seed"])
-    logged = tracking.metric_history(client, run_id, "val_accuracy")[0]
-    earlier = {}
+    earlier, logged = {}, [-1]
     for key in stored.data.metrics:
         steps, values, _ = tracking.metric_history(client, run_id, key)
         earlier[key] = values[steps < start[0]]
+        logged.extend(steps)  # an epoch's values are written together, so the newest step of any key is logged whole
     data = spec.load_data()
     run = tracking.Run(client, run_id)
     run.reopen()
-    member = Member(run, cfg["seed"], cfg, path, logged_until=max(logged, default=-1), earlier=earlier)
+    member = Member(run, cfg["seed"], cfg, path, logged_until=max(logged), earlier=earlier)
     run.set_tags({"nnx.resumed_from_epoch": str(start[0])})
     echo(f"nnx: resuming run {run_id} at epoch {start[0]} of {spec.epochs}")
     return train_and_end(spec, data, [member], None, echo, start=start, progress=progress)
