@@ -160,7 +160,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
         if twin is not None:
             echo(f"nnx: seed {seed} skipped: the same config FINISHED as run {twin.info.run_id}")
             if parent_id:
-                tracking.Run(client, twin.info.run_id).set_tags({"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]})
+                tracking.join_parent(client, twin, parent_id, tags["nnx.sweep_id"])
     seeds = [s for s in seeds if twins.get(s) is None]
     summaries = []
     for seed in list(seeds) if heal or skip_finished else []:
@@ -168,7 +168,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
         if twin is None:
             continue
         if parent_id:
-            tracking.Run(client, twin.info.run_id).set_tags({"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]})
+            tracking.join_parent(client, twin, parent_id, tags["nnx.sweep_id"])
         from nnx.edges.resume import resume  # imported here: resume trains through this module
 
         summaries.append(resume(twin.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress))

@@ -236,6 +236,33 @@ def has_checkpoint(client, uri: str, run_id: str) -> bool:
         return False
 
 
+PREVIOUS_PARENT = "nnx.previous_parent"  # a relaunched sweep's child: the parent run it had before
+
+
+def join_parent(client, run, parent_run_id: str, sweep_id: str):
+    """Moves a run under a relaunched sweep's parent, remembering the one it leaves (end_sweep
+    closes that one if its process is gone: a sweep killed with its jobs leaves its parent RUNNING)."""
+    old = run.data.tags.get("mlflow.parentRunId")
+    tags = {"mlflow.parentRunId": parent_run_id, "nnx.sweep_id": sweep_id}
+    if old and old != parent_run_id:
+        tags[PREVIOUS_PARENT] = old
+    Run(client, run.info.run_id).set_tags(tags)
+
+
+def _close_dead_parent(client, run_id: str, by_sweep: str):
+    run = get_run(client, run_id)
+    if run is None or run.info.status != "RUNNING":
+        return
+    reason = stale_reason(run)
+    if reason is None:
+        return  # its sweep still runs
+    Run(client, run_id).set_tags({liveness.KILLED_REASON: f"{reason}; its runs were finished by sweep {by_sweep}"})
+    if find_runs(client, [run.info.experiment_id], tags={"mlflow.parentRunId": run_id}, max_results=1):
+        end_sweep(client, run_id)
+    else:
+        _retry(client.set_terminated, run_id, "KILLED")
+
+
 def end_sweep(client, parent_run_id: str, failed_ok: bool = False) -> tuple[str, list]:
     """Ends a sweep's parent run; children still RUNNING lost their worker and end KILLED.
 
@@ -252,6 +279,8 @@ def end_sweep(client, parent_run_id: str, failed_ok: bool = False) -> tuple[str,
             Run(client, child.info.run_id).kill(stale_reason(child) or "the sweep ended before this job did")
         statuses.append("KILLED" if child.info.status == "RUNNING" else child.info.status)
     Run(client, parent_run_id).set_tags({"nnx.children": json.dumps({s: statuses.count(s) for s in sorted(set(statuses))})})
+    for old in {c.data.tags.get(PREVIOUS_PARENT) for c in children} - {None, parent_run_id}:
+        _close_dead_parent(client, old, parent.data.tags.get("nnx.sweep_id", parent_run_id))
     finished = {"FINISHED", "FAILED"} if failed_ok else {"FINISHED"}
     status = "FINISHED" if statuses and set(statuses) <= finished else "KILLED" if "KILLED" in statuses else "FAILED"
     _retry(client.set_terminated, parent_run_id, status)
