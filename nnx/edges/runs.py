@@ -72,8 +72,10 @@ def heal(client, uri, stale, names, *, resume_them: bool, stale_after=None) -> l
             tracking.Run(client, run_id).kill(reason)
             print(f"nnx-runs: run {run_id} marked KILLED: {reason}")
             if resume_them:
+                overrides = run.data.tags.get("nnx.overrides")
+                again = f"`nnx-train {overrides}`" if overrides is not None else "the command that started it"
                 problems.append(f"run {run_id} has no checkpoint (it died in its first epoch, or train.checkpoint_every=0): "
-                                f"run its command again (nnx-train {run.data.tags.get('nnx.overrides', '')})")
+                                f"run {again} again")
             continue
         cfg = {"uri": uri, "experiment": names[run.info.experiment_id], "stale_after": stale_after}
         try:
