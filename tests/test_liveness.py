@@ -142,16 +142,22 @@ def test_a_sweep_killed_mid_job_is_healed_by_its_own_command(store, tmp_path, nn
 
 
 def test_nnx_runs_resumes_a_killed_run_and_says_what_is_wrong(store, tmp_path):
+    """Without checkpoints (the sweep test has them): the run trains again from its start, in the same run."""
     uri, client = store
-    process = start(uri, tmp_path, f"train.epochs={EPOCHS}", "seed=1", *TINY)
+    process = start(uri, tmp_path, f"train.epochs={EPOCHS}", "seed=1", "train.checkpoint_every=0", *TINY)
     victim, _ = kill_when_training(process, client, seed=1)
     assert client.get_run(victim).info.status == "RUNNING"
+    listed = nnx_runs(uri, tmp_path, "--experiment", "live")
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith(victim)]
+    assert " no " in row and row.endswith(" gone")  # no checkpoint; why
 
     done = nnx_runs(uri, tmp_path, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "training it again from epoch 0 in the same run" in done.stdout
     run = client.get_run(victim)
     assert run.info.status == "FINISHED" and "gone" in run.data.tags[liveness.KILLED_REASON]
     assert [m.step for m in client.get_metric_history(victim, "val_accuracy")] == list(range(EPOCHS))
+    assert len(client.search_runs([run.info.experiment_id])) == 1
 
     wrong = nnx_runs(uri, tmp_path, "--experiment", "nope")
     assert wrong.returncode == 1 and "no experiment 'nope'" in wrong.stderr and "live" in wrong.stderr

@@ -101,11 +101,11 @@ def _finished_twin(client, experiment_id, cfg, preset):
     return found[0] if found else None
 
 
-def _twin_to_heal(client, experiment_id, uri, cfg, preset, *, killed_too, echo):
+def _twin_to_heal(client, experiment_id, cfg, preset, *, killed_too, echo):
     """The run of the same preset and config that a repeated command continues instead of training
     a new one: one left RUNNING by a process that is gone (marked KILLED here, saying why) or, with
-    killed_too (a relaunched sweep), one that ended KILLED; either only with a checkpoint to resume
-    from. A RUNNING twin whose process lives (another command training it now) is left alone."""
+    killed_too (a relaunched sweep), one that ended KILLED. A RUNNING twin whose process lives
+    (another command training it now) is left alone."""
     found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
                                newest_first=True, max_results=20)
     for twin in found:
@@ -119,8 +119,7 @@ def _twin_to_heal(client, experiment_id, uri, cfg, preset, *, killed_too, echo):
             echo(f"nnx: run {twin.info.run_id} was left RUNNING: {reason}; marked KILLED")
         elif not killed_too:
             continue
-        if tracking.has_checkpoint(client, uri, twin.info.run_id):
-            return twin
+        return twin
     return None
 
 
@@ -164,7 +163,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
     seeds = [s for s in seeds if twins.get(s) is None]
     summaries = []
     for seed in list(seeds) if heal or skip_finished else []:
-        twin = _twin_to_heal(client, experiment_id, uri, seed_config(cfg, seed), preset, killed_too=skip_finished, echo=echo)
+        twin = _twin_to_heal(client, experiment_id, seed_config(cfg, seed), preset, killed_too=skip_finished, echo=echo)
         if twin is None:
             continue
         if parent_id:

@@ -3,6 +3,7 @@
     nnx-runs                   # list them: RUNNING in the store, their process gone
     nnx-runs --mark            # end each KILLED, tagged nnx.killed_reason (why)
     nnx-runs --resume          # end each KILLED, then continue it from its last checkpoint in the same run
+                               # (from its start if it died before its first checkpoint)
 
 A run's process is gone when, on this host, its pid (tag nnx.pid) is gone or belongs to a process
 started later; on another host, when its heartbeat (tag nnx.heartbeat, written with its metrics)
@@ -62,20 +63,15 @@ def table(client, uri, stale, names) -> str:
 
 
 def heal(client, uri, stale, names, *, resume_them: bool, stale_after=None) -> list[str]:
-    """Ends every stale run KILLED (and, resume_them, continues each one that has a checkpoint),
+    """Ends every stale run KILLED (and, resume_them, continues each from its checkpoint, or its start),
     then closes the stale parents (tracking.end_sweep). Returns what could not be done."""
     problems = []
     leaves = [(r, why) for r, why in stale if r.data.tags.get("nnx.role") not in CONTAINERS]
     for run, reason in leaves:
         run_id = run.info.run_id
-        if not (resume_them and tracking.has_checkpoint(client, uri, run_id)):
+        if not resume_them:
             tracking.Run(client, run_id).kill(reason)
             print(f"nnx-runs: run {run_id} marked KILLED: {reason}")
-            if resume_them:
-                overrides = run.data.tags.get("nnx.overrides")
-                again = f"`nnx-train {overrides}`" if overrides is not None else "the command that started it"
-                problems.append(f"run {run_id} has no checkpoint (it died in its first epoch, or train.checkpoint_every=0): "
-                                f"run {again} again")
             continue
         cfg = {"uri": uri, "experiment": names[run.info.experiment_id], "stale_after": stale_after}
         try:
