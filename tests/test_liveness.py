@@ -75,6 +75,30 @@ def test_a_checkpoint_is_written_only_after_its_epochs_metrics_are_stored(store)
     assert float(stored[liveness.EPOCH_SECONDS]) >= 0 and abs(float(stored[liveness.HEARTBEAT]) - time.time()) < 60
 
 
+def test_a_parent_on_another_host_is_stale_only_when_its_children_are(store):
+    """A sweep's parent logs nothing: from another host its heartbeat is its children's newest."""
+    _, client = store
+    experiment = client.create_experiment("hosts")
+    now = time.time()
+
+    def on_other_host(name, beat, parent=None, role=None):
+        where = {liveness.HOST: "elsewhere", liveness.PID: "7", liveness.HEARTBEAT: f"{beat:.0f}", liveness.EPOCH_SECONDS: "1"}
+        return tracking.Run.start(client, experiment, name=name, params={}, tags={**where, **({"nnx.role": role} if role else {})},
+                                  parent_run_id=parent).run_id
+
+    alive = on_other_host("sweep", now - 4000, role="sweep")
+    on_other_host("beating", now - 10, parent=alive)
+    assert runs.stale_runs(client, [experiment]) == []  # its child beats: both alive
+    parent = on_other_host("sweep", now - 4000, role="sweep")
+    tracking.Run(client, on_other_host("done", now - 3000, parent=parent)).end("FINISHED")
+    dead = on_other_host("dead", now - 400, parent=parent)
+    found = [(r.info.run_id, why) for r, why in runs.stale_runs(client, [experiment])]
+    assert [run_id for run_id, _ in found] == [dead, parent]  # leaves first
+    why = found[0][1]
+    assert why.startswith("process 7 on host elsewhere gone: no heartbeat for 40") and why.endswith(" s (the limit is 300 s)")
+    assert runs.stale_runs(client, [experiment], stale_after=500) == []
+
+
 def start(uri, cwd, *args):
     return subprocess.Popen([str(BIN / "nnx-train"), *args], cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -39,8 +39,7 @@ def stale_runs(client, experiment_ids, stale_after=None) -> list:
         if any(c.info.status == "RUNNING" and not tracking.stale_reason(c, stale_after) for c in children):
             continue
         beats = [float(t) for t in (c.data.tags.get(liveness.HEARTBEAT) for c in [run, *children]) if t]
-        run.data.tags[liveness.HEARTBEAT] = f"{max(beats, default=0):.0f}"  # a copy of the run's tags, not the store's
-        reason = tracking.stale_reason(run, stale_after)
+        reason = tracking.stale_reason(run, stale_after, tags={**run.data.tags, liveness.HEARTBEAT: f"{max(beats, default=0):.0f}"})
         if reason:
             parents.append((run, reason))
     return found + parents

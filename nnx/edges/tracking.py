@@ -221,9 +221,11 @@ def read_config(client, run_id: str) -> dict:
     return yaml.safe_load(raw)
 
 
-def stale_reason(run, stale_after: float | None = None) -> str | None:
-    """Why a RUNNING run's process is gone, seen from this host now (liveness.why_stale), or None."""
-    return liveness.why_stale(run.data.tags, now=time.time(), host=socket.gethostname(), stale_after=stale_after)
+def stale_reason(run, stale_after: float | None = None, tags: dict | None = None) -> str | None:
+    """Why a RUNNING run's process is gone, seen from this host now (liveness.why_stale), or None;
+    tags: what to judge by instead of the run's own."""
+    return liveness.why_stale(run.data.tags if tags is None else tags, now=time.time(), host=socket.gethostname(),
+                              stale_after=stale_after)
 
 
 def has_checkpoint(client, uri: str, run_id: str) -> bool:
