@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test reproduce bench ui clean
+.PHONY: install test reproduce bench ui server clean
 
 install: $(STAMP)
 
@@ -33,9 +33,18 @@ bench: $(STAMP)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/nnx-bench
 
-# Prints each experiment's runs link (the UI's Model training view), then serves mlruns/ on 127.0.0.1:5000.
+# Prints each experiment's runs link, then serves mlruns/ on 127.0.0.1:5000 with nnx's MLflow app plugin
+# (a fresh browser gets the Model training view: nnx/edges/ui.py).
 ui: $(STAMP)
 	$(BIN)/python -m nnx.edges.ui
+
+# A tracking server for a lab: PostgreSQL + mlflow server with logins, under server/ (nnx/edges/server.py).
+# HOST=0.0.0.0 serves other machines; the admin password is in server/admin_password (0600).
+HOST ?= 127.0.0.1
+PORT ?= 5000
+FOLDER ?= server
+server: $(STAMP)
+	$(BIN)/python -m nnx.edges.server --host $(HOST) --port $(PORT) --folder $(FOLDER)
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -70,6 +70,7 @@ def training_product(a, w):
 # Two steps per loop iteration: XLA's CPU while loop costs ~2 us per trip, a tenth of a small
 # step ([784,30,10], mb 10: 0.103 -> 0.092 s per epoch); more unrolling gained nothing here.
 UNROLL = 2
+BLOCKS = True  # block_fn where it applies (a test turns it off to compare with the epoch-by-epoch loop)
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -164,6 +165,26 @@ def probe_fn(spec, kinds=()):
     return probes.probe_fn(spec, kinds)
 
 
+def block_fn(epoch, probe):
+    """block(params, opt_state, keys, x, y, probe_x, probe_y) -> (params, opt_state, measured): len(keys)
+    epochs in one program, each probed before its updates, the probes stacked over the epochs.
+
+    For runs that need nothing from the host between evaluations (no schedule or early stopping to
+    decide, no optional probe kinds): ch5's full-batch runs take one step an epoch, and a call, a
+    fetch and a record per epoch cost more than the step.
+    """
+
+    def block(params, opt_state, keys, x, y, probe_x, probe_y):
+        def one(carry, key):
+            measured = probe(carry[0], probe_x, probe_y)
+            return epoch(*carry, key, x, y), measured
+
+        (params, opt_state), measured = jax.lax.scan(one, (params, opt_state), keys)
+        return params, opt_state, measured
+
+    return block
+
+
 def make_epoch(spec):
     """epoch_fn jitted once, params and optimizer state donated (updated in place)."""
     return jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
@@ -211,11 +232,14 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=No
     """
     init_key, shuffle_key = jax.random.split(key)
     epoch = make_epoch(spec)
+    blocks = jax.jit(block_fn(epoch_fn(spec), probe_fn(spec)), donate_argnums=(0, 1))
+    epoch_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))  # the keys epoch() is given one by one
     first, state = (0, init_state(spec, init_key, dtype)) if start is None else (start[0], start[1:])
     (params,), (history,) = _train(
         spec, data, state, first=first,
         run_epoch=lambda p, s, e, x, y: epoch(p, s, jax.random.fold_in(shuffle_key, e), x, y),
         probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
+        run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy),
         on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
         on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
         should_stop=None if should_stop is None else lambda i, step, values: should_stop(step, values),
@@ -243,10 +267,15 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
     keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
     init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
     epoch = jax.jit(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None)), donate_argnums=(0, 1))
-    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    # Jitted: an eager vmap is traced anew at every call, ~20 ms an epoch (ch5_speed: 500 epochs a run).
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    blocks = jax.jit(block_fn(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None)),
+                              jax.vmap(probe_fn(spec), in_axes=(0, None, None))), donate_argnums=(0, 1))
+    epoch_keys = jax.jit(jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(None, 0)))  # [epochs, seeds]
     return _train(
         spec, data, jax.vmap(lambda k: init_state(spec, k, dtype))(init_keys), first=0,
         run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
+        run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_keys, jnp.arange(e, e + k)), *xy),
         probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
         evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
         # Cut on the host: slicing each seed out of device arrays costs a dispatch per leaf and seed,
@@ -256,7 +285,8 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
     )
 
 
-def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_epoch, on_state, dtype, should_stop=None, earlier=None):
+def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, split, on_epoch, on_state, dtype, should_stop=None,
+           earlier=None):
     """The epoch loop of fit and fit_many; split(tree) cuts a result into one tree per network
     (fit_many's cuts on the host, so its params come back as numpy arrays).
 
@@ -268,12 +298,34 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
     params. Histograms and spectra go into the history as arrays stacked over the steps listed in
     history["probe_steps/hist"] and history["probe_steps/spectrum"], never to on_epoch (MLflow
     metrics are scalars).
+
+    run_block(params, opt_state, e, k, x, y, probe_x, probe_y) trains epochs e .. e+k-1 in one call
+    (block_fn) where nothing is decided on the host between evaluations (`blocked` below); the epochs
+    inside a block are recorded from its stacked probes, on_state is called after its last epoch
+    only, and a network that diverges inside one is recorded up to the blow-up as in the epoch loop.
     """
     params, opt_state = state
     splits = {name: (jnp.asarray(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items()}
     x_train, y_train = splits["train"]
     probe_set = (x_train[: spec.probe_size], y_train[: spec.probe_size])
     histories, built, rules, kept = None, {}, None, {}
+    ahead = []  # the probes of the epochs a block has trained already, oldest first
+    blocked = (BLOCKS and spec.eval_every > 1 and not spec.injects_eta and spec.early_stopping_n is None
+               and should_stop is None and not spec.probes.kinds)
+
+    def block_length(e):
+        """Epochs from e to the next one after which the host has work: an evaluation, a checkpoint, the end."""
+        end = e
+        while not ((end + 1) % spec.eval_every == 0 or end == spec.epochs - 1
+                   or (spec.checkpoint_every and (end + 1) % spec.checkpoint_every == 0)):
+            end += 1
+        return end - e + 1
+
+    def train_block(e, k):
+        nonlocal params, opt_state
+        params, opt_state, stacked = run_block(params, opt_state, e, k, x_train, y_train, *probe_set)
+        host = jax.device_get(stacked)
+        return [[probes.finish(m, len(spec.net.weighted) - 1) for m in split(jax.tree.map(lambda a: a[j], host))] for j in range(k)]
 
     def measure(step):
         kinds = probes.kinds_at(spec, step, spec.epochs)
@@ -339,13 +391,22 @@ def _train(spec, data, state, *, first, run_epoch, probe, evaluate, split, on_ep
         return reasons
 
     for e in range(first, spec.epochs):
-        measured = measure(e)
+        if blocked and not ahead and block_length(e) > 1:
+            ahead = train_block(e, block_length(e))
+        in_block = bool(ahead)  # this epoch's updates are done already
+        measured = ahead.pop(0) if in_block else measure(e)
         histories = histories or start_histories(measured)
         rules = rules or start_rules(len(measured))
         etas = [state.eta for state, _ in rules]
         if spec.injects_eta:
             opt_state = schedules.set_eta(opt_state, etas)
-        params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
+        if not in_block:
+            params, opt_state = run_epoch(params, opt_state, e, x_train, y_train)
+        if ahead:  # params are those of the block's last epoch: nothing to evaluate or save before it
+            record(e, measured, [{}] * len(histories), [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
+            if all(done(h) for h in histories):
+                break
+            continue
         evaluating = (e + 1) % spec.eval_every == 0 or e == spec.epochs - 1
         evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items() if evaluating and name in spec.eval_splits}
         evaluated = split(jax.device_get(evaluated)) if evaluated else [{}] * len(histories)

@@ -81,3 +81,30 @@ def test_torch_missing_says_how_to_install(monkeypatch, baseline):
     monkeypatch.setattr(builtins, "__import__", no_torch)
     with pytest.raises(ImportError, match="pip install torch==2.13.0"):
         getattr(baselines, baseline)([], x, y, N, ETA)
+
+
+def test_book_run_counts_as_nnx_and_imports_only_numpy(tmp_path):
+    """The whole-command bench's book side: network.py's evaluate agrees with nnx's accuracy on the
+    same params, and the book's process never imports JAX (it would pay nnx's start-up)."""
+    import gzip
+    import pickle
+    import subprocess
+    import sys
+
+    from nnx.edges.bench import book_run
+
+    spec = book_spec(1, N)
+    params = nnx.init(jax.random.PRNGKey(3), spec.net)
+    test = [(xi.reshape(784, 1), yi) for xi, yi in zip(x, y)]
+    ours = int(jnp.sum(jnp.argmax(nnx.feedforward(spec.net, params, jnp.asarray(x))[0], axis=1) == y))
+    assert book_run.evaluate([(np.asarray(p["w"]), np.asarray(p["b"])) for p in params], test) == ours
+
+    book = tmp_path / "mnist.pkl.gz"
+    with gzip.open(book, "wb") as f:
+        pickle.dump(((x, y), (x, y), (x, y)), f)
+    script = (f"import runpy, sys; sys.argv = ['book_run', {str(book)!r}, '1']; "
+              f"runpy.run_path({book_run.__file__!r}, run_name='__main__'); "
+              "assert 'jax' not in sys.modules and 'nnx' not in sys.modules, 'imported'")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Epoch 0: ") and out.stdout.strip().endswith(f"/ {N}")

@@ -195,14 +195,3 @@ def test_nothing_secret_is_recorded(store, tmp_path):
     assert str(home) not in open(folder).read()
     assert redact("http://bob:pw@127.0.0.1:5000") == "http://***@127.0.0.1:5000"
 
-
-def test_ui_links_open_each_experiments_runs_in_the_model_training_view(store):
-    """MLflow 3.17 opens an experiment in its GenAI view unless the URL asks for the training one."""
-    from nnx.edges import tracking
-
-    uri, client = store
-    ids = {name: tracking.open_experiment(uri, name)[1] for name in ("ch6", "ch5")}
-    links = tracking.ui_links(client, "http://user:secret@127.0.0.1:5001/")
-    assert list(links) == ["ch5", "ch6"]  # by name; MLflow's Default experiment is left out
-    for name, link in links.items():
-        assert link == f"http://***@127.0.0.1:5001/#/experiments/{ids[name]}?workflowType=machine_learning"

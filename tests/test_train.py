@@ -56,6 +56,27 @@ def test_eval_every_measures_accuracies_every_kth_epoch_and_the_last_with_the_sa
         nnx.build({**cfg, "train": {**cfg["train"], "eval_every": 3, "early_stopping_n": 2}})
 
 
+def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch):
+    """Between evaluations, epochs run as one program (train.block_fn): the same numbers, bit for
+    bit, as one call per epoch, for one seed and vmapped seeds; on_state only where the host acts."""
+    cfg = tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200},
+                   train={"epochs": 9, "mini_batch_size": 200, "eval_every": 4, "checkpoint_every": 6, "stop_on_divergence": True})
+    spec = nnx.build(cfg)
+    runs = {}
+    for blocks in (True, False):
+        monkeypatch.setattr(nnx.train, "BLOCKS", blocks)
+        states = []
+        _, one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s: states.append(e))
+        _, many = nnx.fit_many(spec, small, seeds=[1, 2])
+        runs[blocks] = (one, *many, states)
+    for blocked, looped in zip(runs[True][:3], runs[False][:3]):
+        assert blocked.keys() == looped.keys()
+        for name in blocked:
+            np.testing.assert_array_equal(blocked[name], looped[name], err_msg=name)
+    assert runs[True][0]["eval_steps"].tolist() == [3, 7, 8]
+    assert runs[True][3] == [3, 5, 7, 8] and runs[False][3] == list(range(9))  # evaluations, checkpoint at 5, the end
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(small):
     spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
     run = lambda seed: nnx.fit(spec, small, key=jax.random.PRNGKey(seed))[1]

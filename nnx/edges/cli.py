@@ -109,6 +109,10 @@ class SweepParent(Callback):
         finish_sweep(config.hydra.sweep.dir)
 
 
+class Killed(Exception):
+    """A submitit job (SLURM) whose run(s) a signal ended KILLED: scancel, preemption, time limit."""
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -154,6 +158,7 @@ def _bar(step, epochs, values):
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def _hydra_main(cfg):
+    paths.use_compilation_cache()  # also in joblib's and submitit's (SLURM's) workers, which never run main()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # also in joblib/submitit workers
     try:
         return train(cfg)
@@ -162,6 +167,14 @@ def _hydra_main(cfg):
             raise  # the other jobs go on; Hydra reports this one at the end of the batch
         print(f"nnx-train: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):
+            raise
+        # In a submitit job an interrupt (a BaseException) leaves no result file, and the sweep's
+        # launcher then learns that the job ended only from sacct: after up to 10 minutes, or never
+        # where the cluster keeps no accounting. As an Exception it is this job's recorded failure,
+        # which the launcher reads at once (the sweep's other jobs still run to their end).
+        raise Killed(f"{err}: the run ended KILLED after its last checkpoint; run the same sweep again to resume it") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -206,19 +219,20 @@ def _no_second_batch_check():
         Sweeper.validate_batch_is_legal = check
 
 
-_WORKERS_STARTED_IN = None  # (cwd, MLFLOW_TRACKING_URI) of the last in-process run
+_WORKERS_STARTED_IN = None  # (cwd, the tracking variables) of the last in-process run
 
 
 def _no_stale_workers():
     """joblib keeps its worker processes between the sweeps of one process, and a worker keeps the
-    folder and environment it started with: a sweep run in process from another folder or for
-    another store would find the sweep's shared file under the old folder and write to the old
-    store. So the workers go when either changed since the last run (nnx-reproduce's sweeps share
-    both and keep theirs)."""
+    folder and environment it started with: a sweep run in process from another folder, for
+    another store or with another login would find the sweep's shared file under the old folder and
+    write to the old store as the old user. So the workers go when any of these changed since the
+    last run (nnx-reproduce's sweeps share them and keep theirs)."""
     global _WORKERS_STARTED_IN
     from joblib.externals.loky import reusable_executor
 
-    here = (os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI"))
+    here = (os.getcwd(), *(os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                         "NETRC")))
     if here != _WORKERS_STARTED_IN and reusable_executor._executor is not None:
         reusable_executor._executor.shutdown(wait=True, kill_workers=True)
     _WORKERS_STARTED_IN = here

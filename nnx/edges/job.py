@@ -93,11 +93,12 @@ def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, pa
     return Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
 
 
-def _finished_twin(client, experiment_id, cfg, preset):
-    """A FINISHED run of the same preset with the same config: the job a relaunched sweep skips.
-    (Same preset only: two presets that happen to share a config each keep their own runs.)"""
+def _twin(client, experiment_id, cfg, preset, status="FINISHED"):
+    """The newest run of the same preset with the same config in `status`: a FINISHED one is the job a
+    relaunched sweep skips (_twin_to_heal finds the one it resumes). (Same preset only: two presets
+    that happen to share a config each keep their own runs.)"""
     found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
-                               status="FINISHED", newest_first=True, max_results=1)
+                               status=status, newest_first=True, max_results=1)
     return found[0] if found else None
 
 
@@ -154,7 +155,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
     if found:
         parent_id, tags["nnx.sweep_id"] = found
     preset = tags.get("nnx.experiment", "none")
-    twins = {s: _finished_twin(client, experiment_id, seed_config(cfg, s), preset) for s in seeds} if skip_finished else {}
+    twins = {s: _twin(client, experiment_id, seed_config(cfg, s), preset) for s in seeds} if skip_finished else {}
     for seed, twin in twins.items():
         if twin is not None:
             echo(f"nnx: seed {seed} skipped: the same config FINISHED as run {twin.info.run_id}")
@@ -166,11 +167,16 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
         twin = _twin_to_heal(client, experiment_id, seed_config(cfg, seed), preset, killed_too=skip_finished, echo=echo)
         if twin is None:
             continue
-        if parent_id:
-            tracking.join_parent(client, twin, parent_id, tags["nnx.sweep_id"])
-        from nnx.edges.resume import resume  # imported here: resume trains through this module
+        # It goes on from its last checkpoint in its own run, as `nnx-train resume=RUN_ID` would;
+        # imported here because resume is built on this module.
+        from nnx.edges.resume import ResumeError, resume
 
-        summaries.append(resume(twin.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress))
+        joined = tracking.parent_tags(twin, parent_id, tags["nnx.sweep_id"]) if parent_id else {}
+        try:
+            summaries.append(resume(twin.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress, tags=joined))
+        except ResumeError as err:
+            echo(f"nnx: seed {seed}: run {twin.info.run_id} cannot be resumed ({err}); training it anew")
+            continue
         seeds.remove(seed)
     if not seeds:
         return summaries[0] if summaries else {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
@@ -186,7 +192,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
         for s in seeds
     ]
     for m in members:
-        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {uri}")
+        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {tracking.redact(uri)}")
     return train_and_end(spec, data, members, group, echo, progress=progress, should_stop=should_stop)
 
 

@@ -15,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nnx.edges import tracking
 from nnx.registry import ConfigError
 from nnx.spec import build
 
@@ -99,14 +100,17 @@ def preflight(argv: list[str], config_dir: str, config_name: str) -> bool:
             return False
         for job in jobs:
             try:
-                build(OmegaConf.to_container(compose(config_name, overrides=job), resolve=True))
-            except ConfigError as err:
+                cfg = OmegaConf.to_container(compose(config_name, overrides=job), resolve=True)
+                build(cfg)
+                # Before Hydra writes the job's .hydra/ folder, where a password in the URI would stay.
+                tracking.check_uri(tracking.resolve_uri(cfg.get("tracking", {}).get("uri")))
+            except (ConfigError, tracking.TrackingError) as err:
                 message = str(err)
             except (HydraException, OmegaConfBaseException) as err:
                 message = _explain(err, job, config_name)
             else:
                 continue
             where = f" (in the job {' '.join(job)})" if len(jobs) > 1 else ""
-            print(f"nnx-train: error{where}: {message}", file=sys.stderr)
+            print(tracking.redact(f"nnx-train: error{where}: {message}"), file=sys.stderr)
             sys.exit(2)
     return True

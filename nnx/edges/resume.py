@@ -18,8 +18,9 @@ class ResumeError(ValueError):
     """A run cannot be resumed (unknown, finished, or still running in a live process)."""
 
 
-def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dict:
-    """Continues a KILLED or FAILED run from its last checkpoint, in the same MLflow run."""
+def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None, tags: dict | None = None) -> dict:
+    """Continues a KILLED or FAILED run from its last checkpoint, in the same MLflow run; `tags` are
+    set on it once it is found resumable (a relaunched sweep's parent run and sweep id)."""
     uri = tracking.resolve_uri(tracking_cfg["uri"])
     client, _ = tracking.open_experiment(uri, tracking_cfg["experiment"])
     stored = tracking.get_run(client, run_id)
@@ -58,7 +59,7 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None) -> dic
     run = tracking.Run(client, run_id)
     run.reopen()
     member = Member(run, cfg["seed"], cfg, path, logged_until=max(logged), earlier=earlier)
-    run.set_tags({"nnx.resumed_from_epoch": str(start[0] if start else 0)})
+    run.set_tags({**(tags or {}), "nnx.resumed_from_epoch": str(start[0] if start else 0)})
     echo(f"nnx: resuming run {run_id} at epoch {start[0]} of {spec.epochs}" if start else
          f"nnx: run {run_id} left no checkpoint: training it again from epoch 0 in the same run")
     return train_and_end(spec, data, [member], None, echo, start=start, progress=progress)

@@ -3,9 +3,15 @@
 An exception raised at a random point could land inside the store client's locks and hang the
 clean-up, so the first signal only sets a flag that training checks after each epoch (logged and
 checkpointed by then); a second signal stops at once.
+
+In a submitit job (hydra/launcher=slurm) SIGUSR2 too: submitit has SLURM send it before the time
+limit (sbatch --signal=USR2@<hydra.launcher.signal_delay_s>), and its own handler would stop the
+job mid-epoch, the run FAILED; here the run ends KILLED after a whole epoch, and the relaunched
+sweep resumes it.
 """
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -30,11 +36,13 @@ class StopRequest:
 
 @contextlib.contextmanager
 def on_signals():
-    """Yields a StopRequest set by SIGINT/SIGTERM (only the main thread can take signals)."""
+    """Yields a StopRequest set by SIGINT/SIGTERM, and SIGUSR2 in a submitit job (only the main thread
+    can take signals)."""
     request = StopRequest()
     previous = {}
+    signals = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR2,) if os.environ.get("SUBMITIT_EXECUTOR") else ())
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, request._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, request._handle) for sig in signals}
     try:
         yield request
     finally:

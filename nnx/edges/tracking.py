@@ -57,7 +57,21 @@ def checkpoint_path(uri: str, run_id: str) -> Path:
     return (_local_store(uri) or STORE) / "checkpoints" / run_id / "last.npz"
 
 
+def check_uri(uri: str | None):
+    """A tracking URI may not carry a password (http://user:password@host): Hydra records
+    tracking.uri in each job's .hydra/ folder and nnx in each run's config, and both are read by
+    more people than the password should be. MLflow takes it from the environment instead."""
+    from urllib.parse import urlsplit
+
+    if uri and urlsplit(uri).password is not None:
+        raise TrackingError(
+            f"the tracking URI {redact(uri)} holds a password: it would be recorded in Hydra's output folder and in the "
+            f"run. Give the URI without it, and the login as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+            f"as `machine HOST login USER password PASSWORD` in ~/.netrc (or the file $NETRC names).")
+
+
 def _check_reachable(uri: str, timeout: float = 10.0):
+    check_uri(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -65,10 +79,43 @@ def _check_reachable(uri: str, timeout: float = 10.0):
             response.read()
     except (urllib.error.URLError, OSError) as err:
         raise TrackingError(
-            f"the MLflow tracking server at {uri} is not reachable ({err}). Start it (e.g. `mlflow server "
+            f"the MLflow tracking server at {uri} is not reachable ({err}). Start it (`make server`, or `mlflow server "
             f"--host 127.0.0.1 --port 5000`), fix tracking.uri / MLFLOW_TRACKING_URI, or drop them to use "
             f"the embedded store under {STORE}."
         ) from None
+
+
+def _login_hint(uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    given = (f"user {user!r} from MLFLOW_TRACKING_USERNAME" if user else
+             f"no MLFLOW_TRACKING_USERNAME, so whatever ~/.netrc (or $NETRC) holds for {urlsplit(uri).hostname}, if anything")
+    return (f"It was given {given}. Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or a `machine HOST login "
+            f"USER password PASSWORD` line in ~/.netrc) to a login the server's admin created for you")
+
+
+def _check_login(client, uri: str):
+    """/health answers everyone, even with logins on: a call that needs one tells, before any
+    training, whether this process's credentials are accepted."""
+    from mlflow.exceptions import MlflowException
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as err:
+        if err.error_code == "UNAUTHENTICATED":
+            raise TrackingError(f"the MLflow tracking server at {uri} refused the login (401 Unauthorized). "
+                                f"{_login_hint(uri)} (README: 'A shared tracking server').") from None
+        raise
+
+
+def _denied(err, uri: str, what: str) -> TrackingError:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this login"
+    return TrackingError(f"the MLflow tracking server at {uri} does not let {user} {what} (403 permission denied). "
+                         f"Ask its admin for EDIT on the experiment (MLflow's permissions API; README: 'A shared tracking "
+                         f"server'), or write to another experiment with tracking.experiment=NAME.")
 
 
 def open_experiment(uri: str, name: str):
@@ -86,13 +133,16 @@ def open_experiment(uri: str, name: str):
         local.mkdir(parents=True, exist_ok=True)
     with lock:
         client = mlflow.MlflowClient(tracking_uri=uri)
+        _check_login(client, uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return client, experiment.experiment_id
         artifacts = (local / "artifacts" / name).as_uri() if local else None
         try:
             return client, client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
-        except mlflow.exceptions.MlflowException:
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code == "PERMISSION_DENIED":
+                raise _denied(err, uri, f"create the experiment {name!r}") from None
             # Another job (no file lock reaches a server's clients) created it a moment ago.
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -150,7 +200,9 @@ def connect(uri: str):
     import mlflow
 
     _check_reachable(uri)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    _check_login(client, uri)
+    return client
 
 
 def experiment_id(client, name: str) -> str | None:
@@ -173,12 +225,54 @@ def ui_links(client, base: str = UI) -> dict:
 
     MLflow 3.17's UI opens an experiment in its GenAI view (traces, prompts, an assistant) unless
     the URL asks for the training one: the sidebar's toggle lives in the browser's localStorage,
-    whatever the experiment's mlflow.experimentKind tag says (MLflow issue #24498). A new user
-    following the home page lands there; these links land on the runs table.
+    whatever the experiment's mlflow.experimentKind tag says (MLflow issue #24498); `make ui` also
+    sets that default for a fresh browser (nnx.edges.ui). Where share_runs_views has stored the
+    experiment's view, the link opens it: the swept params and best_val_accuracy as columns.
     """
     experiments = _retry(client.search_experiments)
-    return {e.name: f"{redact(base.rstrip('/'))}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
-            for e in sorted(experiments, key=lambda e: e.name) if e.name != "Default"}
+    links = {}
+    for e in sorted(experiments, key=lambda e: e.name):
+        if e.name != "Default":
+            shared = f"&{SHARE_PARAM}={RUNS_VIEW}" if f"{SHARE_TAG}{RUNS_VIEW}" in e.tags else ""
+            links[e.name] = f"{redact(base.rstrip('/'))}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning{shared}"
+    return links
+
+
+# MLflow 3.17's UI "Share" keeps a view of the runs table (its columns, sort, filters) as the
+# experiment tag mlflow.sharedViewState.<key> and opens it from ?viewStateShareKey=<key>.
+SHARE_TAG, SHARE_PARAM, RUNS_VIEW = "mlflow.sharedViewState.", "viewStateShareKey", "nnx-runs"
+UI_DEFAULT_COLUMNS = ["attributes.`Source`", "attributes.`Models`", "attributes.`Dataset`"]  # the UI's own defaults
+BEST = "best_val_accuracy"
+
+
+DERIVED = ("model.layers", "model.sizes", "model.num_params")  # nnx logs these from the swept ones
+
+
+def runs_view(runs, most: int = 8) -> dict | None:
+    """The shared view state of a runs table whose columns are what a sweep swept (the params whose
+    values differ between these runs, by name; of params equal run by run, the shortest name, so
+    `depth` and not also `model.depth`; at most `most`) and best_val_accuracy; None if nothing
+    differs and no run has best_val_accuracy. Unsorted: sorting by a metric flattens each sweep's
+    parent and children into one list, and a column header's click sorts anyway."""
+    columns = {}
+    for key in sorted({key for run in runs for key in run.data.params} - set(DERIVED), key=lambda k: (len(k), k)):
+        values = tuple(run.data.params.get(key) for run in runs)
+        if len(set(values) - {None}) > 1:
+            columns.setdefault(values, key)
+    swept = sorted(columns.values())[:most]
+    best = any(BEST in run.data.metrics for run in runs)
+    if not swept and not best:
+        return None
+    return {"selectedColumns": UI_DEFAULT_COLUMNS + [f"params.`{key}`" for key in swept] + ([f"metrics.`{BEST}`"] if best else [])}
+
+
+def share_runs_views(client, max_runs: int = 5000):
+    """Stores each experiment's runs_view (of its latest max_runs runs) as the shared view ui_links opens."""
+    for e in _retry(client.search_experiments):
+        view = runs_view(find_runs(client, [e.experiment_id], newest_first=True, max_results=max_runs))
+        value = json.dumps(view, sort_keys=True) if view else None
+        if value and e.tags.get(f"{SHARE_TAG}{RUNS_VIEW}") != value:
+            _retry(client.set_experiment_tag, e.experiment_id, f"{SHARE_TAG}{RUNS_VIEW}", value)
 
 
 def find_runs(client, experiment_ids, *, tags: dict | None = None, status: str | None = None,
@@ -241,14 +335,18 @@ def has_checkpoint(client, uri: str, run_id: str) -> bool:
 PREVIOUS_PARENT = "nnx.previous_parent"  # a relaunched sweep's child: the parent run it had before
 
 
-def join_parent(client, run, parent_run_id: str, sweep_id: str):
-    """Moves a run under a relaunched sweep's parent, remembering the one it leaves (end_sweep
-    closes that one if its process is gone: a sweep killed with its jobs leaves its parent RUNNING)."""
+def parent_tags(run, parent_run_id: str, sweep_id: str) -> dict:
+    """The tags that move a run under a relaunched sweep's parent, remembering the one it leaves
+    (end_sweep closes that one if its process is gone: a sweep killed with its jobs leaves its parent RUNNING)."""
     old = run.data.tags.get("mlflow.parentRunId")
     tags = {"mlflow.parentRunId": parent_run_id, "nnx.sweep_id": sweep_id}
     if old and old != parent_run_id:
         tags[PREVIOUS_PARENT] = old
-    Run(client, run.info.run_id).set_tags(tags)
+    return tags
+
+
+def join_parent(client, run, parent_run_id: str, sweep_id: str):
+    Run(client, run.info.run_id).set_tags(parent_tags(run, parent_run_id, sweep_id))
 
 
 def _close_dead_parent(client, run_id: str, by_sweep: str):
@@ -311,14 +409,38 @@ def _retry(call, *args, attempts=30, **kwargs):
 BATCH = 1000  # metrics per log_batch call: MLflow's limit
 
 
+def http_retry_wait() -> float:
+    """Seconds MLflow's REST client sleeps across its retries of one request before it gives up
+    on a server that refuses connections (a restart) or answers 429/5xx: urllib3's backoff, 0 then
+    factor * 2**k capped at 120 s, over MLFLOW_HTTP_REQUEST_MAX_RETRIES retries (7 and factor 2
+    by default: 0+4+8+16+32+64+120 = 244 s, plus up to 1 s of jitter each). A server that accepts
+    but never answers costs MLFLOW_HTTP_REQUEST_TIMEOUT (120 s) per attempt on top."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES
+
+    retries, factor = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
+    return float(sum(min(factor * 2 ** (k - 1), 120) for k in range(2, retries + 1)))
+
+
+def _steps(metrics) -> str:
+    steps = sorted({m.step for m in metrics})
+    return f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}" if steps == list(range(steps[0], steps[-1] + 1)) else str(steps)
+
+
 class Run:
     """One MLflow run: metrics are sent by a writer thread, so training does not wait on the store
     (flushed before the run ends), in batches of whatever has queued up, never one call per value.
-    Each batch also carries the run's heartbeat tags (liveness): no store call of their own."""
+    Each batch also carries the run's heartbeat tags (liveness): no store call of their own.
+
+    A server that goes away (a restart) is waited out by MLflow's own retries of each request
+    (http_retry_wait: ~4 minutes by default); meanwhile training goes on and its metrics queue up.
+    If a batch still fails, nothing is dropped silently: the values not written are counted, the
+    next log_metrics stops training, and the run ends FAILED with tags saying which epochs were lost.
+    """
 
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
-        self._queue, self._writer, self._error, self._last_logged = queue.Queue(), None, None, None
+        self._queue, self._writer, self._error, self._lost, self._raised = queue.Queue(), None, None, [], False
+        self._last_logged, self._save_error = None, None
 
     def _write(self):
         while True:
@@ -336,12 +458,18 @@ class Run:
             try:
                 for i in range(0, len(metrics), BATCH):
                     if self._error is None:
-                        tags = _tag_list({k: v for beat in beats for k, v in beat.items()}) if i == 0 else []
-                        _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH], tags=tags)
+                        try:
+                            tags = _tag_list({k: v for beat in beats for k, v in beat.items()}) if i == 0 else []
+                            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH], tags=tags)
+                            continue
+                        except Exception as err:  # surfaced by log_metrics or flush, in the training thread
+                            self._error = err
+                    self._lost.extend(metrics[i : i + BATCH])
                 if saves and self._error is None:
-                    saves[-1]()  # only the newest checkpoint matters; its epoch's metrics are in the store now
-            except Exception as err:  # surfaced by flush(), in the training thread
-                self._error = err
+                    try:
+                        saves[-1]()  # only the newest checkpoint matters; its epoch's metrics are in the store now
+                    except Exception as err:  # a full disk, say: raised by flush, in the training thread
+                        self._save_error = err
             finally:
                 for _ in items:
                     self._queue.task_done()
@@ -366,13 +494,24 @@ class Run:
         if self._writer is not None:
             self._queue.join()
 
+    def _failure(self) -> TrackingError:
+        self._raised = True
+        return TrackingError(
+            f"{len(self._lost)} metric values of epoch(s) {_steps(self._lost)} of run {self.run_id} were not written to "
+            f"{redact(self.client.tracking_uri)}: {self._error}. (MLflow retries a request to a server that is down or answers "
+            f"429/5xx for about {http_retry_wait():.0f} s; MLFLOW_HTTP_REQUEST_MAX_RETRIES, at most 10, and "
+            f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR make that wait longer.)")
+
     def flush(self):
-        """Waits until every queued metric is in the store; raises what the writer met."""
+        """Waits until every queued metric is in the store; raises TrackingError naming what was
+        lost if the writer could not write something (once: log_metrics may have raised it first)."""
         if self._writer is not None:
             self._queue.join()
-        if self._error is not None:
-            error, self._error = self._error, None
+        if self._save_error is not None:
+            error, self._save_error = self._save_error, None
             raise error
+        if self._error is not None and not self._raised:
+            raise self._failure()
 
     @classmethod
     def start(cls, client, experiment_id, *, name, params, tags, parent_run_id=None):
@@ -381,7 +520,12 @@ class Run:
         tags = {k: redact(str(v)) for k, v in {**liveness.here(), **tags}.items()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = _retry(client.create_run, experiment_id, run_name=redact(name), tags=tags)
+        try:
+            run = _retry(client.create_run, experiment_id, run_name=redact(name), tags=tags)
+        except Exception as err:  # MlflowException
+            if getattr(err, "error_code", None) == "PERMISSION_DENIED":
+                raise _denied(err, client.tracking_uri, f"write runs to experiment {experiment_id}") from None
+            raise
         self = cls(client, run.info.run_id)
         items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -393,6 +537,9 @@ class Run:
 
         now = time.time()
         metrics = [Metric(k, float(v), int(now * 1000), step) for k, v in values.items()]
+        if self._error is not None and not self._raised:  # no use training on when its numbers are not kept
+            self._lost.extend(metrics)
+            raise self._failure()
         beat = {liveness.HEARTBEAT: f"{now:.0f}", liveness.LAST_EPOCH: str(step)}
         if self._last_logged is not None:  # the time between two epochs' values: one epoch's duration
             beat[liveness.EPOCH_SECONDS] = f"{now - self._last_logged:.3g}"
@@ -426,10 +573,19 @@ class Run:
             _retry(self.client.set_tag, self.run_id, key, redact(str(value))[:5000])
 
     def end(self, status: str):
+        """Ends the run in status once its metrics are written; FAILED, tagged nnx.failure=tracking
+        and nnx.error, if some were lost (and raises TrackingError saying which)."""
+        lost = None
         try:
             self.flush()
+        except TrackingError as err:
+            lost = err
+            raise
         finally:
             if self._writer is not None:
                 self._queue.put(None)
                 self._writer = None
+            if self._error is not None:
+                status = "FAILED"
+                self.set_tags({"nnx.failure": "tracking", "nnx.error": str(lost or self._failure())})
             _retry(self.client.set_terminated, self.run_id, status)

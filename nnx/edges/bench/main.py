@@ -21,6 +21,7 @@ from nnx.edges.bench.cases import CASES, bench_case
 from nnx.edges.bench.machine import BLAS_ENV, machine, restart_without_blas_env, torch_installed
 from nnx.edges.bench.overhead import probes_overhead, tracking_overhead
 from nnx.edges.bench.seeds import multi_seed
+from nnx.edges.bench.wholejob import whole_job
 from nnx.edges.bench.table import print_table
 
 
@@ -31,6 +32,8 @@ def main(argv=None):
                         help=f"cases to run (default all): {', '.join(repr(c) for c in CASES)}")
     parser.add_argument("--quick", action="store_true", help="3 repeats, a 15 s cap, tracking on 10000 images")
     parser.add_argument("--cap", type=float, help="seconds a baseline may spend per case (default 60, 15 with --quick)")
+    parser.add_argument("--no-whole-job", action="store_true",
+                        help="skip the whole-command comparison (the book's chapter 1 run takes ~70 s a time)")
     parser.add_argument("--out", type=Path, default=paths.REPORTS / "bench" / "bench.json")
     parser.add_argument("--keep-blas-env", action="store_true", help=f"do not unset {', '.join(BLAS_ENV)}")
     args = parser.parse_args(argv)
@@ -66,12 +69,19 @@ def main(argv=None):
     print(f"multi-seed: {seeds['seeds']} seeds in {seeds['vmapped_s']:.1f} s vmapped, {seeds['sequential_s']:.1f} s "
           f"one after another (30 epochs of [784,30,10] mb 10 on 1000 images)", flush=True)
 
+    whole = None
+    if not args.no_whole_job:
+        whole = whole_job(epochs=5 if args.quick else 30)
+        print(f"whole command: {whole['commands']['nnx']} {whole['nnx_s']:.1f} s (peak {whole['nnx_peak_mb']:.0f} MiB) against "
+              f"the book's run {whole['book_s']:.1f} s ({whole['book_peak_mb']:.0f} MiB): {whole['speedup']:.1f}x, best of "
+              f"{whole['repeats']} each, start-up, store and evaluation included", flush=True)
+
     info["load_average_1min_end"] = os.getloadavg()[0]
     print()
     print_table(cases)
     report = {"machine": info, "cases": cases, "tracking_overhead_pct": overhead["pct"], "tracking_overhead": overhead,
               "probes_overhead_pct": probing["pct"], "probes_overhead": probing,
-              "multi_seed": seeds}
+              "multi_seed": seeds, "whole_job": whole}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

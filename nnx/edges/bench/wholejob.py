@@ -1,0 +1,58 @@
+"""A user's whole command against the book's code doing the same job, as whole processes.
+
+Chapter 1's run ([784,30,10], mb 10, eta 3.0, test accuracy after each epoch): `nnx-train
+experiment=ch1_30` against network.py's algorithm run the book's way (book_run.py, numpy only).
+Everything a user waits for counts: start-up, loading the data, compiling, training, evaluating,
+and for nnx the MLflow store (one that exists already, as a user's does: it is created untimed).
+nnx-train also evaluates the training and validation sets and probes chapter 5's gradients each
+epoch, which the book's run does not. Each command runs `repeats` times, alternating; the best
+wall time and each process's peak resident memory are kept.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BOOK_RUN = Path(__file__).with_name("book_run.py")
+
+
+def _timed(command, env) -> tuple[float, float]:
+    """(wall seconds, peak resident MiB) of one process."""
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: nothing is read until the process ends
+        start = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)  # wait4: this one process's peak memory
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(map(str, command))} failed ({process.returncode}): {errors.read()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def whole_job(epochs: int = 30, repeats: int = 2) -> dict:
+    from nnx import data
+    from nnx.edges import tracking
+
+    book_file = data.default_path()
+    with tempfile.TemporaryDirectory() as folder:
+        uri = f"sqlite:///{folder}/mlflow.db"
+        tracking.open_experiment(uri, "ch1")
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        commands = {
+            "book": [sys.executable, str(BOOK_RUN), str(book_file), str(epochs)],
+            "nnx": [str(Path(sys.executable).parent / "nnx-train"), "experiment=ch1_30", f"train.epochs={epochs}",
+                    f"hydra.run.dir={folder}/outputs"],
+        }
+        runs = {name: [] for name in commands}
+        for _ in range(repeats):
+            for name, command in commands.items():
+                runs[name].append(_timed(command, env))
+    book, nnx = min(runs["book"]), min(runs["nnx"])
+    return {"epochs": epochs, "repeats": repeats, "book_s": book[0], "nnx_s": nnx[0], "speedup": book[0] / nnx[0],
+            "book_peak_mb": max(m for _, m in runs["book"]), "nnx_peak_mb": max(m for _, m in runs["nnx"]),
+            "commands": {"book": "python nnx/edges/bench/book_run.py <mnist.pkl.gz> " + str(epochs),
+                         "nnx": f"nnx-train experiment=ch1_30 train.epochs={epochs}"}}
