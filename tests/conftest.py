@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 # --dist loadfile the workers take whole files in collection order, and a long file taken last
 # would leave the other worker idle while it runs (fresh-clone durations, 2 cores).
 LONGEST_FIRST = ("test_reliability.py", "test_chapters.py", "test_readme.py", "test_browser.py", "test_server.py", "test_slurm.py",
-                 "test_ch3hp.py", "test_papers_signal.py", "test_layers.py", "test_ch5.py", "test_ch6.py", "test_cli.py",
+                 "test_ch3hp.py", "test_papers_signal.py", "test_layers.py", "test_ch5.py", "test_ch6.py", "test_liveness.py", "test_cli.py",
                  "test_mlflow3.py")
 
 

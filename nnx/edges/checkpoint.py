@@ -15,10 +15,21 @@ from nnx import train as training
 
 def save(path: Path, epoch: int, params, opt_state):
     """Params, optimizer state and the epoch they follow, written atomically (tmp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **records.checkpoint_arrays(epoch, params, opt_state))
-    os.replace(tmp, path)
+    saver(path, epoch, params, opt_state)()
+
+
+def saver(path: Path, epoch: int, params, opt_state):
+    """save's write as a function of no arguments, over host copies taken now: training may run on
+    while another thread writes it (tracking.Run.save_after_logged)."""
+    arrays = records.checkpoint_arrays(epoch, params, opt_state)
+
+    def write():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    return write
 
 
 def load(path: Path, spec, seed: int):

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from nnx.data import DataError
-from nnx.edges import job, paths, search, tracking
+from nnx.edges import job, liveness, paths, search, tracking
 from nnx.edges.resume import ResumeError, resume
 from nnx.registry import ConfigError
 
@@ -65,7 +65,7 @@ def sweep_parent(client, experiment_id, sweep_dir, preset: str) -> tuple[str, st
             parent = tracking.Run.start(
                 client, experiment_id, name=f"sweep {preset} {' '.join(sweep['overrides'])}".strip(), params={},
                 tags={"nnx.sweep_id": sweep["sweep_id"], "nnx.role": "sweep", "nnx.experiment": preset,
-                      "nnx.overrides": " ".join(sweep["overrides"])},
+                      "nnx.overrides": " ".join(sweep["overrides"]), **sweep.get("where", {})},
             )
             sweep.update(parent_run_id=parent.run_id, tracking_uri=client.tracking_uri)
             path.write_text(json.dumps(sweep))
@@ -98,7 +98,9 @@ class SweepParent(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
-        sweep_file(sweep_dir).write_text(json.dumps({"sweep_id": uuid.uuid4().hex[:12], "overrides": overrides}))
+        # where: the sweep's own process, which ends the parent run (its jobs may run in other processes)
+        sweep_file(sweep_dir).write_text(json.dumps({"sweep_id": uuid.uuid4().hex[:12], "overrides": overrides,
+                                                     "where": liveness.here()}))
         # main() ends the parent even when a job raises or the sweep is interrupted, where
         # Hydra skips on_multirun_end.
         OPEN_SWEEPS.append(sweep_dir)
@@ -131,7 +133,9 @@ def train(cfg) -> dict:
         tags[search.TRIAL_TAG] = str(trial.number)
     # A search's trial always trains: the study needs its epochs, and a twin from another search was judged by another study.
     skip = multirun and plain["tracking"]["skip_finished"] and trial is None
-    return job.run(plain, name=name, tags=tags, parent=parent, skip_finished=skip, echo=_echo, progress=_progress(), should_stop=trial)
+    heal = plain["tracking"]["skip_finished"] and trial is None  # a run left RUNNING by a dead process is resumed
+    return job.run(plain, name=name, tags=tags, parent=parent, skip_finished=skip, heal=heal, echo=_echo, progress=_progress(),
+                   should_stop=trial)
 
 
 def _progress():

@@ -75,6 +75,7 @@ class Member:
             self.run.log_metrics(step, values)
 
     def end_with_error(self, err):
+        self.run.drain()  # the newest checkpoint is written once its epoch's metrics are in the store
         self.run.set_tags({"nnx.error": f"{type(err).__name__}: {err}"})
         files = {"error.txt": lambda p: p.write_text(traceback.format_exc())}
         if self.checkpoint.exists():
@@ -132,14 +133,37 @@ def log_summary(member, spec, params, result: dict, step: int, echo):
 
 def _twin(client, experiment_id, cfg, preset, status="FINISHED"):
     """The newest run of the same preset with the same config in `status`: a FINISHED one is the job a
-    relaunched sweep skips, a KILLED one the run it resumes. (Same preset only: two presets that
-    happen to share a config each keep their own runs.)"""
+    relaunched sweep skips (_twin_to_heal finds the one it resumes). (Same preset only: two presets
+    that happen to share a config each keep their own runs.)"""
     found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
                                status=status, newest_first=True, max_results=1)
     return found[0] if found else None
 
 
-def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, echo=print, progress=None, should_stop=None) -> dict:
+def _twin_to_heal(client, experiment_id, cfg, preset, *, killed_too, echo):
+    """The run of the same preset and config that a repeated command continues instead of training
+    a new one: one left RUNNING by a process that is gone (marked KILLED here, saying why) or, with
+    killed_too (a relaunched sweep), one that ended KILLED. A RUNNING twin whose process lives
+    (another command training it now) is left alone."""
+    found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
+                               newest_first=True, max_results=20)
+    for twin in found:
+        if twin.data.tags.get("nnx.rerun_of") or twin.info.status not in ("RUNNING", "KILLED"):
+            continue
+        if twin.info.status == "RUNNING":
+            reason = tracking.stale_reason(twin, cfg["tracking"].get("stale_after"))
+            if reason is None:
+                continue
+            tracking.Run(client, twin.info.run_id).kill(reason)
+            echo(f"nnx: run {twin.info.run_id} was left RUNNING: {reason}; marked KILLED")
+        elif not killed_too:
+            continue
+        return twin
+    return None
+
+
+def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, heal=False, echo=print, progress=None,
+        should_stop=None) -> dict:
     """Trains what `cfg` describes into MLflow and returns the first seed's summary.
 
     Args:
@@ -148,7 +172,9 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
       tags: extra tags for every run (overrides, preset, rerun source ...).
       parent: None, or parent(client, experiment_id) -> (parent run id, sweep id) | None.
       skip_finished: seeds whose identical config already FINISHED are not run again; their runs
-        join this sweep's parent instead.
+        join this sweep's parent instead, and those whose run ended KILLED are resumed into it.
+      heal: a seed whose identical config was left RUNNING by a process that is gone is marked
+        KILLED (tag nnx.killed_reason) and resumed from its checkpoint in the same run.
       echo: prints a line; progress(step, epochs, values): shows an epoch's numbers (default: a line).
       should_stop: should_stop(i, step, values) -> why the i-th seed's run stops after this epoch, or ""
         (a search's pruner); the run ends FINISHED with tags nnx.stopped and nnx.stopped_epoch.
@@ -174,22 +200,26 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, e
         if twin is not None:
             echo(f"nnx: seed {seed} skipped: the same config FINISHED as run {twin.info.run_id}")
             if parent_id:
-                tracking.Run(client, twin.info.run_id).set_tags({"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]})
+                tracking.join_parent(client, twin, parent_id, tags["nnx.sweep_id"])
     seeds = [s for s in seeds if twins.get(s) is None]
-    if not seeds:
-        return {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
-    killed = _twin(client, experiment_id, seed_config(cfg, seeds[0]), preset, "KILLED") if skip_finished and len(seeds) == 1 else None
-    if killed is not None:
-        # A job stopped by a signal (Ctrl-C, SLURM's scancel, preemption) goes on from its last
-        # checkpoint in its own run, as `nnx-train resume=RUN_ID` would; imported here because
-        # resume is built on this module. (A vmapped group's member is trained anew instead.)
+    summaries = []
+    for seed in list(seeds) if heal or skip_finished else []:
+        twin = _twin_to_heal(client, experiment_id, seed_config(cfg, seed), preset, killed_too=skip_finished, echo=echo)
+        if twin is None:
+            continue
+        # It goes on from its last checkpoint in its own run, as `nnx-train resume=RUN_ID` would;
+        # imported here because resume is built on this module.
         from nnx.edges.resume import ResumeError, resume
 
-        joined = {"mlflow.parentRunId": parent_id, "nnx.sweep_id": tags["nnx.sweep_id"]} if parent_id else {}
+        joined = tracking.parent_tags(twin, parent_id, tags["nnx.sweep_id"]) if parent_id else {}
         try:
-            return resume(killed.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress, tags=joined)
+            summaries.append(resume(twin.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress, tags=joined))
         except ResumeError as err:
-            echo(f"nnx: seed {seeds[0]}: the KILLED run {killed.info.run_id} cannot be resumed ({err}); training it anew")
+            echo(f"nnx: seed {seed}: run {twin.info.run_id} cannot be resumed ({err}); training it anew")
+            continue
+        seeds.remove(seed)
+    if not seeds:
+        return summaries[0] if summaries else {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
 
     group = None
     if len(seeds) > 1 and parent_id is None:
@@ -227,7 +257,7 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
 
     def on_state(i, epoch, params, opt_state):
         if every and ((epoch + 1) % every == 0 or epoch == spec.epochs - 1):
-            checkpoint.save(members[i].checkpoint, epoch, params, opt_state)
+            members[i].run.save_after_logged(checkpoint.saver(members[i].checkpoint, epoch, params, opt_state))
         if i == len(members) - 1:
             stop_request.check()
 
@@ -252,6 +282,7 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
 
     diverged, histories = [], []
     for m, (params, history) in zip(members, results):
+        m.run.drain()  # the last checkpoint is written by the run's writer
         history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
         histories.append(history)
         if records.probe_steps("hist") in history:

@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import numpy as np
 import yaml
 from filelock import FileLock
 
+from nnx.edges import liveness
 from nnx.edges.paths import ROOT, STORE
 
 # MLflow 3 opens new experiments in its GenAI view unless told this is model training.
@@ -328,6 +330,54 @@ def read_config(client, run_id: str) -> dict:
     return yaml.safe_load(raw)
 
 
+def stale_reason(run, stale_after: float | None = None, tags: dict | None = None) -> str | None:
+    """Why a RUNNING run's process is gone, seen from this host now (liveness.why_stale), or None;
+    tags: what to judge by instead of the run's own."""
+    return liveness.why_stale(run.data.tags if tags is None else tags, now=time.time(), host=socket.gethostname(),
+                              stale_after=stale_after)
+
+
+def has_checkpoint(client, uri: str, run_id: str) -> bool:
+    """Whether a run left a checkpoint: the file training writes, or the artifact a run that ended logged."""
+    if checkpoint_path(uri, run_id).exists():
+        return True
+    try:
+        return any(a.path == "checkpoint/last.npz" for a in _retry(client.list_artifacts, run_id, "checkpoint"))
+    except Exception:  # MlflowException or OSError: no artifact folder
+        return False
+
+
+PREVIOUS_PARENT = "nnx.previous_parent"  # a relaunched sweep's child: the parent run it had before
+
+
+def parent_tags(run, parent_run_id: str, sweep_id: str) -> dict:
+    """The tags that move a run under a relaunched sweep's parent, remembering the one it leaves
+    (end_sweep closes that one if its process is gone: a sweep killed with its jobs leaves its parent RUNNING)."""
+    old = run.data.tags.get("mlflow.parentRunId")
+    tags = {"mlflow.parentRunId": parent_run_id, "nnx.sweep_id": sweep_id}
+    if old and old != parent_run_id:
+        tags[PREVIOUS_PARENT] = old
+    return tags
+
+
+def join_parent(client, run, parent_run_id: str, sweep_id: str):
+    Run(client, run.info.run_id).set_tags(parent_tags(run, parent_run_id, sweep_id))
+
+
+def _close_dead_parent(client, run_id: str, by_sweep: str):
+    run = get_run(client, run_id)
+    if run is None or run.info.status != "RUNNING":
+        return
+    reason = stale_reason(run)
+    if reason is None:
+        return  # its sweep still runs
+    Run(client, run_id).set_tags({liveness.KILLED_REASON: f"{reason}; its runs were finished by sweep {by_sweep}"})
+    if find_runs(client, [run.info.experiment_id], tags={"mlflow.parentRunId": run_id}, max_results=1):
+        end_sweep(client, run_id)
+    else:
+        _retry(client.set_terminated, run_id, "KILLED")
+
+
 def end_sweep(client, parent_run_id: str, failed_ok: bool = False) -> tuple[str, list]:
     """Ends a sweep's parent run; children still RUNNING lost their worker and end KILLED.
 
@@ -341,14 +391,22 @@ def end_sweep(client, parent_run_id: str, failed_ok: bool = False) -> tuple[str,
     for child in children:
         if child.info.status == "RUNNING":
             Run(client, child.info.run_id).set_tags({"nnx.error": "the sweep ended before this job did"})
-            _retry(client.set_terminated, child.info.run_id, "KILLED")
+            Run(client, child.info.run_id).kill(stale_reason(child) or "the sweep ended before this job did")
         statuses.append("KILLED" if child.info.status == "RUNNING" else child.info.status)
     Run(client, parent_run_id).set_tags({"nnx.children": json.dumps({s: statuses.count(s) for s in sorted(set(statuses))})})
+    for old in {c.data.tags.get(PREVIOUS_PARENT) for c in children} - {None, parent_run_id}:
+        _close_dead_parent(client, old, parent.data.tags.get("nnx.sweep_id", parent_run_id))
     finished = {"FINISHED", "FAILED"} if failed_ok else {"FINISHED"}
     status = "FINISHED" if statuses and set(statuses) <= finished else "KILLED" if "KILLED" in statuses else "FAILED"
     _retry(client.set_terminated, parent_run_id, status)
     rows = sorted((c.info.run_name, s, c.data.metrics.get("best_val_accuracy")) for c, s in zip(children, statuses))
     return status, rows
+
+
+def _tag_list(tags: dict) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in tags.items()]
 
 
 def _retry(call, *args, attempts=30, **kwargs):
@@ -413,6 +471,7 @@ def _steps(metrics) -> str:
 class Run:
     """One MLflow run: metrics are sent by a writer thread, so training does not wait on the store
     (flushed before the run ends), in batches of whatever has queued up, never one call per value.
+    Each batch also carries the run's heartbeat tags (liveness): no store call of their own.
 
     A server that goes away (a restart) is waited out by MLflow's own retries of each request
     (http_retry_wait: ~4 minutes by default); meanwhile training goes on and its metrics queue up.
@@ -424,32 +483,59 @@ class Run:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id  # experiment_id: None, ask the store
         self._queue, self._writer, self._error, self._lost, self._raised = queue.Queue(), None, None, [], False
         self._system = None  # MLflow's system metrics monitor (watch_system)
+        self._last_logged, self._save_error = None, None
 
     def _write(self):
         while True:
             # Everything queued goes in as few calls as it fits: a call costs ~0.5 ms plus ~0.1 ms a
             # value on SQLite, so 500 epochs of 9 gradient norms took 2.2 s one epoch a call, 0.44 s so.
             items = [self._queue.get()]
-            while items[-1] is not None and sum(map(len, items)) < BATCH:
+            while items[-1] is not None and sum(len(i[1]) for i in items if i[0] == "metrics") < BATCH:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            metrics = [m for item in items if item is not None for m in item]
+            metrics = [m for item in items if item is not None and item[0] == "metrics" for m in item[1]]
+            beats = [item[2] for item in items if item is not None and item[0] == "metrics" and item[2]]
+            saves = [item[1] for item in items if item is not None and item[0] == "save"]
             try:
                 for i in range(0, len(metrics), BATCH):
                     if self._error is None:
                         try:
-                            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH])
+                            tags = _tag_list({k: v for beat in beats for k, v in beat.items()}) if i == 0 else []
+                            _retry(self.client.log_batch, self.run_id, metrics=metrics[i : i + BATCH], tags=tags)
                             continue
                         except Exception as err:  # surfaced by log_metrics or flush, in the training thread
                             self._error = err
                     self._lost.extend(metrics[i : i + BATCH])
+                if saves and self._error is None:
+                    try:
+                        saves[-1]()  # only the newest checkpoint matters; its epoch's metrics are in the store now
+                    except Exception as err:  # a full disk, say: raised by flush, in the training thread
+                        self._save_error = err
             finally:
                 for _ in items:
                     self._queue.task_done()
             if items[-1] is None:
                 return
+
+    def _put(self, item):
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write, daemon=True, name=f"mlflow-{self.run_id[:8]}")
+            self._writer.start()
+        self._queue.put(item)
+
+    def save_after_logged(self, save):
+        """Runs save() (a checkpoint's write) in the writer once every metric queued before it is in
+        the store, so a process killed at any moment never leaves a checkpoint ahead of its metrics:
+        a resume from it logs no step twice and misses none. A newer save waiting in the same batch
+        supersedes an older one."""
+        self._put(("save", save))
+
+    def drain(self):
+        """Waits until everything queued is written (or failed: flush and end raise that)."""
+        if self._writer is not None:
+            self._queue.join()
 
     def _failure(self) -> TrackingError:
         self._raised = True
@@ -464,6 +550,9 @@ class Run:
         lost if the writer could not write something (once: log_metrics may have raised it first)."""
         if self._writer is not None:
             self._queue.join()
+        if self._save_error is not None:
+            error, self._save_error = self._save_error, None
+            raise error
         if self._error is not None and not self._raised:
             raise self._failure()
 
@@ -471,7 +560,7 @@ class Run:
     def start(cls, client, experiment_id, *, name, params, tags, parent_run_id=None):
         from mlflow.entities import Param
 
-        tags = {k: redact(str(v)) for k, v in tags.items()}
+        tags = {k: redact(str(v)) for k, v in {**liveness.here(), **tags}.items()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         try:
@@ -489,15 +578,16 @@ class Run:
     def log_metrics(self, step: int, values: dict):
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        now = time.time()
+        metrics = [Metric(k, float(v), int(now * 1000), step) for k, v in values.items()]
         if self._error is not None and not self._raised:  # no use training on when its numbers are not kept
             self._lost.extend(metrics)
             raise self._failure()
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write, daemon=True, name=f"mlflow-{self.run_id[:8]}")
-            self._writer.start()
-        self._queue.put(metrics)
+        beat = {liveness.HEARTBEAT: f"{now:.0f}", liveness.LAST_EPOCH: str(step)}
+        if self._last_logged is not None:  # the time between two epochs' values: one epoch's duration
+            beat[liveness.EPOCH_SECONDS] = f"{now - self._last_logged:.3g}"
+        self._last_logged = now
+        self._put(("metrics", metrics, beat))
 
     def log_artifacts(self, folder: Path):
         _retry(self.client.log_artifacts, self.run_id, str(folder))
@@ -585,8 +675,14 @@ class Run:
         self._system.start()
 
     def reopen(self):
-        """Marks an ended run RUNNING again (a resume trains on in the same run)."""
+        """Marks an ended run RUNNING again (a resume trains on in the same run), in this process."""
+        self.set_tags(liveness.here())
         _retry(self.client.update_run, self.run_id, status="RUNNING")
+
+    def kill(self, reason: str):
+        """Ends a run whose process is gone KILLED, saying why (nnx.killed_reason)."""
+        self.set_tags({liveness.KILLED_REASON: reason})
+        _retry(self.client.set_terminated, self.run_id, "KILLED")
 
     def set_tags(self, tags: dict):
         for key, value in tags.items():
