@@ -192,7 +192,7 @@ def test_slurms_stop_signals_end_runs_killed_and_the_relaunched_sweep_resumes_th
     """seed 3's job is cancelled (scancel: SIGTERM, SIGKILL after KillWait), seed 4's gets the signal
     SLURM sends before a job's time limit (SIGUSR2, as submitit asks with --signal)."""
     uri, client = store
-    epochs = 30
+    epochs = 200  # a tiny epoch takes milliseconds: enough of them that the signal lands mid-training
     args = ["-m", *LAUNCHER, *TINY, f"train.epochs={epochs}", "tracking.experiment=slurm_kill", "seed=3,4"]
     signalled = {}
 
