@@ -19,18 +19,24 @@ from pathlib import Path
 BOOK_RUN = Path(__file__).with_name("book_run.py")
 
 
+# Forks the command from a small process and prints its peak memory (KiB). Measured from this
+# process instead, a child's ru_maxrss starts at this process's own size: Python starts children
+# with vfork, and Linux carries the old address space's high-water mark across exec.
+_PEAK = "import os, sys; pid = os.fork() or os.execv(sys.argv[1], sys.argv[1:]); _, s, u = os.wait4(pid, 0); " \
+        "print(u.ru_maxrss, file=sys.stderr); sys.exit(os.waitstatus_to_exitcode(s))"
+
+
 def _timed(command, env) -> tuple[float, float]:
     """(wall seconds, peak resident MiB) of one process."""
     with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: nothing is read until the process ends
         start = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-        _, status, usage = os.wait4(process.pid, 0)  # wait4: this one process's peak memory
+        done = subprocess.run([sys.executable, "-c", _PEAK, *command], env=env, stdout=subprocess.DEVNULL, stderr=errors)
         wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode:
-            errors.seek(0)
-            raise RuntimeError(f"{' '.join(map(str, command))} failed ({process.returncode}): {errors.read()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+        errors.seek(0)
+        lines = errors.read().splitlines()
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(map(str, command))} failed ({done.returncode}): {chr(10).join(lines[-30:])}")
+    return wall, int(lines[-1]) / 1024
 
 
 def whole_job(epochs: int = 30, repeats: int = 2) -> dict:
