@@ -16,7 +16,7 @@ COVERED_ELSEWHERE = {
     "nnx-train resume=": "test_reliability.py::test_a_killed_run_resumes_to_the_uninterrupted_numbers",
     "nnx-train -m hydra/launcher=slurm": "test_slurm.py and test_server.py::test_a_slurm_sweep_tracks_into_the_server (a real one-node cluster)",
     "nnx-train -m seed=0,1,2,3 hydra/launcher=joblib": "test_reliability.py::test_16_parallel_jobs_on_the_embedded_store_lose_nothing",
-    "nnx-train tracking=server": "test_server.py::test_16_parallel_jobs_through_the_server_lose_nothing",
+    "nnx-train tracking=server": "test_server.py::test_parallel_jobs_through_the_server_lose_nothing",
     "nnx-rerun": "test_reliability.py::test_rerun_reproduces_a_finished_run",
     "nnx-runs": "test_liveness.py::test_nnx_runs_resumes_a_killed_run_and_says_what_is_wrong (and the sweep test beside it)",
     "nnx-reproduce": "test_ch5.py (the pipeline, --plot-only, overrides)",
