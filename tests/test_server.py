@@ -28,9 +28,9 @@ class Lab:
         self.url = f"http://127.0.0.1:{self.port}"
         self.seen = []  # (folder, printed text) of every nnx-train the module ran, for the password test
 
-    def start(self):
+    def start(self, workers=2):
         self.process = server.start_mlflow(self.folder, self.uris["mlflow"], host="127.0.0.1", port=self.port,
-                                           auth_db=self.uris["mlflow_auth"])
+                                           auth_db=self.uris["mlflow_auth"], workers=workers)
         server.wait_until_up(self.url, self.process)
         self.password = os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") or (self.folder / "admin_password").read_text().strip()
 
@@ -198,7 +198,8 @@ def test_a_server_restart_mid_run_loses_no_metric(lab, as_admin, tmp_path, monke
     with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
         cfg = OmegaConf.to_container(compose("train", overrides=[*TINY, "train.epochs=6", f"tracking.uri={lab.url}",
                                                                   "tracking.experiment=restart"]), resolve=True)
-    restarted, down = threading.Thread(target=lambda: (time.sleep(3), lab.start())), []
+    # One worker: a restart is a whole server start (MLflow and its auth app imported per worker).
+    restarted, down = threading.Thread(target=lambda: (time.sleep(3), lab.start(workers=1))), []
 
     def progress(step, epochs, values):
         if step == 1:

@@ -85,7 +85,7 @@ def names(message: str, field: str) -> bool:
     return f"{key}=" in message or f"unknown {key}" in message
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs())
 def test_a_config_is_rejected_clearly_or_trains(v):
     """Rejected exactly when the oracle finds a wrong field, naming one of those fields and a fix;
