@@ -169,9 +169,9 @@ def block_fn(epoch, probe):
     """block(params, opt_state, keys, x, y, probe_x, probe_y) -> (params, opt_state, measured): len(keys)
     epochs in one program, each probed before its updates, the probes stacked over the epochs.
 
-    For runs that need nothing from the host between evaluations (no schedule or early stopping to
-    decide, no optional probe kinds): ch5's full-batch runs take one step an epoch, and a call, a
-    fetch and a record per epoch cost more than the step.
+    For full-batch runs that need nothing from the host between evaluations (no schedule or early
+    stopping to decide, no optional probe kinds): ch5's take one step an epoch, and a call, a fetch
+    and a record per epoch cost more than the step.
     """
 
     def block(params, opt_state, keys, x, y, probe_x, probe_y):
@@ -310,8 +310,10 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
     probe_set = (x_train[: spec.probe_size], y_train[: spec.probe_size])
     histories, built, rules, kept = None, {}, None, {}
     ahead = []  # the probes of the epochs a block has trained already, oldest first
-    blocked = (BLOCKS and spec.eval_every > 1 and not spec.injects_eta and spec.early_stopping_n is None
-               and should_stop is None and not spec.probes.kinds)
+    # Only where an epoch is one step (full batch): there the host's per-epoch work costs more than the
+    # epoch, and a block of them is still short, so stop signals and heartbeats (after each block) stay prompt.
+    blocked = (BLOCKS and spec.eval_every > 1 and spec.mini_batch_size >= spec.train_size and not spec.injects_eta
+               and spec.early_stopping_n is None and should_stop is None and not spec.probes.kinds)
 
     def block_length(e):
         """Epochs from e to the next one after which the host has work: an evaluation, a checkpoint, the end."""
