@@ -108,10 +108,10 @@ def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, pa
 def log_dataset(run, data_cfg: dict, spec):
     """The training set as the run's MLflow dataset input: named by data.name, digested by nnx.data.digest,
     sourced from the book's file; which images (split, data.train_size, their number) in the input's tags."""
-    path = spec.data_path or nnx_data.default_path()
-    run.log_dataset(data_cfg["name"], nnx_data.digest(data_cfg["name"]), str(Path(path).expanduser().resolve()),
+    path, sha256 = spec.data_path or nnx_data.default_path(), nnx_data.digest(data_cfg["name"])
+    run.log_dataset(data_cfg["name"], sha256, str(Path(path).expanduser().resolve()),
                     {"nnx.split": "train", "nnx.train_size": "all" if data_cfg["train_size"] is None else data_cfg["train_size"],
-                     "nnx.images": spec.train_size, "nnx.sha256": nnx_data.digest(data_cfg["name"])})
+                     "nnx.images": spec.train_size, "nnx.sha256": sha256})
 
 
 def log_summary(member, spec, params, result: dict, step: int, echo):

@@ -548,8 +548,7 @@ class Run:
     def flush(self):
         """Waits until every queued metric is in the store; raises TrackingError naming what was
         lost if the writer could not write something (once: log_metrics may have raised it first)."""
-        if self._writer is not None:
-            self._queue.join()
+        self.drain()
         if self._save_error is not None:
             error, self._save_error = self._save_error, None
             raise error
