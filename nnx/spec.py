@@ -78,7 +78,7 @@ class Spec:
 
     def load_data(self):
         """The training, validation and test sets this spec trains on."""
-        data = self.dataset(self.data_path, self.originals)
+        data = self.dataset(self.data_path, self.originals, encoded=True)  # nnx.train decodes the pixels on the device
         if self.validation_size is not None:
             data = data._replace(validation=type(data.validation)(*(a[: self.validation_size] for a in data.validation)))
         return data

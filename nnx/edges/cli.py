@@ -5,11 +5,13 @@
     nnx-train experiment=ch1_30
 """
 
+import atexit
 import contextlib
 import json
 import os
 import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -205,6 +207,27 @@ def main():
             finish_sweep(OPEN_SWEEPS.pop())
 
 
+def console():
+    """The nnx-train command: main(), then out without the interpreter's teardown.
+
+    By the time main() returns every run has ended and been written, yet freeing JAX's, MLflow's
+    and their imports' objects one by one took ~0.8 s of a ~10 s command. atexit's handlers still
+    run (logging, joblib's workers); only that teardown is skipped, and only when no thread that
+    the ordinary exit would wait for is left.
+    """
+    try:
+        main()
+        status = 0
+    except SystemExit as stop:
+        status = exit_status(stop)
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(status)
+    atexit._run_exitfuncs()  # what the ordinary exit would run first; there is no public name for it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 @contextlib.contextmanager
 def _no_second_batch_check():
     """Hydra's sweepers compose every job of a batch to check it (Sweeper.validate_batch_is_legal)
@@ -250,9 +273,14 @@ def run(argv: list[str]) -> int:
     try:
         main()
     except SystemExit as stop:
-        if isinstance(stop.code, str):
-            print(stop.code, file=sys.stderr)
-        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        return exit_status(stop)
     finally:
         sys.argv = saved
     return 0
+
+
+def exit_status(stop: SystemExit) -> int:
+    """The status a process would exit with (a message goes to stderr, as Python's exit prints it)."""
+    if isinstance(stop.code, str):
+        print(stop.code, file=sys.stderr)
+    return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1

@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -102,6 +103,8 @@ def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, pa
     log_dataset(run, cfg["data"], spec)
     if cfg["tracking"].get("system_metrics"):
         run.watch_system(uri)
+    if cfg["tracking"].get("log_model", True):
+        tracking.warm_model_logging()
     return Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
 
 
@@ -140,11 +143,11 @@ def _twin(client, experiment_id, cfg, preset, status="FINISHED"):
     return found[0] if found else None
 
 
-def _twin_to_heal(client, experiment_id, cfg, preset, *, killed_too, echo):
+def _twin_to_heal(client, experiment_id, cfg, preset, *, killed_too, echo, look_only=False):
     """The run of the same preset and config that a repeated command continues instead of training
-    a new one: one left RUNNING by a process that is gone (marked KILLED here, saying why) or, with
-    killed_too (a relaunched sweep), one that ended KILLED. A RUNNING twin whose process lives
-    (another command training it now) is left alone."""
+    a new one: one left RUNNING by a process that is gone (marked KILLED here, saying why, unless
+    look_only) or, with killed_too (a relaunched sweep), one that ended KILLED. A RUNNING twin whose
+    process lives (another command training it now) is left alone."""
     found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
                                newest_first=True, max_results=20)
     for twin in found:
@@ -154,6 +157,8 @@ def _twin_to_heal(client, experiment_id, cfg, preset, *, killed_too, echo):
             reason = tracking.stale_reason(twin, cfg["tracking"].get("stale_after"))
             if reason is None:
                 continue
+            if look_only:
+                return twin
             tracking.Run(client, twin.info.run_id).kill(reason)
             echo(f"nnx: run {twin.info.run_id} was left RUNNING: {reason}; marked KILLED")
         elif not killed_too:
@@ -187,9 +192,19 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
     uri = tracking.resolve_uri(cfg["tracking"]["uri"])
     if cfg["tracking"].get("system_metrics"):
         tracking.check_system_metrics()
+    seeds = list(spec.seeds or [spec.seed])
+    if parent is None and uri.startswith("sqlite:"):
+        # The embedded store: training starts at once, while a thread opens the store (importing MLflow
+        # and its store is ~2 s of Python; training leaves a core and the GIL free) and starts the runs.
+        # What training reports meanwhile is kept, not shown; a run found to skip or resume meanwhile
+        # abandons it for the path below.
+        ahead = Ahead(lambda: _fresh_runs(cfg, spec, uri, seeds, name=name, tags=tags, skip_finished=skip_finished, heal=heal))
+        try:
+            return train_and_end(spec, data, None, None, echo, progress=progress, should_stop=should_stop, ahead=ahead)
+        except NotFresh:
+            pass
     client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
     tags = {**tracking.environment_tags(), **tags}
-    seeds = list(spec.seeds or [spec.seed])
     found = parent(client, experiment_id) if parent else None
     parent_id = None
     if found:
@@ -220,7 +235,14 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
         seeds.remove(seed)
     if not seeds:
         return summaries[0] if summaries else {k: v for k, v in next(iter(twins.values())).data.metrics.items()}
+    members, group = _start_runs(client, experiment_id, uri, cfg, spec, seeds, name=name, tags=tags, parent_id=parent_id)
+    for m in members:
+        echo(_intro(m, name, spec, uri))
+    return train_and_end(spec, data, members, group, echo, progress=progress, should_stop=should_stop)
 
+
+def _start_runs(client, experiment_id, uri, cfg, spec, seeds, *, name, tags, parent_id):
+    """(one Member per seed, their group run or None): several seeds outside a sweep get a parent of their own."""
     group = None
     if len(seeds) > 1 and parent_id is None:
         group = tracking.Run.start(client, experiment_id, name=f"{name} seeds={seeds}", params={},
@@ -231,9 +253,54 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
                       tags=tags, parent=parent_id)
         for s in seeds
     ]
-    for m in members:
-        echo(f"nnx: run {m.run.run_id} ({name}) seed={m.seed} {describe(spec.net)} in {tracking.redact(uri)}")
-    return train_and_end(spec, data, members, group, echo, progress=progress, should_stop=should_stop)
+    return members, group
+
+
+def _intro(member, name, spec, uri) -> str:
+    return f"nnx: run {member.run.run_id} ({name}) seed={member.seed} {describe(spec.net)} in {tracking.redact(uri)}"
+
+
+class NotFresh(Exception):
+    """A job that Ahead started training finds, in the store, a run of its config to skip or resume."""
+
+
+def _fresh_runs(cfg, spec, uri, seeds, *, name, tags, skip_finished, heal):
+    """(members, group) of a job outside a sweep, opening the store; raises NotFresh, writing nothing,
+    where run()'s own path would skip or resume a seed's run."""
+    client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
+    preset = tags.get("nnx.experiment", "none")
+    for seed in seeds:
+        same = seed_config(cfg, seed)
+        if (skip_finished and _twin(client, experiment_id, same, preset)) or ((heal or skip_finished) and _twin_to_heal(
+                client, experiment_id, same, preset, killed_too=skip_finished, echo=None, look_only=True)):
+            raise NotFresh(seed)
+    tags = {**tracking.environment_tags(), **tags}
+    members, group = _start_runs(client, experiment_id, uri, cfg, spec, seeds, name=name, tags=tags, parent_id=None)
+    return members, group, [_intro(m, name, spec, uri) for m in members]
+
+
+class Ahead:
+    """(members, group, intro lines) being started by a thread while training runs; see run()."""
+
+    def __init__(self, start):
+        self._result, self._error = None, None
+        self._thread = threading.Thread(target=self._start, args=(start,), name="nnx-open-store", daemon=True)
+        self._thread.start()
+
+    def _start(self, start):
+        try:
+            self._result = start()
+        except BaseException as err:  # handed to the training thread, which raises it
+            self._error = err
+
+    def get(self, wait: bool):
+        """(members, group, their intro lines), None while the thread works (unless wait); raises what the thread raised."""
+        if not wait and self._thread.is_alive():
+            return None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def epoch_line(step, epochs, values) -> str:
@@ -243,76 +310,117 @@ def epoch_line(step, epochs, values) -> str:
     return f"Epoch {step}: " + " ".join(f"{label} {values[key]:.4f}" for label, key in shown if key in values)
 
 
-def train_and_end(spec, data, members, group, echo, start=None, progress=None, should_stop=None):
+def train_and_end(spec, data, members, group, echo, start=None, progress=None, should_stop=None, ahead=None):
     """Trains the members' networks (one, or several seeds vmapped), logging as it goes, and ends
     every run: FINISHED with its files and summary (also when it stopped early: early stopping, the
-    schedule or should_stop, tagged nnx.stopped), FAILED on divergence or an error, KILLED on a signal."""
+    schedule or should_stop, tagged nnx.stopped), FAILED on divergence or an error, KILLED on a signal.
+
+    ahead: an Ahead still starting (members, group), which are None until then (run(): the embedded
+    store). Each seed's metrics and newest checkpoint are kept meanwhile and handed over once the runs
+    exist; NotFresh from it ends training, unrecorded.
+    """
     every = spec.checkpoint_every
     started = time.perf_counter()
+    seeds = [m.seed for m in members] if ahead is None else list(spec.seeds or [spec.seed])
+    kept, newest = [], {}  # while ahead works: (i, step, values) in order; {i: the newest checkpoint (epoch, params, opt_state)}
+
+    def ready(wait=False) -> bool:
+        """Whether the runs exist; the first time they do, what was kept goes to them."""
+        nonlocal members, group
+        if members is None:
+            got = ahead.get(wait)
+            if got is None:
+                return False
+            members, group, intro = got
+            for line in intro:  # below the epochs shown so far (a bar's line is left as it is)
+                echo(("\n" if progress and kept else "") + line)
+            for i, step, values in kept:
+                members[i].log(step, values)
+            for i, (epoch, params, opt_state) in newest.items():
+                members[i].run.save_after_logged(checkpoint.saver(members[i].checkpoint, epoch, params, opt_state))
+        return True
 
     def on_epoch(i, step, values):
-        members[i].log(step, values)
+        if ready():
+            members[i].log(step, values)
+        else:
+            kept.append((i, step, values))
         if any(k.endswith("_accuracy") for k in values) and i == 0 and spec.epochs:
             (progress or (lambda s, n, v: echo(epoch_line(s, n, v))))(step, spec.epochs, values)
 
     def on_state(i, epoch, params, opt_state):
         if every and ((epoch + 1) % every == 0 or epoch == spec.epochs - 1):
-            members[i].run.save_after_logged(checkpoint.saver(members[i].checkpoint, epoch, params, opt_state))
-        if i == len(members) - 1:
+            if ready():
+                members[i].run.save_after_logged(checkpoint.saver(members[i].checkpoint, epoch, params, opt_state))
+            else:  # host copies: the device's are updated in place by the next epoch
+                newest[i] = (epoch, *jax.device_get((params, opt_state)))
+        if i == len(seeds) - 1:
             stop_request.check()
 
     try:
         with stop.on_signals() as stop_request:
-            if len(members) == 1:
-                key = jax.random.PRNGKey(members[0].seed)
+            if len(seeds) == 1:
+                key = jax.random.PRNGKey(seeds[0])
                 earlier = members[0].earlier.get("val_accuracy") if start is not None else None
                 results = [training.fit(spec, data, key=key, start=start, earlier=earlier, on_epoch=lambda s, v: on_epoch(0, s, v),
                                         on_state=lambda e, p, o: on_state(0, e, p, o),
                                         should_stop=None if should_stop is None else lambda s, v: should_stop(0, s, v))]
             else:
-                params, histories = training.fit_many(spec, data, seeds=[m.seed for m in members], on_epoch=on_epoch,
+                params, histories = training.fit_many(spec, data, seeds=seeds, on_epoch=on_epoch,
                                                       on_state=on_state, should_stop=should_stop)
                 results = list(zip(params, histories))
+            ready(wait=True)
     except BaseException as err:
+        if members is None:  # the runs still to come get the error; if none come, it is raised as it is
+            try:
+                ready(wait=True)
+            except BaseException as opening:
+                if opening is err:  # the store's own error, or NotFresh, met while training
+                    raise
+                raise err from None
         for m in members:
             m.end_with_error(err)
         if group:
             group.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
 
-    diverged, histories = [], []
-    for m, (params, history) in zip(members, results):
-        m.run.drain()  # the last checkpoint is written by the run's writer
-        history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
-        histories.append(history)
-        if records.probe_steps("hist") in history:
-            history.update(probes.histogram_edges(spec.activation_facts))
-        files = {"params.npz": checkpoint.params_writer(params), "history.npz": checkpoint.history_writer(history)}
-        if m.checkpoint.exists():
-            files["checkpoint/last.npz"] = lambda p, c=m.checkpoint: p.write_bytes(c.read_bytes())
-        m.run.log_files(files)
-        if records.DIVERGED_AT in history:
-            step = int(history[records.DIVERGED_AT])
-            m.run.set_tags({"nnx.failure": "diverged", "nnx.failure_epoch": step,
-                            "nnx.error": f"Diverged: NaN or inf at epoch {step}"})
-            m.run.end("FAILED")
-            diverged.append((m.seed, step))
-        else:
-            result = records.summary(history)
-            stopped = records.STOPPED_AT in history
-            last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
-            if stopped:
-                m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
-            log_summary(m, spec, params, result, last, echo)
-            m.run.end("FINISHED")
-            shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
-            best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
-                    if "best_val_accuracy" in result else " (the initialization measured)")
-            why = f"; stopped after epoch {last - 1} of {spec.epochs}: {history[records.STOP_REASON]}" if stopped else ""
-            echo(f"{chr(10) if stopped and progress else ''}nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} "
-                 f"(seed {m.seed}){why}. See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
-    if group:
-        group.end("FAILED" if diverged else "FINISHED")
+    # Training is over: a signal now waits until every run has ended as it trained (the ordinary
+    # handler would stop the ending halfway and leave the runs RUNNING), then stops the process.
+    with stop.on_signals() as late:
+        diverged, histories = [], []
+        for m, (params, history) in zip(members, results):
+            m.run.drain()  # the last checkpoint is written by the run's writer
+            history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
+            histories.append(history)
+            if records.probe_steps("hist") in history:
+                history.update(probes.histogram_edges(spec.activation_facts))
+            files = {"params.npz": checkpoint.params_writer(params), "history.npz": checkpoint.history_writer(history)}
+            if m.checkpoint.exists():
+                files["checkpoint/last.npz"] = lambda p, c=m.checkpoint: p.write_bytes(c.read_bytes())
+            m.run.log_files(files)
+            if records.DIVERGED_AT in history:
+                step = int(history[records.DIVERGED_AT])
+                m.run.set_tags({"nnx.failure": "diverged", "nnx.failure_epoch": step,
+                                "nnx.error": f"Diverged: NaN or inf at epoch {step}"})
+                m.run.end("FAILED")
+                diverged.append((m.seed, step))
+            else:
+                result = records.summary(history)
+                stopped = records.STOPPED_AT in history
+                last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
+                if stopped:
+                    m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
+                log_summary(m, spec, params, result, last, echo)
+                m.run.end("FINISHED")
+                shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
+                best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
+                        if "best_val_accuracy" in result else " (the initialization measured)")
+                why = f"; stopped after epoch {last - 1} of {spec.epochs}: {history[records.STOP_REASON]}" if stopped else ""
+                echo(f"{chr(10) if stopped and progress else ''}nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} "
+                     f"(seed {m.seed}){why}. See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
+        if group:
+            group.end("FAILED" if diverged else "FINISHED")
+    late.check()
     if diverged:
         raise Diverged(
             f"diverged (NaN or inf) at seed/epoch {diverged}: the runs ended FAILED with tag nnx.failure=diverged. "
