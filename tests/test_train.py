@@ -26,6 +26,23 @@ def test_epoch_compiles_once(small):
     assert epoch._cache_size() == 1
 
 
+def test_an_epoch_on_stored_uint8_pixels_is_the_epoch_on_their_floats(small):
+    """fit trains from the pixels as stored (uint8 k, decoded to k/256 after the gather): the same bits."""
+    spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
+    epoch = jax.jit(nnx.train.epoch_fn(spec))
+    stored = nnx.load(train_size=200, encoded=True).train
+    assert stored.x.dtype == np.uint8
+    np.testing.assert_array_equal(nnx.train.images(jnp.asarray(stored.x), jnp.float32), small.train.x)
+    params = nnx.init(jax.random.PRNGKey(0), spec.net)
+    state = spec.optimizer.init(params)
+    key, y = jax.random.PRNGKey(1), jnp.asarray(small.train.y)
+    from_floats = epoch(params, state, key, jnp.asarray(small.train.x), y)
+    from_pixels = epoch(params, state, key, jnp.asarray(stored.x), y)
+    for a, b in zip(jax.tree.leaves(from_floats), jax.tree.leaves(from_pixels)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(from_floats[0][0]["w"], params[0]["w"])  # it trained
+
+
 def test_fit_history_and_step_numbering(small):
     spec = nnx.build(tiny_cfg(model={"depth": 2, "width": 8, "output_activation": "sigmoid"},
                               data={"name": "mnist", "path": None, "train_size": 200}, train={"epochs": 3, "mini_batch_size": 10}))

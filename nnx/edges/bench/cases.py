@@ -4,9 +4,10 @@ Every contender trains the same MNIST images from the same initial params, in th
 after another. The MLP cases use chapter 1's hyperparameters (sigmoid, quadratic cost, large init,
 eta 3.0, no L2); the conv cases are chapter 6's network3 nets (ReLU, log-likelihood, network3's
 init, mini-batches in file order), against PyTorch only. nnx's time is its jitted epoch with the
-data already on the device; the baselines are in nnx.edges.bench.baselines. A contender whose
-epochs would take longer than the cap in all is timed on the first fraction of the training set
-and scaled up to a whole epoch ("extrapolated"); nnx is, in the conv cases only.
+data already on the device (as uint8 pixels, as nnx-train keeps them); the baselines are in
+nnx.edges.bench.baselines. A contender whose epochs would take longer than the cap in all is timed
+on the first fraction of the training set and scaled up to a whole epoch ("extrapolated"); nnx is,
+in the conv cases only.
 """
 
 import functools
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nnx.data import encode
 from nnx.edges import paths
 from nnx.edges.bench import baselines
 from nnx.edges.bench.machine import peak_rss_mb, torch_installed
@@ -103,6 +105,7 @@ def time_nnx(spec, x, y, repeats, cap=None):
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     opt_state = spec.optimizer.init(params)
     epoch = nnx.make_epoch(spec)
+    x = encode(x)  # the pixels as nnx-train trains from them (uint8; the epoch decodes the rows it gathers)
     n, m, keys = len(x), spec.mini_batch_size, itertools.count()
     on_device, first_call = {}, {}
 
