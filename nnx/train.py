@@ -131,9 +131,35 @@ def epoch_plan(spec, key, n: int):
     permutation (or file order, spec.shuffle false) and, for a net with dropout, the steps' keys
     from a fold of the epoch's key (the permutation used the key itself)."""
     m = spec.mini_batch_size
-    order = jax.random.permutation(key, n) if spec.shuffle else jnp.arange(n)
+    order = permutation(key, n) if spec.shuffle else jnp.arange(n)
     order = order[: n // m * m].reshape(n // m, m)
     return order, jax.random.split(jax.random.fold_in(key, 1), n // m) if spec.net.has_randomness else None
+
+
+def permutation(key, n: int):
+    """jax.random.permutation(key, n), the same integers, in about a third of the time on XLA's CPU.
+
+    JAX shuffles by sorting positions by random 32-bit keys, stably, in rounds (two for 50,000),
+    and XLA's CPU sorts (key, position) pairs through a comparator: ~10 ms a round for 50,000, a
+    sixth of a [784,30,10] mb 10 epoch. Here each stable sort is a radix sort whose passes sort
+    single uint32 words, a key's digit above the position (plain integers, no comparator): the
+    positions break ties, so each pass is stable, and the passes from the lowest digit up sort by
+    the whole key. The keys are JAX's own (split, then 32 random bits a position).
+    """
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax.random's _shuffle
+    position_bits = max(1, (n - 1).bit_length())
+    if position_bits > 24:  # digits of fewer than 8 bits: more passes than the comparator's sort costs
+        return jax.random.permutation(key, n)
+    digit_bits, positions = 32 - position_bits, jnp.arange(n, dtype=jnp.uint32)
+    order = jnp.arange(n)
+    for _ in range(rounds):
+        key, subkey = jax.random.split(key)
+        bits, by = jax.random.bits(subkey, (n,), jnp.uint32), positions
+        for low in range(0, 32, digit_bits):
+            digit = (bits[by] >> low) & ((1 << min(digit_bits, 32 - low)) - 1)
+            by = by[jnp.sort((digit << position_bits) | positions) & ((1 << position_bits) - 1)]
+        order = order[by]
+    return order
 
 
 EVAL_CHUNK = 1000  # images per pass when a conv net is evaluated: its feature maps of a whole split would not fit

@@ -43,6 +43,14 @@ def test_an_epoch_on_stored_uint8_pixels_is_the_epoch_on_their_floats(small):
     assert not np.array_equal(from_floats[0][0]["w"], params[0]["w"])  # it trained
 
 
+@pytest.mark.parametrize("n", [10, 50_000, 250_000])  # rounds of sorting: 1, 2, 2; radix passes: 2, 2, 3
+def test_permutation_is_jax_random_permutation(n):
+    """The epochs' faster shuffle is JAX's own, integer for integer. At 250,000 positions ~7 pairs
+    of the 32-bit sort keys collide in each round, so the ties are broken as JAX's stable sort does."""
+    key = jax.random.PRNGKey(n)
+    np.testing.assert_array_equal(jax.jit(nnx.train.permutation, static_argnums=1)(key, n), jax.random.permutation(key, n))
+
+
 def test_fit_history_and_step_numbering(small):
     spec = nnx.build(tiny_cfg(model={"depth": 2, "width": 8, "output_activation": "sigmoid"},
                               data={"name": "mnist", "path": None, "train_size": 200}, train={"epochs": 3, "mini_batch_size": 10}))
