@@ -118,6 +118,16 @@ def test_a_damaged_data_file_fails_before_any_run(nnx_train, store, tmp_path):
     assert all_runs(client) == []
 
 
+def test_a_damaged_embedded_store_is_named_and_left_as_it_was(nnx_train, tmp_path):
+    """The store opens while training starts (nnx.edges.job.Ahead): its error still ends the command, unrecorded."""
+    damaged = tmp_path / "store" / "mlflow.db"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"not a database")
+    done = nnx_train(f"tracking.uri=sqlite:///{damaged}", *TINY, check=False)
+    assert done.returncode == 2 and f"sqlite:///{damaged}" in done.stderr and "damaged" in done.stderr, done.stderr
+    assert f"mv {damaged.parent} " in done.stderr and damaged.read_bytes() == b"not a database"
+
+
 def test_an_unreachable_server_fails_before_training(nnx_train, store):
     _, client = store
     done = nnx_train("tracking.uri=http://127.0.0.1:9", *TINY, check=False)

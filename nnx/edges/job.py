@@ -196,8 +196,8 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
     if parent is None and uri.startswith("sqlite:"):
         # The embedded store: training starts at once, while a thread opens the store (importing MLflow
         # and its store is ~2 s of Python; training leaves a core and the GIL free) and starts the runs.
-        # What training reports meanwhile is kept, not shown; a run found to skip or resume meanwhile
-        # abandons it for the path below.
+        # Their metrics wait until the runs exist; a run found to skip or resume abandons the training
+        # for the path below.
         ahead = Ahead(lambda: _fresh_runs(cfg, spec, uri, seeds, name=name, tags=tags, skip_finished=skip_finished, heal=heal))
         try:
             return train_and_end(spec, data, None, None, echo, progress=progress, should_stop=should_stop, ahead=ahead)
@@ -265,8 +265,8 @@ class NotFresh(Exception):
 
 
 def _fresh_runs(cfg, spec, uri, seeds, *, name, tags, skip_finished, heal):
-    """(members, group) of a job outside a sweep, opening the store; raises NotFresh, writing nothing,
-    where run()'s own path would skip or resume a seed's run."""
+    """(members, group, their intro lines) of a job outside a sweep, opening the store; raises
+    NotFresh, writing nothing, where run()'s own path would skip or resume a seed's run."""
     client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
     preset = tags.get("nnx.experiment", "none")
     for seed in seeds:
@@ -387,43 +387,50 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
     # Training is over: a signal now waits until every run has ended as it trained (the ordinary
     # handler would stop the ending halfway and leave the runs RUNNING), then stops the process.
     with stop.on_signals() as late:
-        diverged, histories = [], []
-        for m, (params, history) in zip(members, results):
-            m.run.drain()  # the last checkpoint is written by the run's writer
-            history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
-            histories.append(history)
-            if records.probe_steps("hist") in history:
-                history.update(probes.histogram_edges(spec.activation_facts))
-            files = {"params.npz": checkpoint.params_writer(params), "history.npz": checkpoint.history_writer(history)}
-            if m.checkpoint.exists():
-                files["checkpoint/last.npz"] = lambda p, c=m.checkpoint: p.write_bytes(c.read_bytes())
-            m.run.log_files(files)
-            if records.DIVERGED_AT in history:
-                step = int(history[records.DIVERGED_AT])
-                m.run.set_tags({"nnx.failure": "diverged", "nnx.failure_epoch": step,
-                                "nnx.error": f"Diverged: NaN or inf at epoch {step}"})
-                m.run.end("FAILED")
-                diverged.append((m.seed, step))
-            else:
-                result = records.summary(history)
-                stopped = records.STOPPED_AT in history
-                last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
-                if stopped:
-                    m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
-                log_summary(m, spec, params, result, last, echo)
-                m.run.end("FINISHED")
-                shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
-                best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
-                        if "best_val_accuracy" in result else " (the initialization measured)")
-                why = f"; stopped after epoch {last - 1} of {spec.epochs}: {history[records.STOP_REASON]}" if stopped else ""
-                echo(f"{chr(10) if stopped and progress else ''}nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} "
-                     f"(seed {m.seed}){why}. See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
-        if group:
-            group.end("FAILED" if diverged else "FINISHED")
-    late.check()
+        diverged, histories = _end_runs(spec, members, group, results, echo, progress, started)
+    late.check("stopped by a signal once its runs had ended")
     if diverged:
         raise Diverged(
             f"diverged (NaN or inf) at seed/epoch {diverged}: the runs ended FAILED with tag nnx.failure=diverged. "
             f"Lower optimizer.eta, or set train.stop_on_divergence=false to train on regardless."
         )
     return records.summary(histories[0])
+
+
+def _end_runs(spec, members, group, results, echo, progress, started) -> tuple[list, list]:
+    """Ends each trained run, FINISHED with its files and summary or FAILED where it diverged; returns
+    ([(seed, epoch) of each divergence], [each run's whole history])."""
+    diverged, histories = [], []
+    for m, (params, history) in zip(members, results):
+        m.run.drain()  # the last checkpoint is written by the run's writer
+        history = {k: np.concatenate([m.earlier[k], v]) if k in m.earlier and np.ndim(v) == 1 else v for k, v in history.items()}
+        histories.append(history)
+        if records.probe_steps("hist") in history:
+            history.update(probes.histogram_edges(spec.activation_facts))
+        files = {"params.npz": checkpoint.params_writer(params), "history.npz": checkpoint.history_writer(history)}
+        if m.checkpoint.exists():
+            files["checkpoint/last.npz"] = lambda p, c=m.checkpoint: p.write_bytes(c.read_bytes())
+        m.run.log_files(files)
+        if records.DIVERGED_AT in history:
+            step = int(history[records.DIVERGED_AT])
+            m.run.set_tags({"nnx.failure": "diverged", "nnx.failure_epoch": step,
+                            "nnx.error": f"Diverged: NaN or inf at epoch {step}"})
+            m.run.end("FAILED")
+            diverged.append((m.seed, step))
+        else:
+            result = records.summary(history)
+            stopped = records.STOPPED_AT in history
+            last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
+            if stopped:
+                m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
+            log_summary(m, spec, params, result, last, echo)
+            m.run.end("FINISHED")
+            shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
+            best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
+                    if "best_val_accuracy" in result else " (the initialization measured)")
+            why = f"; stopped after epoch {last - 1} of {spec.epochs}: {history[records.STOP_REASON]}" if stopped else ""
+            echo(f"{chr(10) if stopped and progress else ''}nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} "
+                 f"(seed {m.seed}){why}. See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
+    if group:
+        group.end("FAILED" if diverged else "FINISHED")
+    return diverged, histories

@@ -28,10 +28,10 @@ class StopRequest:
             raise KeyboardInterrupt(f"signal {signum}")
         self._event.set()
 
-    def check(self):
-        """Raises KeyboardInterrupt if a stop was requested (call it at an epoch boundary)."""
+    def check(self, why="stopped by a signal after a whole epoch (logged and checkpointed)"):
+        """Raises KeyboardInterrupt(why) if a stop was requested (call it at an epoch boundary)."""
         if self:
-            raise KeyboardInterrupt("stopped by a signal after a whole epoch (logged and checkpointed)")
+            raise KeyboardInterrupt(why)
 
 
 @contextlib.contextmanager

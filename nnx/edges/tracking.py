@@ -133,9 +133,18 @@ def open_experiment(uri: str, name: str):
     if local:
         local.mkdir(parents=True, exist_ok=True)
     with lock:
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        _check_login(client, uri)
-        experiment = client.get_experiment_by_name(name)
+        try:
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            _check_login(client, uri)
+            experiment = client.get_experiment_by_name(name)
+        except Exception as err:
+            if not local or isinstance(err, TrackingError):
+                raise
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise TrackingError(
+                f"the MLflow store {uri} cannot be opened ({why}): its database is damaged or not MLflow's. Nothing "
+                f"was recorded. Move it aside (e.g. mv {local} {local}.damaged) to start a new store there, or point "
+                f"tracking.uri (or MLFLOW_TRACKING_URI) at another one.") from err
         if experiment is not None:
             return client, experiment.experiment_id
         artifacts = (local / "artifacts" / name).as_uri() if local else None
