@@ -94,10 +94,15 @@ def model_params(cfg: dict, spec) -> dict:
     return params
 
 
-def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent):
+# A run trained in one vmapped program with other seeds: their list. Its numbers are those of that
+# batch (a batched product sums in its own order), so nnx-rerun trains the same batch again.
+BATCH_TAG = "nnx.batch_seeds"
+
+
+def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent, batch):
     cfg = seed_config(cfg, seed)
-    run = tracking.Run.start(client, experiment_id, name=name, params=model_params(cfg, spec), parent_run_id=parent,
-                             tags={**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed)})
+    tags = {**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed), **({BATCH_TAG: ",".join(map(str, batch))} if batch else {})}
+    run = tracking.Run.start(client, experiment_id, name=name, params=model_params(cfg, spec), parent_run_id=parent, tags=tags)
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
     run.log_files({"config.yaml": lambda p: p.write_text(tracking.redact(yaml.safe_dump(cfg, sort_keys=False)))})
     log_dataset(run, cfg["data"], spec)
@@ -250,7 +255,7 @@ def _start_runs(client, experiment_id, uri, cfg, spec, seeds, *, name, tags, par
         parent_id = group.run_id
     members = [
         _start_member(client, experiment_id, uri, cfg, spec, s, name=name if len(seeds) == 1 else f"{name} seed={s}",
-                      tags=tags, parent=parent_id)
+                      tags=tags, parent=parent_id, batch=seeds if len(seeds) > 1 else None)
         for s in seeds
     ]
     return members, group

@@ -2,6 +2,8 @@
 
 The new run is tagged nnx.rerun_of=RUN_ID. On the same machine and package versions every
 metric must match at every step; the command prints what differs and exits 1 if anything does.
+A run trained in one vmapped program with other seeds (tag nnx.batch_seeds) is trained again in
+that batch, whose other runs are tagged nnx.rerun_of=RUN_ID too (each with its own nnx.seed).
 """
 
 import argparse
@@ -49,12 +51,16 @@ def main(argv=None):
                  f"Continue an interrupted run with `nnx-train resume={args.run_id}`.")
     cfg = tracking.read_config(client, args.run_id)
     cfg["tracking"] = {**cfg["tracking"], "uri": uri}
+    batch = source.data.tags.get(job.BATCH_TAG)
+    if batch:  # the same vmapped batch: the other seeds' runs are trained (and tagged) alongside
+        cfg["seeds"] = [int(s) for s in batch.split(",")]
     tags = {"nnx.rerun_of": args.run_id, **{k: v for k, v in source.data.tags.items() if k in ("nnx.experiment", "nnx.overrides")}}
     try:
         job.run(cfg, name=f"rerun of {source.info.run_name}", tags=tags)
     except (ConfigError, DataError, tracking.TrackingError, job.Diverged) as err:
         sys.exit(f"nnx-rerun: error: {err}")
-    (rerun,) = tracking.find_runs(client, [source.info.experiment_id], tags={"nnx.rerun_of": args.run_id}, newest_first=True, max_results=1)
+    (rerun,) = tracking.find_runs(client, [source.info.experiment_id], tags={"nnx.rerun_of": args.run_id, "nnx.seed": str(cfg["seed"])},
+                                  newest_first=True, max_results=1)
     problems = compare(client, args.run_id, rerun.info.run_id)
     tracking.Run(client, rerun.info.run_id).set_tags({"nnx.rerun_matches": str(not problems).lower()})
     if problems:
