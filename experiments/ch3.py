@@ -235,7 +235,7 @@ def more_data(client, out):
     """Validation accuracy after training on 100 ... 50000 images (epochs = 1.5M / size, lmbda = 1e-4 size)."""
     runs = group(runs_of(client, EXPERIMENT, "ch3_more_data"), "data.train_size", int)
     sizes = np.array(list(runs))
-    final = [np.array([100 * history(client, r, "val_accuracy")[-1] for r in rs]) for rs in runs.values()]  # the sweep evaluates no test set, so no summary
+    final = [np.array([100 * r.data.metrics["final_val_accuracy"] for r in rs]) for rs in runs.values()]
     epochs = [param(rs[0], "train.epochs", int) for rs in runs.values()]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(sizes, [f.mean() for f in final], "o-", color=COLORS[0])
