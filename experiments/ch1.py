@@ -156,7 +156,7 @@ NOTES = [
     "Online learning (the chapter's exercise, no book number): every mini-batch size trains 10 epochs, so all see "
     "the same 500000 examples; eta stays at 3.0 for every size (network.py's mean-gradient update keeps its scale). "
     "Seconds come from the timestamps MLflow stores with each metric value, measured from the run's start: they "
-    "include the first epoch's compilation and each epoch's evaluation of all 70000 images, and two jobs shared "
+    "include the first epoch's compilation and each epoch's evaluation of the 10000 test images, and two jobs shared "
     "the machine's two cores, so compare sizes with each other, not with other machines.",
     "Tolerances: accuracies within 1 percentage point of the book's single run (2 points one epoch in, where the "
     "seeds spread most).",

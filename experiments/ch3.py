@@ -301,7 +301,7 @@ NOTES = [
     "faster' row.",
     "more_data deviates from the book to fit the time budget: one seed per size, and at most 500 epochs, so sizes "
     "100, 200, 500, 1000 and 2000 see 50000 to 1000000 examples instead of 1.5 million (an epoch of a small set "
-    "costs mostly its evaluation of the 20000 held-out images, so uncapped they would take longer than the rest of "
+    "costs mostly its evaluation of the 10000 validation images, so uncapped they would take longer than the rest of "
     "the chapter; their weight decay, 5e-5 per step at every size, acts for fewer steps). Sizes 5000 to 50000 "
     "follow the book exactly. The accuracy is the final epoch's on the validation set, as in the book's more_data.py.",
     "multiple_eta has no number in the book, only its description: eta 2.5 oscillates from the start (row: the "

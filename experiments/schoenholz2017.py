@@ -176,7 +176,7 @@ def gradient_slopes(client, out, runs, curves):
         depth = param(r, "model.depth", int)
         if depth >= MIN_DRAWN_DEPTH:
             measured.setdefault(param(r, "init.sigma_w2", float), []).append((depth, log_slope(_at_init(client, r, depth))))
-    measured = dict(sorted(measured.items()))
+    measured = {s: sorted(points) for s, points in sorted(measured.items())}  # by depth, whatever order the sweep ran in
     chi = dict(zip(np.round(curves["sigma_w2"], 4), curves["chi_1"]))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))

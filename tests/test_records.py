@@ -37,6 +37,10 @@ def test_summary_picks_the_earliest_best_epoch_and_the_first_last_ratio():
     assert s["best_epoch"] == 1 and s["test_accuracy_at_best_val"] == 0.8 and s["best_test_accuracy"] == 0.85
     assert s["grad_ratio_first_last_init"] == 0.25 and s["grad_ratio_first_last_final"] == 0.4
     assert set(s) == set(records.SUMMARY)
+    # train.eval_splits=[validation] (a preset whose report reads nothing else): the validation entries
+    # still name the best epoch (the sweep's runs table shows best_val_accuracy), and no test entry is made up.
+    alone = records.summary({"val_accuracy": history["val_accuracy"]})
+    assert alone == {"best_val_accuracy": 0.9, "best_epoch": 1, "final_val_accuracy": 0.9}
 
 
 def test_params_round_trip_by_tree_path_with_a_parameter_free_layer():
