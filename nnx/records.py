@@ -100,13 +100,11 @@ def summary(history) -> dict:
             "best_epoch": history[EVAL_STEPS][best] if EVAL_STEPS in history else best,
             "final_val_accuracy": history["val_accuracy"][-1],
         })
-        if "test_accuracy" in history:  # a preset whose report reads validation alone leaves the test set out
-            out.update({
-                "test_accuracy_at_best_val": history["test_accuracy"][best],
-                "best_test_accuracy": np.max(history["test_accuracy"]),
-                "final_test_accuracy": history["test_accuracy"][-1],
-            })
-    if "train_accuracy" in history:  # train.eval_splits may leave the training set out
+        if "test_accuracy" in history:
+            out["test_accuracy_at_best_val"] = history["test_accuracy"][best]
+    if "test_accuracy" in history:  # train.eval_splits may leave out any split
+        out.update({"best_test_accuracy": np.max(history["test_accuracy"]), "final_test_accuracy": history["test_accuracy"][-1]})
+    if "train_accuracy" in history:
         out["final_train_accuracy"] = history["train_accuracy"][-1]
     norms = per_hidden_layer(history, GRAD_NORM)
     if len(norms) > 1:  # a dead layer's zero norm gives inf or NaN: recorded as it is

@@ -41,6 +41,8 @@ def test_summary_picks_the_earliest_best_epoch_and_the_first_last_ratio():
     # still name the best epoch (the sweep's runs table shows best_val_accuracy), and no test entry is made up.
     alone = records.summary({"val_accuracy": history["val_accuracy"]})
     assert alone == {"best_val_accuracy": 0.9, "best_epoch": 1, "final_val_accuracy": 0.9}
+    # eval_splits=[test] (chapter 1's reports): the test entries, with no best epoch to pick them by.
+    assert records.summary({"test_accuracy": history["test_accuracy"]}) == {"best_test_accuracy": 0.85, "final_test_accuracy": 0.85}
 
 
 def test_params_round_trip_by_tree_path_with_a_parameter_free_layer():

@@ -431,11 +431,20 @@ def _end_runs(spec, members, group, results, echo, progress, started) -> tuple[l
             log_summary(m, spec, params, result, last, echo)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
-            best = (f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
-                    if "best_val_accuracy" in result else " (the initialization measured)")
+            best = _outcome(result, spec.epochs)
             why = f"; stopped after epoch {last - 1} of {spec.epochs}: {history[records.STOP_REASON]}" if stopped else ""
             echo(f"{chr(10) if stopped and progress else ''}nnx: run {m.run.run_id} FINISHED in {time.perf_counter() - started:.1f} s{best} "
                  f"(seed {m.seed}){why}. See it with `make ui`, experiment {m.cfg['tracking']['experiment']!r}.")
     if group:
         group.end("FAILED" if diverged else "FINISHED")
     return diverged, histories
+
+
+def _outcome(result: dict, epochs: int) -> str:
+    """What a FINISHED line says of the run: its best validation accuracy, else what it evaluated."""
+    if "best_val_accuracy" in result:
+        return f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
+    for split, key in (("test", "final_test_accuracy"), ("training", "final_train_accuracy")):
+        if key in result:
+            return f": {split} accuracy {result[key]:.2%} after the last epoch"
+    return " (the initialization measured)" if epochs == 0 else ""
