@@ -351,11 +351,12 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
     only, and a network that diverges inside one is recorded up to the blow-up as in the epoch loop.
     """
     params, opt_state = state
-    splits = {name: (to_device(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items()}
-    x_train, y_train = splits["train"]
-    # Training gathers its rows from the stored pixels where they are uint8 (epoch_fn); evaluation reads the floats.
-    pixels = jnp.asarray(data.train.x) if data.train.x.dtype == np.uint8 else x_train
-    probe_set = (x_train[: spec.probe_size], y_train[: spec.probe_size])
+    # On the device as floats: the splits evaluated (train.eval_splits), and the probes' images.
+    splits = {name: (to_device(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items() if name in spec.eval_splits}
+    # Training gathers its rows from the pixels as stored (uint8: epoch_fn decodes them).
+    pixels = jnp.asarray(data.train.x) if data.train.x.dtype == np.uint8 else to_device(data.train.x, dtype)
+    y_train = jnp.asarray(data.train.y)
+    probe_set = (to_device(data.train.x[: spec.probe_size], dtype), y_train[: spec.probe_size])
     histories, built, rules, kept = None, {}, None, {}
     ahead = []  # the probes of the epochs a block has trained already, oldest first
     # Only where an epoch is one step (full batch): there the host's per-epoch work costs more than the
@@ -458,7 +459,7 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
                 break
             continue
         evaluating = (e + 1) % spec.eval_every == 0 or e == spec.epochs - 1
-        evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items() if evaluating and name in spec.eval_splits}
+        evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items()} if evaluating else {}
         evaluated = split(jax.device_get(evaluated)) if evaluated else [{}] * len(histories)
         record(e, measured, evaluated, [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
         stopping = stop_reasons(e, evaluated)
