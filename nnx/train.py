@@ -244,6 +244,13 @@ def to_device(x, dtype):
 _decode = jax.jit(images, static_argnums=1)
 
 
+@jax.jit
+def epoch_key(shuffle_key, epoch):
+    """The key epoch `epoch` shuffles with, fold_in(shuffle_key, epoch), jitted: eager, it costs
+    ~0.12 ms, a tenth of a full-batch epoch of 1,000 images."""
+    return jax.random.fold_in(shuffle_key, epoch)
+
+
 def init_state(spec, key, dtype=jnp.float32):
     params = model.init(key, spec.net, dtype)
     return params, spec.optimizer.init(params)
@@ -283,7 +290,7 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=No
     first, state = (0, init_state(spec, init_key, dtype)) if start is None else (start[0], start[1:])
     (params,), (history,) = _train(
         spec, data, state, first=first,
-        run_epoch=lambda p, s, e, x, y: epoch(p, s, jax.random.fold_in(shuffle_key, e), x, y),
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y),
         probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
         run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy),
         on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),

@@ -11,6 +11,7 @@ in the conv cases only.
 """
 
 import functools
+import math
 import os
 import statistics
 import time
@@ -88,7 +89,8 @@ def conv_config(case: ConvCase, train_size, epochs=1, extra=()) -> dict:
 def time_nnx(spec, x, y, repeats, cap=None):
     """(seconds per epoch, compile seconds, fraction of the epoch timed, repeats run).
 
-    The first call at a shape compiles, then `repeats` more are timed and their median taken. With
+    The first call at a shape compiles, then `repeats` more are timed and their median taken (each
+    the mean of epochs_per_sample epochs where one is short). With
     a cap, as time_baseline: two epochs of one gather chunk (nnx.train.steps_per_gather) estimate a
     whole epoch; if `repeats` epochs would take longer than `cap` seconds, each repeat trains the
     first `fraction` of the images, a whole number of the full epoch's chunks (so each step runs
@@ -100,21 +102,21 @@ def time_nnx(spec, x, y, repeats, cap=None):
     import jax
 
     import nnx
-    from nnx.train import steps_per_gather
+    from nnx.train import epoch_key, steps_per_gather
 
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     opt_state = spec.optimizer.init(params)
     epoch = nnx.make_epoch(spec)
     x = encode(x)  # the pixels as nnx-train trains from them (uint8; the epoch decodes the rows it gathers)
-    n, m, keys = len(x), spec.mini_batch_size, itertools.count()
+    n, m, keys, shuffle_key = len(x), spec.mini_batch_size, itertools.count(), jax.random.PRNGKey(0)
     on_device, first_call = {}, {}
 
     def timed(n_images):
         nonlocal params, opt_state
         if n_images not in on_device:  # on the device once, as fit does
             on_device[n_images] = jax.device_put(x[:n_images]), jax.device_put(y[:n_images])
-        start = time.perf_counter()
-        params, opt_state = jax.block_until_ready(epoch(params, opt_state, jax.random.PRNGKey(next(keys)), *on_device[n_images]))
+        start = time.perf_counter()  # the epoch's key as fit draws it (nnx.train.epoch_key), on the clock
+        params, opt_state = jax.block_until_ready(epoch(params, opt_state, epoch_key(shuffle_key, next(keys)), *on_device[n_images]))
         seconds = time.perf_counter() - start
         first_call.setdefault(n_images, seconds)
         return seconds
@@ -127,17 +129,28 @@ def time_nnx(spec, x, y, repeats, cap=None):
             n_timed = max(chunk, int(cap / repeats / per_image) // chunk * chunk)
     if n_timed not in first_call:
         timed(n_timed)  # compiles
+    per_sample = epochs_per_sample(timed(n_timed))
     seconds = []
     while len(seconds) < repeats and (cap is None or sum(seconds) < 2 * cap):
-        seconds.append(timed(n_timed))
+        seconds.append(statistics.mean(timed(n_timed) for _ in range(per_sample)))
     median = statistics.median(seconds)
     return median * n / n_timed, first_call[n_timed] - median, n_timed / n, len(seconds)
+
+
+SAMPLE_S = 0.1  # an epoch shorter than this is timed as the mean of enough consecutive epochs to last it
+
+
+def epochs_per_sample(epoch_s: float) -> int:
+    """How many epochs one timed sample averages: a full-batch epoch of 1,000 images lasts ~1.5 ms,
+    where one epoch's time varies by tens of percent from one call to the next."""
+    return max(1, math.ceil(SAMPLE_S / max(epoch_s, 1e-6)))
 
 
 def time_baseline(train_epoch, params, x, y, mini_batch_size, repeats, cap, eta=ETA):
     """(seconds per epoch, fraction of the epoch timed, repeats run): the median after a warm-up.
 
-    Two runs on a slice warm up and estimate a whole epoch; if `repeats` epochs would take longer
+    Two runs on a slice warm up and estimate a whole epoch (a short one is timed as in time_nnx,
+    epochs_per_sample at a time); if `repeats` epochs would take longer
     than `cap` seconds, each repeat trains the first `fraction` of the images and its time is
     scaled by 1 / fraction (time is linear in the number of mini-batches). Should the machine get
     busier than the estimate, repeats stop once twice the cap is spent (at least one is run).
@@ -155,9 +168,10 @@ def time_baseline(train_epoch, params, x, y, mini_batch_size, repeats, cap, eta=
     n_timed = n
     if per_image * n * repeats > cap:
         n_timed = max(mini_batch_size, int(cap / repeats / per_image) // mini_batch_size * mini_batch_size)
+    per_sample = epochs_per_sample(per_image * n_timed)
     seconds = []
     while len(seconds) < repeats and sum(seconds) < 2 * cap:
-        seconds.append(timed(n_timed))
+        seconds.append(statistics.mean(timed(n_timed) for _ in range(per_sample)))
     return statistics.median(seconds) * n / n_timed, n_timed / n, len(seconds)
 
 
