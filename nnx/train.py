@@ -72,6 +72,7 @@ def training_product(a, w):
 # step ([784,30,10], mb 10: 0.103 -> 0.092 s per epoch); more unrolling gained nothing here.
 UNROLL = 2
 BLOCKS = True  # block_fn where it applies (a test turns it off to compare with the epoch-by-epoch loop)
+OVERLAP = True  # evaluation beside the next epoch where it applies (evaluation_device; a test turns it off)
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -235,10 +236,24 @@ def images(x, dtype):
     return x.astype(dtype) / PIXEL_LEVELS if x.dtype == jnp.uint8 else x.astype(dtype)
 
 
-def to_device(x, dtype):
-    """Images on the device as dtype. uint8 pixels go over as they are and are decoded there, so
-    the host never holds their float copy (220 MB for MNIST, ~0.5 s to write)."""
-    return _decode(jnp.asarray(x), dtype) if x.dtype == np.uint8 else jnp.asarray(x, dtype)
+def to_device(x, dtype, device=None):
+    """Images on the device (the default one, or `device`) as dtype. uint8 pixels go over as they are
+    and are decoded there, so the host never holds their float copy (220 MB for MNIST, ~0.5 s to write)."""
+    if x.dtype == np.uint8:
+        return _decode(jax.device_put(x, device), dtype)
+    return jax.device_put(np.asarray(x, dtype) if isinstance(x, np.ndarray) else x.astype(dtype), device)
+
+
+def evaluation_device():
+    """The device accuracies are evaluated on while the next epoch trains, or None (evaluate in line).
+
+    A second CPU device where the process has two (nnx.edges.devices sets them up): a small net's
+    epoch keeps one core busy with one mini-batch at a time, and its evaluation (the book's 10,000 to
+    70,000 images, one large product) then runs beside it. The same programs on the same CPU give
+    the same bits. On a GPU, or with one CPU device, evaluation stays in line.
+    """
+    devices = jax.devices()
+    return devices[1] if OVERLAP and jax.default_backend() == "cpu" and len(devices) > 1 else None
 
 
 _decode = jax.jit(images, static_argnums=1)
@@ -358,8 +373,6 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
     only, and a network that diverges inside one is recorded up to the blow-up as in the epoch loop.
     """
     params, opt_state = state
-    # On the device as floats: the splits evaluated (train.eval_splits), and the probes' images.
-    splits = {name: (to_device(s.x, dtype), jnp.asarray(s.y)) for name, s in data._asdict().items() if name in spec.eval_splits}
     # Training gathers its rows from the pixels as stored (uint8: epoch_fn decodes them).
     pixels = jnp.asarray(data.train.x) if data.train.x.dtype == np.uint8 else to_device(data.train.x, dtype)
     y_train = jnp.asarray(data.train.y)
@@ -370,6 +383,12 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
     # epoch, and a block of them is still short, so stop signals and heartbeats (after each block) stay prompt.
     blocked = (BLOCKS and spec.eval_every > 1 and spec.mini_batch_size >= spec.train_size and not spec.injects_eta
                and spec.early_stopping_n is None and should_stop is None and not spec.probes.kinds)
+    # Evaluation beside the next epoch, where nothing the host decides after an epoch (eta, early
+    # stopping, should_stop) waits for its accuracies: epoch e is recorded once epoch e + 1 is under way.
+    beside = None if blocked or spec.logs_eta or should_stop is not None else evaluation_device()
+    # On the evaluating device as floats: the splits evaluated (train.eval_splits).
+    splits = {name: (to_device(s.x, dtype, beside), jax.device_put(s.y, beside))
+              for name, s in data._asdict().items() if name in spec.eval_splits}
 
     def block_length(e):
         """Epochs from e to the next one after which the host has work: an evaluation, a checkpoint, the end."""
@@ -385,7 +404,7 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
         host = jax.device_get(stacked)
         return [[probes.finish(m, len(spec.net.weighted) - 1) for m in split(jax.tree.map(lambda a: a[j], host))] for j in range(k)]
 
-    def measure(step):
+    def measure(step, params):
         kinds = probes.kinds_at(spec, step, spec.epochs)
         if kinds not in built:
             built[kinds] = probe(kinds)
@@ -448,11 +467,31 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
                 reasons[i] = asked or rule
         return reasons
 
+    def after_epoch(e, measured, evaluated, etas, params, opt_state) -> bool:
+        """Records epoch e (fetching its accuracies: evaluate's results, still on the device) and
+        hands on its state; True once every network has diverged or stopped."""
+        evaluated = split(jax.device_get(evaluated)) if evaluated else [{}] * len(histories)
+        record(e, measured, evaluated, [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
+        stopping = stop_reasons(e, evaluated)
+        if stopping:
+            kept.update({i: jax.tree.map(jnp.copy, split(params)[i]) for i in stopping})  # the others train on (vmapped)
+            record(e + 1, measure(e + 1, params), only=stopping)  # the closing gradient measurement, after the last epoch
+            for i, reason in stopping.items():
+                histories[i].update({records.STOPPED_AT: e, records.STOP_REASON: reason})
+        if all(done(h) for h in histories):
+            return True
+        if on_state is not None:
+            for i, (p, s) in enumerate(zip(split(params), split(opt_state))):
+                if not done(histories[i]):
+                    on_state(i, e, p, s)
+        return False
+
+    waiting = None  # with evaluation beside: the last epoch's after_epoch arguments, its accuracies under way
     for e in range(first, spec.epochs):
         if blocked and not ahead and block_length(e) > 1:
             ahead = train_block(e, block_length(e))
         in_block = bool(ahead)  # this epoch's updates are done already
-        measured = ahead.pop(0) if in_block else measure(e)
+        measured = ahead.pop(0) if in_block else measure(e, params)
         histories = histories or start_histories(measured)
         rules = rules or start_rules(len(measured))
         etas = [state.eta for state, _ in rules]
@@ -460,31 +499,30 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
             opt_state = schedules.set_eta(opt_state, etas)
         if not in_block:
             params, opt_state = run_epoch(params, opt_state, e, pixels, y_train)
+        if waiting is not None:
+            if after_epoch(*waiting):  # this epoch is dropped: the runs end with the one before
+                params, opt_state = jax.device_put(waiting[-2:], jax.devices()[0])
+                waiting = None
+                break
+            waiting = None
         if ahead:  # params are those of the block's last epoch: nothing to evaluate or save before it
             record(e, measured, [{}] * len(histories), [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
             if all(done(h) for h in histories):
                 break
             continue
         evaluating = (e + 1) % spec.eval_every == 0 or e == spec.epochs - 1
-        evaluated = {name: evaluate(params, x, y) for name, (x, y) in splits.items()} if evaluating else {}
-        evaluated = split(jax.device_get(evaluated)) if evaluated else [{}] * len(histories)
-        record(e, measured, evaluated, [{records.ETA: eta} for eta in etas] if spec.logs_eta else None)
-        stopping = stop_reasons(e, evaluated)
-        if stopping:
-            kept.update({i: jax.tree.map(jnp.copy, split(params)[i]) for i in stopping})  # the others train on (vmapped)
-            record(e + 1, measure(e + 1), only=stopping)  # the closing gradient measurement, after the last epoch
-            for i, reason in stopping.items():
-                histories[i].update({records.STOPPED_AT: e, records.STOP_REASON: reason})
-        if all(done(h) for h in histories):
+        # Beside: a copy on the other device, which the next epoch (params donated) leaves as it is.
+        at = (params, opt_state) if beside is None else jax.device_put((params, opt_state), beside)
+        evaluated = {name: evaluate(at[0], x, y) for name, (x, y) in splits.items()} if evaluating else {}
+        if beside is not None:
+            waiting = (e, measured, evaluated, etas, *at)
+        elif after_epoch(e, measured, evaluated, etas, *at):
             break
-        if on_state is not None:
-            for i, (p, s) in enumerate(zip(split(params), split(opt_state))):
-                if not done(histories[i]):
-                    on_state(i, e, p, s)
     else:
-        final = measure(spec.epochs)
-        # epochs=0 (measure the initialization only), or resumed after the last epoch
-        histories = histories or start_histories(final)
-        record(spec.epochs, final)  # epochs=0: no accuracies, which would cost a pass over 70000 images
+        if waiting is None or not after_epoch(*waiting):
+            final = measure(spec.epochs, params)
+            # epochs=0 (measure the initialization only), or resumed after the last epoch
+            histories = histories or start_histories(final)
+            record(spec.epochs, final)  # epochs=0: no accuracies, which would cost a pass over 70000 images
     return ([kept.get(i, p) for i, p in enumerate(split(params))],
             [{name: np.asarray(v) for name, v in h.items()} for h in histories])

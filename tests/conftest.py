@@ -10,11 +10,12 @@ from pathlib import Path
 import jax
 import pytest
 
-from nnx.edges import paths
+from nnx.edges import devices, paths
 
 # Silent broadcasting (a row where a column was meant) fails loudly in tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 paths.use_compilation_cache()  # the unit tests' programs too, as every nnx command does
+devices.use_two_cpu_devices()  # as every nnx command does: evaluation beside training (nnx.train.evaluation_device)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

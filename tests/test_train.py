@@ -102,6 +102,39 @@ def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch)
     assert runs[True][3] == [3, 5, 7, 8] and runs[False][3] == list(range(9))  # evaluations, checkpoint at 5, the end
 
 
+def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small, monkeypatch):
+    """With two CPU devices, each epoch's accuracies are evaluated on the second while the next epoch
+    trains (nnx.train.evaluation_device): the same numbers, bit for bit, as evaluating in line, the
+    same checkpoints, and a run that diverges ends with the params of the epoch it diverged at."""
+    if nnx.train.evaluation_device() is None:
+        pytest.skip("this process has one CPU device (nnx.edges.devices gives two where two cores are free)")
+    train = {"epochs": 4, "mini_batch_size": 10, "checkpoint_every": 1, "stop_on_divergence": True}
+    spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}, train=train))
+    diverging = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}, train={**train, "epochs": 30},
+                                   activation={"name": "relu"}, model={"depth": 1, "width": 8, "output_activation": "identity"},
+                                   cost={"name": "quadratic"}, optimizer={"name": "sgd", "eta": 10.0, "lmbda": 0.0}))
+    runs = {}
+    for overlap in (True, False):
+        monkeypatch.setattr(nnx.train, "OVERLAP", overlap)
+        states = []
+        one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s: states.append((e, jax.device_get(p))))
+        many = nnx.fit_many(spec, small, seeds=[1, 2])
+        runs[overlap] = (one, many, nnx.fit(diverging, small, key=jax.random.PRNGKey(1)), states)
+    beside, in_line = runs[True], runs[False]
+    for (params_a, history_a), (params_b, history_b) in [(beside[0], in_line[0]), (beside[2], in_line[2]),
+                                                         *zip(zip(*beside[1]), zip(*in_line[1]))]:
+        assert history_a.keys() == history_b.keys()
+        for name in history_a:
+            np.testing.assert_array_equal(history_a[name], history_b[name], err_msg=name)
+        for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+            np.testing.assert_array_equal(a, b)
+    assert records.DIVERGED_AT in beside[2][1] and beside[2][1][records.DIVERGED_AT] < 29  # it stopped early
+    assert [e for e, _ in beside[3]] == [e for e, _ in in_line[3]] == [0, 1, 2, 3]
+    for (_, a), (_, b) in zip(beside[3], in_line[3]):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(small):
     spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
     run = lambda seed: nnx.fit(spec, small, key=jax.random.PRNGKey(seed))[1]

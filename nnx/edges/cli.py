@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from nnx.data import DataError
-from nnx.edges import job, liveness, paths, search, tracking
+from nnx.edges import devices, job, liveness, paths, search, tracking
 from nnx.edges.resume import ResumeError, resume
 from nnx.registry import ConfigError
 
@@ -160,6 +160,7 @@ def _bar(step, epochs, values):
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def _hydra_main(cfg):
+    devices.use_two_cpu_devices()
     paths.use_compilation_cache()  # also in joblib's and submitit's (SLURM's) workers, which never run main()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # also in joblib/submitit workers
     try:
@@ -194,6 +195,7 @@ def register_search():
 def main():
     from nnx.edges.preflight import preflight
 
+    devices.use_two_cpu_devices()
     paths.use_compilation_cache()
     register_search()
     checked = preflight(sys.argv[1:], CONF, "train")

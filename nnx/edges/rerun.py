@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from nnx.data import DataError
-from nnx.edges import job, paths, tracking
+from nnx.edges import devices, job, paths, tracking
 from nnx.registry import ConfigError
 
 
@@ -36,6 +36,7 @@ def main(argv=None):
     parser.add_argument("run_id")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
     args = parser.parse_args(argv)
+    devices.use_two_cpu_devices()
     paths.use_compilation_cache()
 
     uri = tracking.resolve_uri(args.tracking_uri)

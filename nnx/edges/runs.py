@@ -16,7 +16,7 @@ import sys
 import time
 
 from nnx.data import DataError
-from nnx.edges import job, liveness, paths, tracking
+from nnx.edges import devices, job, liveness, paths, tracking
 from nnx.edges.resume import ResumeError, resume
 from nnx.registry import ConfigError
 
@@ -120,6 +120,7 @@ def main(argv=None):
         print(f"\n{len(stale)} stale runs. `nnx-runs --mark` ends them KILLED; `nnx-runs --resume` continues them "
               f"from their checkpoints in the same runs.")
         return
+    devices.use_two_cpu_devices()
     paths.use_compilation_cache()
     problems = heal(client, uri, stale, names, resume_them=args.resume, stale_after=args.stale_after)
     if problems:
