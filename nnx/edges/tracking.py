@@ -323,7 +323,7 @@ def metric_history(client, run_id: str, key: str) -> tuple[np.ndarray, np.ndarra
 
 def artifact_bytes(client, run_id: str, path: str) -> bytes | None:
     """One artifact's bytes, read without leaving files behind; None if the run has no such file."""
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _without_progress_bars():
         try:
             local = client.download_artifacts(run_id, path, folder)
         except Exception:  # MlflowException or OSError: no such artifact
@@ -464,6 +464,20 @@ def warm_model_logging():
 
 
 @contextlib.contextmanager
+def _without_progress_bars():
+    """MLflow draws a progress bar for every file it copies (a model's, or one artifact read back)."""
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+
+@contextlib.contextmanager
 def _quiet_model_saving():
     """Without MLflow's progress bars (one per file copied into a model) and its advice, for models
     logged from code, to log from a file and with an input example: nnx's pickle is a class reference
@@ -472,19 +486,14 @@ def _quiet_model_saving():
     import warnings
 
     log = logging.getLogger("mlflow.pyfunc")
-    level, bar = log.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    level = log.level
     log.setLevel(logging.ERROR)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        with warnings.catch_warnings():
+        with _without_progress_bars(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example was not provided")
             yield
     finally:
         log.setLevel(level)
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def http_retry_wait() -> float:
