@@ -1,5 +1,5 @@
-"""JAX's devices for nnx's commands: on a machine of two or more cores, two CPU devices, so a small
-net's evaluation runs on one while its next epoch trains on the other (nnx.train.evaluation_device)."""
+"""JAX's devices for nnx's commands: on a machine of two or more cores, two CPU devices, so each
+epoch's evaluation runs on the second beside the next epoch (nnx.train.evaluation_device)."""
 
 import os
 
