@@ -129,10 +129,7 @@ def time_nnx(spec, x, y, repeats, cap=None):
             n_timed = max(chunk, int(cap / repeats / per_image) // chunk * chunk)
     if n_timed not in first_call:
         timed(n_timed)  # compiles
-    per_sample = epochs_per_sample(timed(n_timed))
-    seconds = []
-    while len(seconds) < repeats and (cap is None or sum(seconds) < 2 * cap):
-        seconds.append(statistics.mean(timed(n_timed) for _ in range(per_sample)))
+    seconds = samples(timed, n_timed, epochs_per_sample(timed(n_timed)), repeats, cap)
     median = statistics.median(seconds)
     return median * n / n_timed, first_call[n_timed] - median, n_timed / n, len(seconds)
 
@@ -144,6 +141,15 @@ def epochs_per_sample(epoch_s: float) -> int:
     """How many epochs one timed sample averages: a full-batch epoch of 1,000 images lasts ~1.5 ms,
     where one epoch's time varies by tens of percent from one call to the next."""
     return max(1, math.ceil(SAMPLE_S / max(epoch_s, 1e-6)))
+
+
+def samples(timed, n_images, per_sample, repeats, cap) -> list[float]:
+    """`repeats` timed samples of timed(n_images), each the mean of per_sample epochs; with a cap,
+    they stop once twice the cap is spent (at least one is taken)."""
+    seconds = []
+    while len(seconds) < repeats and (cap is None or sum(seconds) < 2 * cap):
+        seconds.append(statistics.mean(timed(n_images) for _ in range(per_sample)))
+    return seconds
 
 
 def time_baseline(train_epoch, params, x, y, mini_batch_size, repeats, cap, eta=ETA):
@@ -168,10 +174,7 @@ def time_baseline(train_epoch, params, x, y, mini_batch_size, repeats, cap, eta=
     n_timed = n
     if per_image * n * repeats > cap:
         n_timed = max(mini_batch_size, int(cap / repeats / per_image) // mini_batch_size * mini_batch_size)
-    per_sample = epochs_per_sample(per_image * n_timed)
-    seconds = []
-    while len(seconds) < repeats and sum(seconds) < 2 * cap:
-        seconds.append(statistics.mean(timed(n_timed) for _ in range(per_sample)))
+    seconds = samples(timed, n_timed, epochs_per_sample(per_image * n_timed), repeats, cap)
     return statistics.median(seconds) * n / n_timed, n_timed / n, len(seconds)
 
 
