@@ -1,13 +1,15 @@
 """The timed cases: nnx's jitted epoch against the book's algorithm in numpy and PyTorch eager.
 
-Every contender trains the same MNIST images from the same initial params, in this one process, one
-after another. The MLP cases use chapter 1's hyperparameters (sigmoid, quadratic cost, large init,
-eta 3.0, no L2); the conv cases are chapter 6's network3 nets (ReLU, log-likelihood, network3's
-init, mini-batches in file order), against PyTorch only. nnx's time is its jitted epoch with the
-data already on the device (as uint8 pixels, as nnx-train keeps them); the baselines are in
-nnx.edges.bench.baselines. A contender whose epochs would take longer than the cap in all is timed
-on the first fraction of the training set and scaled up to a whole epoch ("extrapolated"); nnx is,
-in the conv cases only.
+Every contender trains the same MNIST images from the same initial params, in this one process.
+Each is warmed up first; then each repeat times every contender once, in turn (nnx, numpy_book,
+numpy_vectorized, torch, nnx, ...: stats.alternate), so that a drift of the machine's speed hits all
+alike, and each ratio is the median over the repeats of baseline_r / nnx_r. The MLP cases use
+chapter 1's hyperparameters (sigmoid, quadratic cost, large init, eta 3.0, no L2); the conv cases
+are chapter 6's network3 nets (ReLU, log-likelihood, network3's init, mini-batches in file order),
+against PyTorch only. nnx's time is its jitted epoch with the data already on the device (as uint8
+pixels, as nnx-train keeps them); the baselines are in nnx.edges.bench.baselines. A contender
+whose epochs would take longer than the cap in all is timed on the first fraction of the training
+set and scaled up to a whole epoch ("extrapolated"); nnx is, in the conv cases only.
 """
 
 import functools
@@ -23,6 +25,7 @@ from nnx.data import encode
 from nnx.edges import paths
 from nnx.edges.bench import baselines
 from nnx.edges.bench.machine import peak_rss_mb, torch_installed
+from nnx.edges.bench.stats import Timer, alternate, ratio_summary
 
 # name -> (hidden layers, width, mini_batch_size, training images)
 MLP_CASES = {
@@ -86,16 +89,16 @@ def conv_config(case: ConvCase, train_size, epochs=1, extra=()) -> dict:
     ])
 
 
-def time_nnx(spec, x, y, repeats, cap=None):
-    """(seconds per epoch, compile seconds, fraction of the epoch timed, repeats run).
+def nnx_timer(spec, x, y, repeats, cap=None) -> Timer:
+    """nnx's jitted epoch, compiled and sized, as a Timer whose sample() gives seconds per epoch.
 
-    The first call at a shape compiles, then `repeats` more are timed and their median taken (each
-    the mean of epochs_per_sample epochs where one is short). With
-    a cap, as time_baseline: two epochs of one gather chunk (nnx.train.steps_per_gather) estimate a
-    whole epoch; if `repeats` epochs would take longer than `cap` seconds, each repeat trains the
-    first `fraction` of the images, a whole number of the full epoch's chunks (so each step runs
-    the same compiled code as in a full epoch), and its time is scaled by 1 / fraction. The
-    shorter epoch compiles once more, outside the clock; the repeats stop once twice the cap is spent.
+    The first call at a shape compiles (Timer.first_s keeps its time); a sample is one epoch, or
+    the mean of epochs_per_sample epochs where one is short. With a cap, as baseline_timer: two
+    epochs of one gather chunk (nnx.train.steps_per_gather) estimate a whole epoch; if `repeats`
+    epochs would take longer than `cap` seconds, each sample trains the first `fraction` of the
+    images, a whole number of the full epoch's chunks (so each step runs the same compiled code as
+    in a full epoch), and its time is scaled by 1 / fraction. The shorter epoch compiles once more,
+    outside the clock; sampling stops once twice the cap is spent (stats.alternate).
     """
     import itertools
 
@@ -129,9 +132,8 @@ def time_nnx(spec, x, y, repeats, cap=None):
             n_timed = max(chunk, int(cap / repeats / per_image) // chunk * chunk)
     if n_timed not in first_call:
         timed(n_timed)  # compiles
-    seconds = samples(timed, n_timed, epochs_per_sample(timed(n_timed)), repeats, cap)
-    median = statistics.median(seconds)
-    return median * n / n_timed, first_call[n_timed] - median, n_timed / n, len(seconds)
+    sample = sampler(timed, n_timed, n, epochs_per_sample(timed(n_timed)))
+    return Timer(sample, n_timed / n, None if cap is None else 2 * cap, first_call[n_timed])
 
 
 SAMPLE_S = 0.1  # an epoch shorter than this is timed as the mean of enough consecutive epochs to last it
@@ -143,23 +145,19 @@ def epochs_per_sample(epoch_s: float) -> int:
     return max(1, math.ceil(SAMPLE_S / max(epoch_s, 1e-6)))
 
 
-def samples(timed, n_images, per_sample, repeats, cap) -> list[float]:
-    """`repeats` timed samples of timed(n_images), each the mean of per_sample epochs; with a cap,
-    they stop once twice the cap is spent (at least one is taken)."""
-    seconds = []
-    while len(seconds) < repeats and (cap is None or sum(seconds) < 2 * cap):
-        seconds.append(statistics.mean(timed(n_images) for _ in range(per_sample)))
-    return seconds
+def sampler(timed, n_timed, n, per_sample):
+    """A Timer's sample(): the mean of per_sample calls of timed(n_timed), scaled to n images."""
+    return lambda: statistics.mean(timed(n_timed) for _ in range(per_sample)) * n / n_timed
 
 
-def time_baseline(train_epoch, params, x, y, mini_batch_size, repeats, cap, eta=ETA):
-    """(seconds per epoch, fraction of the epoch timed, repeats run): the median after a warm-up.
+def baseline_timer(train_epoch, params, x, y, mini_batch_size, repeats, cap, eta=ETA) -> Timer:
+    """A baseline's epoch, warmed up and sized, as a Timer whose sample() gives seconds per epoch.
 
-    Two runs on a slice warm up and estimate a whole epoch (a short one is timed as in time_nnx,
-    epochs_per_sample at a time); if `repeats` epochs would take longer
-    than `cap` seconds, each repeat trains the first `fraction` of the images and its time is
-    scaled by 1 / fraction (time is linear in the number of mini-batches). Should the machine get
-    busier than the estimate, repeats stop once twice the cap is spent (at least one is run).
+    Two runs on a slice warm up and estimate a whole epoch (a short one is sampled as in
+    nnx_timer, epochs_per_sample at a time); if `repeats` epochs would take longer than `cap`
+    seconds, each sample trains the first `fraction` of the images and its time is scaled by
+    1 / fraction (time is linear in the number of mini-batches). Should the machine get busier
+    than the estimate, sampling stops once twice the cap is spent (stats.alternate).
     """
     n = len(x)
 
@@ -174,11 +172,11 @@ def time_baseline(train_epoch, params, x, y, mini_batch_size, repeats, cap, eta=
     n_timed = n
     if per_image * n * repeats > cap:
         n_timed = max(mini_batch_size, int(cap / repeats / per_image) // mini_batch_size * mini_batch_size)
-    seconds = samples(timed, n_timed, epochs_per_sample(per_image * n_timed), repeats, cap)
-    return statistics.median(seconds) * n / n_timed, n_timed / n, len(seconds)
+    return Timer(sampler(timed, n_timed, n, epochs_per_sample(per_image * n_timed)), n_timed / n, 2 * cap)
 
 
 def bench_case(name, data, repeats, cap) -> dict:
+    """An MLP case: nnx, then each baseline, warmed up; then `repeats` rounds that time each once, in turn."""
     import jax
 
     import nnx
@@ -191,20 +189,16 @@ def bench_case(name, data, repeats, cap) -> dict:
     init = nnx.init(jax.random.PRNGKey(0), spec.net)
     params = [(np.asarray(layer["w"]), np.asarray(layer["b"])) for layer in init]
 
-    nnx_seconds, compile_s, _, _ = time_nnx(spec, x, y, repeats)
-    seconds, fractions, repeats_run = {"nnx": nnx_seconds}, {"nnx": 1.0}, {"nnx": repeats}
+    timers = {"nnx": nnx_timer(spec, x, y, repeats)}
     for baseline, train_epoch in baselines.BASELINES.items():
-        if baseline == "torch" and not torch_installed():
-            seconds[baseline] = fractions[baseline] = repeats_run[baseline] = None
-            continue
-        seconds[baseline], fractions[baseline], repeats_run[baseline] = time_baseline(
-            train_epoch, params, x, y, mini_batch_size, repeats, cap)
-    return _result(name, list(spec.sizes), mini_batch_size, train_size, seconds, fractions, repeats_run, compile_s)
+        if baseline != "torch" or torch_installed():
+            timers[baseline] = baseline_timer(train_epoch, params, x, y, mini_batch_size, repeats, cap)
+    return _result(name, list(spec.sizes), mini_batch_size, train_size, timers, alternate(timers, repeats))
 
 
 def bench_conv_case(name, data, repeats, cap) -> dict:
     """A chapter 6 case: nnx (capped like a baseline: a conv epoch takes about a minute on 2 cores) against
-    torch_conv, from nnx's initial params, over the same first images in file order."""
+    torch_conv, from nnx's initial params, over the same first images in file order, alternated."""
     import jax
 
     import nnx
@@ -213,14 +207,10 @@ def bench_conv_case(name, data, repeats, cap) -> dict:
     case, train_size = CONV_CASES[name], 50_000
     spec = nnx.build(conv_config(case, train_size))
     x, y = data.train.x[:train_size], data.train.y[:train_size]
-    init = nnx.init(jax.random.PRNGKey(0), spec.net)  # what time_nnx starts from too
+    init = nnx.init(jax.random.PRNGKey(0), spec.net)  # what nnx_timer starts from too
     params = [{k: np.asarray(v) for k, v in layer.items()} for layer in init]
 
-    nnx_seconds, compile_s, nnx_fraction, nnx_repeats = time_nnx(spec, x, y, repeats, cap)
-    seconds = {"nnx": nnx_seconds, "numpy_book": None, "numpy_vectorized": None, "torch": None}
-    fractions = {**{b: None for b in seconds}, "nnx": nnx_fraction}
-    repeats_run = {**{b: None for b in seconds}, "nnx": nnx_repeats}
-    torch_threads = None
+    timers, torch_threads = {"nnx": nnx_timer(spec, x, y, repeats, cap)}, None
     if torch_installed():
         import torch
 
@@ -228,31 +218,41 @@ def bench_conv_case(name, data, repeats, cap) -> dict:
         # n: the L2 term's training-set size, also when only a prefix is timed
         torch_epoch = functools.partial(baselines.torch_conv, lmbda=case.lmbda, dropout=case.dropout, n=train_size,
                                         activation=spec.activation_name)
-        seconds["torch"], fractions["torch"], repeats_run["torch"] = time_baseline(
-            torch_epoch, params, x, y, case.mini_batch_size, repeats, cap, eta=case.eta)
+        timers["torch"] = baseline_timer(torch_epoch, params, x, y, case.mini_batch_size, repeats, cap, eta=case.eta)
     print(f"  {describe(spec.net)}: seconds per {train_size} images, nnx timed on "
-          + ", torch on ".join(f"{fractions[b]:.0%}" for b in ("nnx", "torch") if fractions[b] is not None)
+          + ", torch on ".join(f"{timers[b].fraction:.0%}" for b in ("nnx", "torch") if b in timers)
           + " of them (numpy baselines not run for conv nets)", flush=True)
-    return {**_result(name, None, case.mini_batch_size, train_size, seconds, fractions, repeats_run, compile_s),
-            "net": describe(spec.net), "eta": case.eta, "lmbda": case.lmbda, "dropout": case.dropout,
-            "torch_threads": torch_threads, "torch_flush_denormal": True, "not_run": {"numpy_book": "conv net", "numpy_vectorized": "conv net"}}
+    result = _result(name, None, case.mini_batch_size, train_size, timers, alternate(timers, repeats))
+    return {**result, "net": describe(spec.net), "eta": case.eta, "lmbda": case.lmbda, "dropout": case.dropout,
+            "torch_threads": torch_threads, "torch_flush_denormal": True,
+            "not_run": {"numpy_book": "conv net", "numpy_vectorized": "conv net"}}
 
 
-def _result(name, sizes, mini_batch_size, train_size, seconds, fractions, repeats_run, compile_s) -> dict:
-    nnx_seconds = seconds["nnx"]
+CONTENDERS = ("nnx", *baselines.BASELINES)  # every case's keys, None where a contender did not run
+
+
+def _result(name, sizes, mini_batch_size, train_size, timers, samples) -> dict:
+    seconds = {c: samples.get(c) or None for c in CONTENDERS}  # per epoch of train_size images, one per repeat
+    median = {c: None if s is None else statistics.median(s) for c, s in seconds.items()}
+    ratios = {b: ratio_summary(seconds[b], seconds["nnx"]) for b in CONTENDERS if b != "nnx"}
+    nnx = timers["nnx"]
     return {
         "case": name,
         "sizes": sizes,  # an MLP's layer sizes; None for a conv net ("net" describes it)
         "mini_batch_size": mini_batch_size,
-        "seconds_per_epoch": seconds,  # per epoch of train_size images; None: not run
-        "speedup": {b: None if s is None else s / nnx_seconds for b, s in seconds.items() if b != "nnx"},
-        "compile_s": compile_s,
+        "seconds_per_epoch": median,  # the median over the repeats; None: not run
+        # the median over the repeats of baseline_r / nnx_r (each repeat timed every contender once, in turn)
+        "speedup": {b: None if r is None else r["median"] for b, r in ratios.items()},
+        "speedup_range": ratios,  # {"median", "min", "max", "per_repeat"} of those ratios
+        "seconds_per_repeat": seconds,
+        "order": list(timers),  # the order each repeat timed the contenders in
+        "compile_s": nnx.first_s - median["nnx"] * nnx.fraction,  # its first call at the timed size, less a timed one
         "peak_rss_mb": peak_rss_mb(),
         # at the case's end; nnx-bench's own threads add up to ~2, so only a rough sign of other load
         "load_average_1min": os.getloadavg()[0],
         "train_size": train_size,
-        "repeats": repeats_run,  # timed epochs (or epoch fractions) behind each median, after a warm-up
+        "repeats": {c: None if s is None else len(s) for c, s in seconds.items()},  # timed samples, after a warm-up
         # the fraction of an epoch each repeat trained; below 1, seconds_per_epoch is scaled up from it
-        "epoch_fraction_timed": fractions,
-        "extrapolated": any(f is not None and f < 1 for f in fractions.values()),
+        "epoch_fraction_timed": {c: timers[c].fraction if c in timers else None for c in CONTENDERS},
+        "extrapolated": any(t.fraction < 1 for t in timers.values()),
     }

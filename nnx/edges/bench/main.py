@@ -4,10 +4,12 @@
     nnx-bench --quick --cases "784-30-10 mb10"   # fewer repeats, a shorter cap, one case
 
 Every contender trains the same MNIST images from the same initial params with chapter 1's
-hyperparameters (sigmoid, quadratic cost, large init, eta 3.0, no L2), in this one process, one
-after another. nnx's time is its jitted epoch with the data already on the device; the baselines
-are in nnx.edges.bench.baselines. A baseline whose epochs would take longer than --cap seconds in all is
-timed on the first fraction of the training set and scaled up to a whole epoch ("extrapolated").
+hyperparameters (sigmoid, quadratic cost, large init, eta 3.0, no L2), in this one process; each
+repeat times every contender once, in turn, and each ratio is the median over the repeats of
+baseline_r / nnx_r, printed with its smallest and largest ("21.3x [19.8-22.0]"). nnx's time is its
+jitted epoch with the data already on the device; the baselines are in nnx.edges.bench.baselines.
+A baseline whose epochs would take longer than --cap seconds in all is timed on the first fraction
+of the training set and scaled up to a whole epoch ("extrapolated").
 """
 
 import argparse
@@ -22,7 +24,8 @@ from nnx.edges.bench.machine import BLAS_ENV, machine, restart_without_blas_env,
 from nnx.edges.bench.overhead import probes_overhead, tracking_overhead
 from nnx.edges.bench.seeds import multi_seed
 from nnx.edges.bench.wholejob import whole_job
-from nnx.edges.bench.table import print_table
+from nnx.edges.bench.stats import format_ratio
+from nnx.edges.bench.table import goals, print_goals, print_table
 
 
 def main(argv=None):
@@ -73,15 +76,19 @@ def main(argv=None):
     if not args.no_whole_job:
         whole = whole_job(epochs=5 if args.quick else 30)
         print(f"whole command: {whole['commands']['nnx']} {whole['nnx_s']:.1f} s (peak {whole['nnx_peak_mb']:.0f} MiB) against "
-              f"the book's run {whole['book_s']:.1f} s ({whole['book_peak_mb']:.0f} MiB): {whole['speedup']:.1f}x, best of "
-              f"{whole['repeats']} each, start-up, store and evaluation included", flush=True)
+              f"the book's run {whole['book_s']:.1f} s ({whole['book_peak_mb']:.0f} MiB): "
+              f"{format_ratio(whole['speedup_range'])}, seconds and ratio the medians of {whole['repeats']} "
+              f"alternated repeats, start-up, store and evaluation included", flush=True)
 
     info["load_average_1min_end"] = os.getloadavg()[0]
     print()
     print_table(cases)
+    judged = goals(cases, whole)
+    print()
+    print_goals(judged)
     report = {"machine": info, "cases": cases, "tracking_overhead_pct": overhead["pct"], "tracking_overhead": overhead,
               "probes_overhead_pct": probing["pct"], "probes_overhead": probing,
-              "multi_seed": seeds, "whole_job": whole}
+              "multi_seed": seeds, "whole_job": whole, "goals": judged}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -5,16 +5,21 @@ experiment=ch1_30` against network.py's algorithm run the book's way (book_run.p
 Everything a user waits for counts: start-up, loading the data, compiling, training, evaluating,
 and for nnx the MLflow store (one that exists already, as a user's does: it is created untimed).
 nnx-train also evaluates the training and validation sets and probes chapter 5's gradients each
-epoch, which the book's run does not. Each command runs `repeats` times, alternating; the best
-wall time and each process's peak resident memory are kept.
+epoch, which the book's run does not. Each command runs `repeats` times, alternating; the median
+wall times, the median, min and max of the per-repeat ratio, and each command's peak resident
+memory are kept.
 """
 
+import functools
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from nnx.edges.bench.stats import Timer, alternate, ratio_summary
 
 BOOK_RUN = Path(__file__).with_name("book_run.py")
 
@@ -39,7 +44,9 @@ def _timed(command, env) -> tuple[float, float]:
     return wall, int(lines[-1]) / 1024
 
 
-def whole_job(epochs: int = 30, repeats: int = 2) -> dict:
+def whole_job(epochs: int = 30, repeats: int = 3) -> dict:
+    """Each command `repeats` times, alternated (book, nnx, book, nnx, ...); the ratio is the median over
+    the repeats of book_r / nnx_r, with its min and max (stats.ratio_summary)."""
     from nnx import data
     from nnx.edges import tracking
 
@@ -53,12 +60,13 @@ def whole_job(epochs: int = 30, repeats: int = 2) -> dict:
             "nnx": [str(Path(sys.executable).parent / "nnx-train"), "experiment=ch1_30", f"train.epochs={epochs}",
                     f"hydra.run.dir={folder}/outputs"],
         }
-        runs = {name: [] for name in commands}
-        for _ in range(repeats):
-            for name, command in commands.items():
-                runs[name].append(_timed(command, env))
-    book, nnx = min(runs["book"]), min(runs["nnx"])
-    return {"epochs": epochs, "repeats": repeats, "book_s": book[0], "nnx_s": nnx[0], "speedup": book[0] / nnx[0],
+        runs = alternate({name: Timer(functools.partial(_timed, command, env)) for name, command in commands.items()}, repeats)
+    wall = {name: [seconds for seconds, _ in runs[name]] for name in commands}
+    ratio = ratio_summary(wall["book"], wall["nnx"])
+    return {"epochs": epochs, "repeats": repeats,
+            "book_s": statistics.median(wall["book"]), "nnx_s": statistics.median(wall["nnx"]),  # medians
+            "speedup": ratio["median"], "speedup_range": ratio,  # of book_r / nnx_r over the repeats
+            "book_runs_s": wall["book"], "nnx_runs_s": wall["nnx"], "order": list(commands),
             "book_peak_mb": max(m for _, m in runs["book"]), "nnx_peak_mb": max(m for _, m in runs["nnx"]),
             "commands": {"book": "python nnx/edges/bench/book_run.py <mnist.pkl.gz> " + str(epochs),
                          "nnx": f"nnx-train experiment=ch1_30 train.epochs={epochs}"}}
