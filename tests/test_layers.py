@@ -188,7 +188,14 @@ LEGACY_RUNS = json.loads((Path(__file__).parent / "data" / "legacy_runs.json").r
 def test_an_mlp_run_recorded_before_layers_trains_to_the_same_numbers(name, store):
     """Runs stored by nnx before models were built from layers (their config has no model.name,
     train.shuffle or train.eval_splits), trained again from that config: every metric at every step.
-    (nnx-rerun on the same machine found them bit for bit equal; float32 round-off across CPUs is allowed.)"""
+
+    They were recorded on another machine (another CPU, older JAX), so float32 round-off differs
+    from the first product on and training carries it forward: each metric may differ by what
+    nnx.numerics allows a rerun under other numerics (8 times the spread of twins trained here from
+    an initialization nudged by one unit in the last place, plus 4 units in the last place; an
+    accuracy by one example). Retrained on an AMD EPYC, the worst metric differed from the
+    recording by 2.2 times that spread."""
+    from nnx import numerics
     from nnx.edges import job, tracking
 
     uri, client = store
@@ -197,10 +204,13 @@ def test_an_mlp_run_recorded_before_layers_trains_to_the_same_numbers(name, stor
     job.run(cfg, name="again", tags={}, echo=lambda line: None)
     (run,) = tracking.find_runs(client, [client.get_experiment_by_name("legacy").experiment_id])
     assert set(run.data.metrics) == set(recorded["metrics"])
+    ours = {}
     for key, points in recorded["metrics"].items():
-        steps, values, _ = tracking.metric_history(client, run.info.run_id, key)
+        steps, ours[key], _ = tracking.metric_history(client, run.info.run_id, key)
         assert list(steps) == [s for s, _ in points], key
-        np.testing.assert_allclose(values, [v for _, v in points], rtol=1e-5, atol=1e-7, err_msg=key)
+    spec = nnx.build(cfg)
+    tolerances = numerics.spread_tolerances(spec, spec.load_data(), cfg["seed"], ours)
+    assert numerics.beyond({k: [v for _, v in points] for k, points in recorded["metrics"].items()}, ours, tolerances) == []
 
 
 def test_conv_nets_with_dropout_train_as_vmapped_seeds_with_the_steps_of_separate_runs():

@@ -112,9 +112,31 @@ def test_rerun_reproduces_a_finished_run(nnx_train, store, tmp_path):
     done = subprocess.run([str(BIN / "nnx-rerun"), source.info.run_id, "--tracking-uri", uri], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "matches" in done.stdout
+    assert "matches" in done.stdout and "every step identical" in done.stdout  # the same numerics: bit for bit
     (rerun,) = [r for r in runs(client) if r.data.tags.get("nnx.rerun_of") == source.info.run_id]
     assert rerun.data.tags["nnx.rerun_matches"] == "true" and rerun.data.params == source.data.params
+    assert rerun.data.tags["nnx.rerun_compared"] == "bit for bit"
+
+
+def test_rerun_under_other_numerics_names_them_and_compares_within_float32_tolerance(nnx_train, store, tmp_path):
+    """A run recorded on another CPU and nnx arithmetic (its tags say so): bit-for-bit equality is not
+    promised, so nnx-rerun names what differs and judges each metric within its stated tolerance."""
+    from conftest import in_process
+    from nnx import numerics
+    from nnx.edges import rerun
+
+    uri, client = store
+    nnx_train("model.depth=2", "train.epochs=3", "seed=7", *TINY)
+    (source,) = runs(client)
+    assert {k: source.data.tags[k] for k in numerics.DECIDING} == numerics.fingerprint()  # every run records them
+    client.set_tag(source.info.run_id, numerics.CPU_TAG, "Another CPU")
+    client.set_tag(source.info.run_id, numerics.NUMERICS_TAG, "0")
+    done = in_process(["nnx-rerun"], lambda: rerun.main([source.info.run_id, "--tracking-uri", uri]), tmp_path, {"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"nnx.cpu: Another CPU -> {numerics.cpu()[0]}" in done.stdout and "nnx.numerics: 0 -> " in done.stdout
+    assert "every step within its float32 tolerance" in done.stdout
+    (again,) = [r for r in runs(client) if r.data.tags.get("nnx.rerun_of") == source.info.run_id]
+    assert again.data.tags["nnx.rerun_compared"] == "within float32 tolerance" and again.data.tags["nnx.rerun_matches"] == "true"
 
 
 def test_rerun_of_a_seed_trained_in_a_vmapped_batch_trains_the_batch_again(nnx_train, store, tmp_path):

@@ -1,7 +1,11 @@
 """nnx-rerun RUN_ID: train a finished run again from its logged config and compare the metrics.
 
-The new run is tagged nnx.rerun_of=RUN_ID. On the same machine and package versions every
-metric must match at every step; the command prints what differs and exits 1 if anything does.
+The new run is tagged nnx.rerun_of=RUN_ID. Where everything that decides the float bits is as the
+run recorded it (nnx.numerics: its arithmetic's version, JAX and jaxlib, backend, device, CPU and
+instruction set), every metric must match at every step, bit for bit. Where any differs, the
+command names it and compares within float32 round-off as training carries it: each metric within
+8 times the spread of twins trained from an initialization nudged by one unit in the last place,
+plus 4 units in the last place (nnx.numerics.tolerances). It exits 1 if anything differs beyond that.
 A run trained in one vmapped program with other seeds (tag nnx.batch_seeds) is trained again in
 that batch, whose other runs are tagged nnx.rerun_of=RUN_ID too (each with its own nnx.seed).
 """
@@ -11,24 +15,54 @@ import sys
 
 import numpy as np
 
+from nnx import numerics
 from nnx.data import DataError
 from nnx.edges import devices, job, paths, tracking
 from nnx.registry import ConfigError
+from nnx.spec import build
 
 
-def compare(client, source_id: str, rerun_id: str) -> list[str]:
-    """Every metric of the source run, step by step, against the rerun; returns the differences."""
+def compare(client, source_id: str, rerun_id: str, tolerances: dict | None = None) -> list[str]:
+    """Every metric of the source run, step by step, against the rerun: bit for bit, or within
+    tolerances (metric -> largest allowed difference) where given; returns the differences."""
     source, rerun = tracking.get_run(client, source_id), tracking.get_run(client, rerun_id)
-    problems = []
+    problems, values = [], ({}, {})
     for key in sorted(source.data.metrics):
         (steps_a, a, _), (steps_b, b, _) = tracking.metric_history(client, source_id, key), tracking.metric_history(client, rerun_id, key)
         if not np.array_equal(steps_a, steps_b):
             problems.append(f"{key}: steps differ ({len(a)} vs {len(b)} values)")
-        elif not np.array_equal(a, b, equal_nan=True):
+        elif tolerances is None and not np.array_equal(a, b, equal_nan=True):
             problems.append(f"{key}: values differ (largest difference {np.max(np.abs(a - b)):.3g})")
+        values[0][key], values[1][key] = a, b
+    if tolerances is not None:
+        problems += numerics.beyond(*values, tolerances)
     missing = set(rerun.data.metrics) ^ set(source.data.metrics)
     problems += [f"{key}: logged by only one of the runs" for key in sorted(missing)]
     return problems
+
+
+def rerun_tolerances(client, rerun_id: str, cfg: dict) -> dict:
+    """nnx.numerics.tolerances around the rerun's own metrics, from its config's nudged twins."""
+    spec = build(cfg)
+    nominal = {key: tracking.metric_history(client, rerun_id, key)[1] for key in tracking.get_run(client, rerun_id).data.metrics}
+    return numerics.spread_tolerances(spec, spec.load_data(), int(cfg["seed"]), nominal)
+
+
+BIT_FOR_BIT, WITHIN = "bit for bit", "within float32 tolerance"
+
+
+def judge(client, source, rerun_id: str, cfg: dict) -> tuple[list[str], str]:
+    """(the differences, how they were judged): bit for bit where the numerics are the source's,
+    else within tolerances, saying which numerics differ. Tags the rerun with the verdict."""
+    changed = numerics.differences(source.data.tags, numerics.fingerprint())
+    if changed:
+        print(f"nnx-rerun: the numerics differ from the run's ({'; '.join(changed)}): bit-for-bit equality is not expected, so "
+              f"each metric is compared within float32 round-off as training carries it ({numerics.SAFETY:g} times the spread of "
+              f"{len(numerics.NUDGES)} twins nudged by one unit in the last place, plus {numerics.ULPS} units in the last place)", flush=True)
+    problems = compare(client, source.info.run_id, rerun_id, rerun_tolerances(client, rerun_id, cfg) if changed else None)
+    how = WITHIN if changed else BIT_FOR_BIT
+    tracking.Run(client, rerun_id).set_tags({"nnx.rerun_matches": str(not problems).lower(), "nnx.rerun_compared": how})
+    return problems, how
 
 
 def main(argv=None):
@@ -62,12 +96,12 @@ def main(argv=None):
         sys.exit(f"nnx-rerun: error: {err}")
     (rerun,) = tracking.find_runs(client, [source.info.experiment_id], tags={"nnx.rerun_of": args.run_id, "nnx.seed": str(cfg["seed"])},
                                   newest_first=True, max_results=1)
-    problems = compare(client, args.run_id, rerun.info.run_id)
-    tracking.Run(client, rerun.info.run_id).set_tags({"nnx.rerun_matches": str(not problems).lower()})
+    problems, how = judge(client, source, rerun.info.run_id, cfg)
     if problems:
-        print(f"nnx-rerun: run {rerun.info.run_id} differs from {args.run_id}:\n  " + "\n  ".join(problems))
+        print(f"nnx-rerun: run {rerun.info.run_id} differs from {args.run_id} ({how}):\n  " + "\n  ".join(problems))
         sys.exit(1)
-    print(f"nnx-rerun: run {rerun.info.run_id} matches {args.run_id}: {len(source.data.metrics)} metrics, every step identical")
+    print(f"nnx-rerun: run {rerun.info.run_id} matches {args.run_id}: {len(source.data.metrics)} metrics, "
+          + ("every step identical" if how == BIT_FOR_BIT else "every step within its float32 tolerance"))
 
 
 if __name__ == "__main__":

@@ -175,8 +175,9 @@ def check_system_metrics():
 
 
 def environment_tags() -> dict:
-    """Git commit and dirty flag, package versions, JAX backend and device."""
-    import jax
+    """Git commit and dirty flag, package versions, and what decides the float bits (nnx.numerics:
+    backend, device, CPU and instruction set, the arithmetic's version)."""
+    from nnx import numerics
 
     def git(*args):
         try:
@@ -192,8 +193,7 @@ def environment_tags() -> dict:
         "nnx.git_commit": commit,
         "nnx.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
         "nnx.version.python": sys.version.split()[0],
-        "nnx.jax_backend": jax.default_backend(),
-        "nnx.device": str(jax.devices()[0].device_kind),
+        **numerics.fingerprint(),  # what decides the run's float bits: nnx-rerun reads them
     }
     for package in PACKAGES:
         tags[f"nnx.version.{package}"] = metadata.version(package)
