@@ -50,22 +50,52 @@ def silenced_stdout():
 NO_MODELS = ["tracking.log_model=false"]
 
 
-def run_sweeps(module, overrides: list[str], jobs: int, book: bool = False):
+def launcher_overrides(overrides: list[str], jobs: int | None) -> list[str]:
+    """The launcher settings nnx-reproduce adds to each sweep: --jobs parallel jobs through the local
+    joblib launcher (2 unless given), nothing where the user chose a launcher of their own (a cluster
+    decides how many run at once), and an error where --jobs was given for one."""
+    chosen = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith("hydra/launcher=")), None)
+    if chosen is not None and chosen != "joblib":
+        if jobs is not None:
+            sys.exit(f"nnx-reproduce: error: --jobs sets the local launcher's parallel jobs; with hydra/launcher={chosen} "
+                     f"the launcher decides how many run at once (e.g. hydra.launcher.array_parallelism for slurm). Drop --jobs.")
+        return []
+    jobs = 2 if jobs is None else jobs
+    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+
+
+def run_sweeps(module, overrides: list[str], jobs: int | None, book: bool = False, store=None):
     """Each sweep is one `nnx-train -m experiment=<preset>` as a user would type it, run in this
     process (nnx.edges.cli.run) with its progress lines silenced. A chapter whose book protocol takes
-    hours here (SCALED) gets its scaled overrides first, unless `book`, then NO_MODELS; the user's come last and win."""
-    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    hours here (SCALED) gets its scaled overrides first, unless `book`, then NO_MODELS; the user's come last and win.
+    store: (client, experiment id), to say on a failure whether the sweep had started runs."""
+    launcher = launcher_overrides(overrides, jobs)
     for preset in module.SWEEPS:
         scaled = [] if book else getattr(module, "SCALED", {}).get(preset, [])
         argv = ["-m", f"experiment={preset}", *launcher, *scaled, *NO_MODELS, *overrides]
         print(f"nnx-reproduce: nnx-train {' '.join(argv)}", flush=True)
         started = time.perf_counter()
+        since_ms = int(time.time() * 1000)
         with silenced_stdout():
             status = cli.run(argv)
         if status != 0:
-            sys.exit(f"nnx-reproduce: the {preset} sweep failed (exit {status}); its runs are in MLflow "
-                     f"with their errors. Fix the cause and rerun, or redraw what exists with --plot-only.")
+            sys.exit(failure(preset, status, None if store is None else runs_since(*store, since_ms)))
         print(f"nnx-reproduce: {preset} done in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def runs_since(client, experiment_id: str, since_ms: int) -> int:
+    """How many runs of the experiment started at or after since_ms (ms since the epoch)."""
+    return sum(r.info.start_time >= since_ms for r in tracking.find_runs(client, [experiment_id]))
+
+
+def failure(preset: str, status: int, started: int | None) -> str:
+    """What a failed sweep's message says: only what happened (started None: not known)."""
+    if started == 0:
+        return (f"nnx-reproduce: the {preset} sweep stopped before any run started (exit {status}): its error is above. "
+                f"Fix what it names and rerun.")
+    runs = "its runs are" if started is None else f"the {started} run{'s' if started != 1 else ''} it started {'are' if started != 1 else 'is'}"
+    return (f"nnx-reproduce: the {preset} sweep failed (exit {status}); {runs} in MLflow with their errors. Fix the cause and "
+            f"rerun (finished runs are skipped), or redraw what exists with --plot-only.")
 
 
 def main(argv=None):
@@ -75,7 +105,9 @@ def main(argv=None):
     parser.add_argument("--plot-only", action="store_true", help="redraw from the runs in the store; train nothing")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<chapter>/ in the project; "
                                                  "with `all` or `papers`, one subfolder per member)")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (joblib launcher); 1 = in one process")
+    parser.add_argument("--jobs", type=int, help="parallel jobs per sweep through the local joblib launcher (default 2; 1 = "
+                                                  "one job at a time, in this process); not with a launcher of your own "
+                                                  "such as hydra/launcher=slurm, which decides that itself")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the embedded store)")
     parser.add_argument("--book", action="store_true", help="the book's full protocol where the default is scaled (ch6: "
                                                            "all images, 60 epochs, 3 seeds; hours on a CPU; ch3hp: all images)")
@@ -112,7 +144,7 @@ def reproduce(chapter: str, args, out: Path | None):
         sys.exit(f"nnx-reproduce: error: {err}")
     started = time.perf_counter()
     if not args.plot_only:
-        run_sweeps(module, args.overrides, args.jobs, args.book)
+        run_sweeps(module, args.overrides, args.jobs, args.book, store=(client, experiment_id))
         if hasattr(module, "record_analysis"):  # a computation outside the sweeps (ch2, ch3, ch4, ch5)
             module.record_analysis(client, experiment_id)
     try:
