@@ -65,6 +65,8 @@ class Spec:
     dataset: Callable  # dataset(data_path, originals) -> nnx.data.Data
     originals: int  # the book's training images used (data.train_size); each gives 5 in the expanded set
     validation_size: int | None = None  # the first N validation images (the book's broad strategy: 100); None: all
+    device: str = "auto"  # the platform asked for: auto (what JAX finds), cpu, gpu, tpu (nnx.edges.backend)
+    matmul_precision: str = "highest"  # jax.default_matmul_precision while training: true float32 products
 
     @property
     def injects_eta(self) -> bool:
@@ -218,4 +220,20 @@ def build(cfg: dict) -> Spec:
         dataset=dataset,
         originals=train_size // per_image,
         validation_size=validation_size,
+        **_backend(cfg),
     )
+
+
+DEVICES = ("auto", "cpu", "gpu", "tpu")
+PRECISIONS = ("default", "high", "highest")
+
+
+def _backend(cfg: dict) -> dict:
+    """device and train.matmul_precision, checked (runs recorded before the keys existed: auto, highest;
+    nnx.edges.backend checks the device is there before any run starts)."""
+    device, precision = cfg.get("device", "auto"), cfg["train"].get("matmul_precision", "highest")
+    check(device in DEVICES, "device", device, f"must be one of {', '.join(DEVICES)}",
+          "Use device=auto (what JAX finds), or cpu, gpu, tpu to insist on one.")
+    check(precision in PRECISIONS, "train.matmul_precision", precision, f"must be one of {', '.join(PRECISIONS)}",
+          "Use train.matmul_precision=highest (true float32 products, what chapter 5's probes need).")
+    return {"device": device, "matmul_precision": precision}

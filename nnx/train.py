@@ -303,16 +303,17 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=No
     blocks = jax.jit(block_fn(epoch_fn(spec), probe_fn(spec)), donate_argnums=(0, 1))
     epoch_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))  # the keys epoch() is given one by one
     first, state = (0, init_state(spec, init_key, dtype)) if start is None else (start[0], start[1:])
-    (params,), (history,) = _train(
-        spec, data, state, first=first,
-        run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y),
-        probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
-        run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy),
-        on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
-        on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
-        should_stop=None if should_stop is None else lambda i, step, values: should_stop(step, values),
-        earlier=None if earlier is None else [earlier],
-    )
+    with jax.default_matmul_precision(spec.matmul_precision):  # traced at it: TF32 or bfloat16 products only when asked
+        (params,), (history,) = _train(
+            spec, data, state, first=first,
+            run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y),
+            probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
+            run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy),
+            on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
+            on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
+            should_stop=None if should_stop is None else lambda i, step, values: should_stop(step, values),
+            earlier=None if earlier is None else [earlier],
+        )
     return params, history
 
 
@@ -340,17 +341,18 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
     blocks = jax.jit(block_fn(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None)),
                               jax.vmap(probe_fn(spec), in_axes=(0, None, None))), donate_argnums=(0, 1))
     epoch_keys = jax.jit(jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(None, 0)))  # [epochs, seeds]
-    return _train(
-        spec, data, jax.vmap(lambda k: init_state(spec, k, dtype))(init_keys), first=0,
-        run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
-        run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_keys, jnp.arange(e, e + k)), *xy),
-        probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
-        evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
-        # Cut on the host: slicing each seed out of device arrays costs a dispatch per leaf and seed,
-        # and the params are cut every epoch for the checkpoints (ch5_speed's 5 seeds: 13 of 28 s).
-        split=lambda tree: [jax.tree.map(lambda a: a[i], host) for host in [jax.device_get(tree)] for i in range(len(seeds))],
-        on_epoch=on_epoch, on_state=on_state, dtype=dtype, should_stop=should_stop,
-    )
+    with jax.default_matmul_precision(spec.matmul_precision):
+        return _train(
+            spec, data, jax.vmap(lambda k: init_state(spec, k, dtype))(init_keys), first=0,
+            run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
+            run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_keys, jnp.arange(e, e + k)), *xy),
+            probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
+            evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
+            # Cut on the host: slicing each seed out of device arrays costs a dispatch per leaf and seed,
+            # and the params are cut every epoch for the checkpoints (ch5_speed's 5 seeds: 13 of 28 s).
+            split=lambda tree: [jax.tree.map(lambda a: a[i], host) for host in [jax.device_get(tree)] for i in range(len(seeds))],
+            on_epoch=on_epoch, on_state=on_state, dtype=dtype, should_stop=should_stop,
+        )
 
 
 def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, split, on_epoch, on_state, dtype, should_stop=None,

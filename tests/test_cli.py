@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import yaml
@@ -44,7 +45,9 @@ def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
     assert tags["nnx.git_dirty"] in ("true", "false")
     for package in ("python", "jax", "jaxlib", "optax", "hydra-core", "mlflow", "numpy"):
         assert tags[f"nnx.version.{package}"]
-    assert tags["nnx.jax_backend"] == "cpu" and tags["nnx.device"]
+    assert tags["nnx.jax_backend"] == jax.default_backend() and tags["nnx.device"]  # whatever this machine has
+    assert tags["nnx.device_requested"] == "auto" and tags["nnx.backend"] == jax.default_backend()
+    assert tags["nnx.matmul_precision"] == "highest" and tags["nnx.platform_version"]
     assert "model.depth=2" in tags["nnx.overrides"] and tags["nnx.experiment"] == "none"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -84,6 +87,8 @@ BAD_INPUT = [
     (["data.train_size=100", "train.mini_batch_size=500"], "train.mini_batch_size=500 is invalid"),
     (["data.train_size=50001"], "data.train_size=50001 is invalid"),
     (["experiment=ch99"], "Available options in 'experiment'"),
+    (["device=quantum"], "device='quantum' is invalid: must be one of auto, cpu, gpu, tpu"),
+    (["train.matmul_precision=fast"], "train.matmul_precision='fast' is invalid"),
 ]
 
 
@@ -106,6 +111,28 @@ def test_bad_input_fails_before_any_run(nnx_train, store, args, message):
     done = nnx_train(*TINY[1:], *args, check=False)
     assert done.returncode == 2
     assert message in done.stderr, done.stderr
+    assert all_runs(client) == []
+
+
+def absent_accelerator():
+    """An accelerator platform JAX cannot use in this process (gpu, else tpu), or None."""
+    for platform in ("gpu", "tpu"):
+        try:
+            jax.devices(platform)
+        except RuntimeError:
+            return platform
+    return None
+
+
+def test_an_accelerator_jax_cannot_use_fails_before_any_run_saying_how_to_get_it(nnx_train, store):
+    """No silent fall-back to the CPU: device=gpu where JAX has no GPU (this machine) is refused up front."""
+    platform = absent_accelerator()
+    if platform is None:
+        pytest.skip("JAX has both a GPU and a TPU here: nothing absent to ask for")
+    _, client = store
+    done = nnx_train(f"device={platform}", *TINY, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"device={platform}: JAX finds no {platform.upper()}" in done.stderr and "pip install 'jax[" in done.stderr
     assert all_runs(client) == []
 
 

@@ -24,12 +24,12 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from nnx.data import DataError
-from nnx.edges import devices, job, liveness, paths, search, tracking
+from nnx.edges import backend, devices, job, liveness, paths, search, tracking
 from nnx.edges.resume import ResumeError, resume
 from nnx.registry import ConfigError
 
 CONF = str(paths.CONF)
-USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, ResumeError, search.SearchError)
+USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, ResumeError, search.SearchError, backend.BackendError)
 # Override keys shortened in run names: "model.depth=3" reads "depth=3".
 SHORT_PREFIXES = ("model.", "train.", "optimizer.", "data.")
 OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs

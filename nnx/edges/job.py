@@ -21,7 +21,7 @@ import yaml
 from nnx import data as nnx_data
 from nnx import probes, records
 from nnx import train as training
-from nnx.edges import checkpoint, stop, tracking
+from nnx.edges import backend, checkpoint, stop, tracking
 from nnx.model import describe, num_params
 from nnx.spec import build
 
@@ -42,7 +42,7 @@ class Diverged(RuntimeError):
 # Keys added after runs were stored, with the value that means "as before": at that value they are
 # left out of the hash, so a relaunched sweep still finds (and skips) the runs stored before them.
 LATER_KEYS = {("train", "early_stopping_n"): None, ("data", "validation_size"): None, ("schedule",): {"name": "constant"},
-              ("train", "eval_every"): 1}
+              ("train", "eval_every"): 1, ("device",): "auto", ("train", "matmul_precision"): "highest"}
 
 
 def config_hash(cfg: dict) -> str:
@@ -189,10 +189,18 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
       should_stop: should_stop(i, step, values) -> why the i-th seed's run stops after this epoch, or ""
         (a search's pruner); the run ends FINISHED with tags nnx.stopped and nnx.stopped_epoch.
     Raises:
-      ConfigError, DataError, TrackingError before any run exists; Diverged after ending the
+      ConfigError, DataError, TrackingError, BackendError before any run exists; Diverged after ending the
       diverged run(s) FAILED; anything raised while training after ending the runs FAILED/KILLED.
     """
     spec = build(cfg)
+    tags = {**backend.tags(spec.device, spec.matmul_precision), **tags}  # BackendError before any run exists
+    with jax.default_device(backend.default_device(spec.device)):
+        return _run(cfg, spec, name=name, tags=tags, parent=parent, skip_finished=skip_finished, heal=heal, echo=echo,
+                    progress=progress, should_stop=should_stop)
+
+
+def _run(cfg, spec, *, name, tags, parent, skip_finished, heal, echo, progress, should_stop) -> dict:
+    """run() on the device the config chose."""
     data = spec.load_data()
     uri = tracking.resolve_uri(cfg["tracking"]["uri"])
     if cfg["tracking"].get("system_metrics"):
@@ -262,7 +270,9 @@ def _start_runs(client, experiment_id, uri, cfg, spec, seeds, *, name, tags, par
 
 
 def _intro(member, name, spec, uri) -> str:
-    return f"nnx: run {member.run.run_id} ({name}) seed={member.seed} {describe(spec.net)} in {tracking.redact(uri)}"
+    on = backend.default_device(spec.device)  # device=auto says what JAX found
+    return (f"nnx: run {member.run.run_id} ({name}) seed={member.seed} {describe(spec.net)} on {on.platform} ({on.device_kind}, "
+            f"device={spec.device}) in {tracking.redact(uri)}")
 
 
 class NotFresh(Exception):

@@ -15,7 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nnx.edges import tracking
+from nnx.edges import backend, tracking
 from nnx.registry import ConfigError
 from nnx.spec import build
 
@@ -102,9 +102,10 @@ def preflight(argv: list[str], config_dir: str, config_name: str) -> bool:
             try:
                 cfg = OmegaConf.to_container(compose(config_name, overrides=job), resolve=True)
                 build(cfg)
+                backend.check(cfg.get("device", "auto"))  # an accelerator asked for and not there: before any run
                 # Before Hydra writes the job's .hydra/ folder, where a password in the URI would stay.
                 tracking.check_uri(tracking.resolve_uri(cfg.get("tracking", {}).get("uri")))
-            except (ConfigError, tracking.TrackingError) as err:
+            except (ConfigError, tracking.TrackingError, backend.BackendError) as err:
                 message = str(err)
             except (HydraException, OmegaConfBaseException) as err:
                 message = _explain(err, job, config_name)
