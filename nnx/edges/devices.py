@@ -17,6 +17,10 @@ def use_two_cpu_devices():
     """
     import jax
 
+    # On a GPU each JAX process would take 75% of its memory at start, so the second of two jobs
+    # (nnx-reproduce's, a joblib sweep's) could not start: memory is taken as it is needed instead.
+    # A user's own setting wins. Read when the GPU backend starts, so set before any computation.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if len(os.sched_getaffinity(0)) < 2:
         return
     try:
