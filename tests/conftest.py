@@ -1,4 +1,5 @@
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from nnx.edges import devices, paths
+from nnx.edges import devices, paths, server
 
 # Silent broadcasting (a row where a column was meant) fails loudly in tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -144,7 +145,7 @@ def mlflow_server(backend_uri: str, cwd, *extra):
     port = free_port()
     process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
                                 "--port", str(port), "--workers", "2", *extra], cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, env={**server.JOBS_OFF, **os.environ})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180  # its first answer takes ~30 s here
     try:

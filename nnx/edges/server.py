@@ -132,6 +132,11 @@ def auth_config(folder: Path, auth_db: str, default_permission: str) -> Path:
     return path
 
 
+# MLflow's server starts a job runner and a Huey consumer beside its workers for server-side jobs
+# (GenAI evaluation, prompt optimization) that nnx never submits: two more processes importing the
+# whole MLflow stack at every start. A user's own setting wins.
+JOBS_OFF = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 def start_mlflow(folder: Path, backend: str, *, host: str, port: int, auth_db: str | None, default_permission="READ",
                  allowed_hosts: str | None = None, workers: int = 2) -> subprocess.Popen:
     """`mlflow server` over backend, artifacts under folder/artifacts, with basic-auth unless
@@ -140,7 +145,7 @@ def start_mlflow(folder: Path, backend: str, *, host: str, port: int, auth_db: s
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
     command = [mlflow, "server", "--backend-store-uri", backend, "--artifacts-destination", str(folder / "artifacts"),
                "--host", host, "--port", str(port), "--workers", str(workers)]
-    env = dict(os.environ)
+    env = {**JOBS_OFF, **os.environ}
     if auth_db is not None:
         command += ["--app-name", "basic-auth"]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config(folder, auth_db, default_permission))

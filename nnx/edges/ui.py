@@ -26,7 +26,7 @@ import sys
 import webbrowser
 from pathlib import Path
 
-from nnx.edges import paths, tracking
+from nnx.edges import paths, server, tracking
 
 # What a browser that has not chosen gets, as MLflow 3.17.2's bundle stores it: useLocalStorage({key,
 # version}) keeps JSON under `${key}_v${version}`. The sidebar's toggle opens experiments in Model
@@ -121,6 +121,8 @@ def main(argv=None):
                                                        or sys.platform in ("darwin", "win32")):
         webbrowser.open(links[args.open])  # the page fills in once the server below answers
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    for name, value in server.JOBS_OFF.items():
+        os.environ.setdefault(name, value)
     os.execv(mlflow, [mlflow, "ui", "--app-name", "nnx", "--backend-store-uri", uri,
                       "--default-artifact-root", str(paths.STORE / "artifacts"), "--host", args.host, "--port", str(args.port)])
 
