@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import nnx
+import roundoff
 from conftest import tiny_cfg
 from nnx.edges.bench import baselines
 
@@ -36,6 +37,10 @@ def oracle(request):
 
 
 def assert_params_close(got, want):
+    """One or a few SGD steps, w' = w - eta g, by two programs (float32, or numpy_book's float64): w' errs by
+    its own rounding, u |w'| <= 3e-7 for the large init's |w| <= 5, plus eta = 3 times g's error, a mean of
+    per-example backprops through 784-term sums. Measured: 3.4e-7 at most (AVX2 and SSE4.2 XLA, numpy, torch);
+    1e-5 + 1e-5 |w| holds 30x that, more than another CPU's draw of the same roundings (roundoff.ELSEWHERE)."""
     assert len(got) == len(want)
     for (w, b), (w_want, b_want) in zip(got, want):
         assert w.shape == w_want.shape and b.shape == b_want.shape
@@ -96,8 +101,15 @@ def test_book_run_counts_as_nnx_and_imports_only_numpy(tmp_path):
     spec = book_spec(1, N)
     params = nnx.init(jax.random.PRNGKey(3), spec.net)
     test = [(xi.reshape(784, 1), yi) for xi, yi in zip(x, y)]
-    ours = int(jnp.sum(jnp.argmax(nnx.feedforward(spec.net, params, jnp.asarray(x))[0], axis=1) == y))
-    assert book_run.evaluate([(np.asarray(p["w"]), np.asarray(p["b"])) for p in params], test) == ours
+    z = nnx.feedforward(spec.net, params, jnp.asarray(x))[0]
+    ours = int(jnp.sum(jnp.argmax(z, axis=1) == y))
+    # numpy's float32 products and XLA's round differently: only an image whose top two outputs are within
+    # another program's draw of float32's error (roundoff.ELSEWHERE times the error measured here) can count
+    # either way (none, at this seed).
+    _, (z64, _) = roundoff.dense_forward(params, x, "sigmoid")
+    err_z = roundoff.ELSEWHERE * np.max(np.abs(np.asarray(z, np.float64) - z64))
+    either_way = int(roundoff.ambiguous(z64, np.full_like(z64, err_z)).sum())
+    assert abs(book_run.evaluate([(np.asarray(p["w"]), np.asarray(p["b"])) for p in params], test) - ours) <= either_way
 
     book = tmp_path / "mnist.pkl.gz"
     with gzip.open(book, "wb") as f:

@@ -57,6 +57,9 @@ def test_one_epoch_equals_nnx(net):
     for i, (layer, layer_want, layer_start) in enumerate(zip(got, want, start)):
         for k in layer:
             assert layer[k].shape == layer_want[k].shape and layer[k].dtype == np.float32
+            # 4 float32 steps by two programs (torch's convolutions and XLA's im2col products sum 25-150 terms
+            # in their own orders): measured 7.5e-8 at most (AVX2 and SSE4.2 XLA); the params are O(0.1-1),
+            # and 1e-5 + 1e-4 |w| holds >100x that, more than another CPU's draw (roundoff.ELSEWHERE).
             np.testing.assert_allclose(layer[k], layer_want[k], rtol=1e-4, atol=1e-5, err_msg=f"layer {i} {k}")
             assert not np.allclose(layer[k], layer_start[k]), f"layer {i} {k} did not move: the test would prove nothing"
 
@@ -69,10 +72,11 @@ def test_l2_and_mini_batches_matter():
     ref = baselines.torch_conv(start, x, y, M, ETA, lmbda=LMBDA)
     no_l2 = baselines.torch_conv(start, x, y, M, ETA, lmbda=0.0)
     remainder = baselines.torch_conv(start, x[:N - 1], y[:N - 1], M, ETA, lmbda=LMBDA, n=N)  # 39 images: 3 mini-batches
+    # test_one_epoch_equals_nnx's tolerance: these differences are more than round-off could make
     assert not np.allclose(ref[0]["w"], no_l2[0]["w"], rtol=1e-4, atol=1e-5)
     assert not np.allclose(ref[0]["w"], remainder[0]["w"], rtol=1e-4, atol=1e-5)
     three = baselines.torch_conv(start, x[:30], y[:30], M, ETA, lmbda=LMBDA, n=N)
-    for a, b in zip(remainder, three):  # the short last mini-batch is dropped, as nnx drops it
+    for a, b in zip(remainder, three):  # the short last mini-batch is dropped, as nnx drops it: the same steps, exactly
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
 

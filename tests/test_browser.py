@@ -124,6 +124,7 @@ def test_the_printed_link_shows_the_swept_params_and_the_best_accuracy(ui, page)
     row = page.locator(f"[role='row'][row-index='{index}']")
     assert row.locator("[col-id='params.`depth`']").first.inner_text().strip() == "2"
     accuracy = row.locator(f"[col-id='metrics.`{tracking.BEST}`']").first.inner_text().strip().rstrip(".…")
+    # The grid's text is the stored number shortened for display: the tolerance is its rounding, no arithmetic
     assert abs(float(accuracy) - child.data.metrics[tracking.BEST]) < 1e-3
     visit(page, f"{base}/#/experiments/{experiment_id}/runs/{child.info.run_id}", "activation", "6_run_params.png")
     body = page.inner_text("body")

@@ -31,6 +31,9 @@ def book_score(heights) -> float:
 
 def test_the_five_bump_score_is_the_books_formula():
     series, _ = ch4._five_bumps()
+    # float64 both (numpy against math, log - log1p against log(f / (1 - f))): 100 terms of O(1), each within a
+    # few u64, averaged: ~1e-15; abs 1e-12 is loose. The book prints its heights and score to 3 decimals: the
+    # heights' rounding (<= 5e-4) moves a mean of |...| by <= 5e-4, the score's own by 5e-4: abs 1e-3.
     assert series["score_median"][0] == pytest.approx(book_score(series["median_height"]), abs=1e-12)
     assert series["score_lsq"][0] == pytest.approx(book_score(series["lsq_height"]), abs=1e-12)
     assert book_score(ch4.BOOK_HEIGHTS) == pytest.approx(ch4.BOOK_SCORE, abs=1e-3)
@@ -45,10 +48,13 @@ def test_the_best_heights_minimise_the_score_and_least_squares_the_squares():
             moved = best.copy()
             moved[k] += delta
             assert book_score(moved) > book_score(best) - 1e-12
+    # float64 least squares on a 0/1 design of orthogonal columns, equal norms (condition number 1): a few u64 of |target| ~ 2
     assert lsq == pytest.approx([np.mean(target[20 * k: 20 * (k + 1)]) for k in range(5)], abs=1e-12)
 
 
 def test_a_neuron_steps_at_minus_b_over_w_and_sharpens_as_one_over_w():
+    # float64 bisection to adjacent floats (200 halvings): the crossings are found to a few ulps of x ~ 0.4
+    # (~1e-16) plus sigma's error over w sigma' (~1e-16); the tolerances below are far looser.
     for w, s in ((8.0, 0.4), (999.0, 0.4), (1000.0, 0.2)):
         b = -w * s
         assert U.crossing(lambda x: U.neuron(x, w, b), 0.5, 0.0, 1.0) == pytest.approx(s, abs=1e-12)
@@ -66,6 +72,7 @@ def test_a_hand_built_network_is_the_books_bumps():
     with jax.enable_x64(True):
         z, _ = nnx.feedforward(net, U.step_network(n, w, np.diff(heights, prepend=0.0)), x[:, None])
     assert np.max(np.abs(np.asarray(z)[:, 0] - bumps)) < 1e-3  # the last bump's fall at x = 1 is not there
+    # float64 both (XLA's and numpy's 7-term sums of O(1) terms): ~7 u64 ~ 1e-15; atol 1e-12 is loose
     assert np.allclose(U.hidden_steps(x, n, w) @ np.diff(heights, prepend=0.0), np.asarray(z)[:, 0], atol=1e-12)
 
 
@@ -73,6 +80,7 @@ def test_the_tower_is_2h_on_a_plateau_of_h():
     h, kw = 10.0, {"x_edges": (0.4, 0.6), "y_edges": (0.3, 0.7), "w": 1000.0}
     for (x, y), level in (((0.5, 0.5), 2 * h), ((0.5, 0.1), h), ((0.1, 0.5), h), ((0.9, 0.9), 0.0)):
         hidden, a = U.tower(x, y, h=h, **kw)
+        # float64: the steps at w = 1000 are 1 or 0 to within e^-100 at these points; h sigma sums err by ~u64 h
         assert hidden == pytest.approx(level, abs=1e-9)
         assert a == pytest.approx(1 / (1 + math.exp(-(level - 1.5 * h))), rel=1e-9)
 
@@ -121,10 +129,15 @@ def test_the_stored_training_is_consistent(pipeline):
     arrays = analysis_arrays(client, latest_run(client, "ch4", "ch4_n_bumps"))
     assert arrays["trained_rms"].shape == (len(SHRUNK.ns), len(SHRUNK.seeds), SHRUNK.steps // SHRUNK.record_every + 1)
     rms = np.sqrt(np.mean((arrays["trained"] - arrays["target"]) ** 2, axis=-1))
+    # Training's float32 sqrt(mean((z - target)^2)) against float64 from the stored z: the target's float32
+    # rounding (u |target| <= 1.4e-7 against residuals of rms ~0.6), the mean of 500 squares (gamma_500 / 2
+    # = 1.5e-5 relative, Higham) and z evaluated twice in one program (a 5-term sum, a few u): <= 2e-5, inside
+    # rtol 1e-4 (measured 4e-8).
     assert np.allclose(arrays["trained_rms"][..., -1], rms, rtol=1e-4)
     assert np.all(arrays["trained_rms"][..., -1] < arrays["trained_rms"][..., 0])
     rows = json.loads((folder / "report" / "report.json").read_text())["rows"]
     score = next(r for r in rows if r["id"] == "4.trained_N5" and "score" in r["quantity"])
+    # float64 both, the same numbers averaged in another grouping (per seed, then over seeds): ~1e-15
     assert score["ours_mean"] == pytest.approx(np.mean(np.abs(arrays["trained"][0] - arrays["target"])), rel=1e-9)
 
 

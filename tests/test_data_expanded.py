@@ -86,6 +86,8 @@ def test_shift_moves_the_digit_and_shifts_in_zeros(few, dy, dx):
         mass = ink.sum(axis=(1, 2))
         return (ink * rows).sum(axis=(1, 2)) / mass, (ink * cols).sum(axis=(1, 2)) / mass
 
+    # Pixels are k/256 and rows integers: the sums are exact in float64, and each centre rounds once in its
+    # division (u64 x 28 ~ 6e-15): the tolerances below only leave room for that.
     np.testing.assert_allclose(moved.sum(axis=(1, 2)), before.sum(axis=(1, 2)), rtol=1e-12)
     np.testing.assert_allclose(centre(moved)[0] - centre(before)[0], dy, atol=1e-9)
     np.testing.assert_allclose(centre(moved)[1] - centre(before)[1], dx, atol=1e-9)
@@ -245,6 +247,9 @@ def test_default_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("NNX_DATA_CACHE", str(tmp_path / "here"))
     assert data.default_cache_dir() == tmp_path / "here"
     monkeypatch.delenv("NNX_DATA_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the user's cache, beside JAX's compiled programs
+    assert data.default_cache_dir() == tmp_path / "xdg" / "nnx"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert data.default_cache_dir() == tmp_path / ".cache" / "nnx"
 

@@ -10,6 +10,9 @@ from nnx import meanfield as mf
 
 def test_relu_and_linear_closed_forms():
     relu, linear = jax.nn.relu, (lambda z: z)
+    # Gauss-Hermite quadrature in float32 (nnx.theory.gaussian_mean): exact for these integrands (polynomials;
+    # relu's halves by the nodes' symmetry), so only float32's few roundings per term remain, ~3e-7; rel 1e-6
+    # holds that. chi_1(relu) is exact the same way: 1e-3 is far looser. The fixed point converges as 0.5^500.
     assert mf.variance_map(relu, 2.0, 2.0, 0.1) == pytest.approx(2.0 * 2.0 / 2 + 0.1, rel=1e-6)
     assert mf.chi_1(relu, 2.0, 0.0, q_star=1.0) == pytest.approx(1.0, rel=1e-3)  # He init: sigma_w^2 / 2 = 1
     assert mf.chi_1(linear, 0.7, 0.0, q_star=1.0) == pytest.approx(0.7, rel=1e-6)
@@ -40,5 +43,7 @@ def test_maps_match_a_wide_random_tanh_net():
     c = c0
     for _ in range(depth):
         c = mf.correlation_map(jnp.tanh, c, sigma_w2, sigma_b2, q_star)
+    # Sampling tolerances (finite width 2000, one draw), not round-off (~1e-6); the key is fixed and its draws
+    # are the same bits on every CPU.
     assert q_measured == pytest.approx(q_star, rel=0.1)
     assert c_measured == pytest.approx(c, abs=0.05)
