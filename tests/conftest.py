@@ -15,6 +15,9 @@ from nnx.edges import devices, paths, server
 
 # Silent broadcasting (a row where a column was meant) fails loudly in tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Every comparison with a float32 or float64 reference assumes true float32 products: an accelerator's
+# default (TF32, bfloat16 passes) would be ~1e-3. On the CPU it is what float32 does anyway (the same bits).
+jax.config.update("jax_default_matmul_precision", "highest")
 paths.use_compilation_cache()  # the unit tests' programs too, as every nnx command does
 devices.use_two_cpu_devices()  # as every nnx command does: evaluation beside training (nnx.train.evaluation_device)
 
