@@ -8,6 +8,7 @@ get one, never a silent fall-back to the CPU. Matrix products run at train.matmu
 (the same bits, checked here).
 """
 
+import functools
 from importlib import metadata
 
 DEVICES = ("auto", "cpu", "gpu", "tpu")
@@ -55,6 +56,14 @@ def tags(device: str, precision: str) -> dict:
     chosen = default_device(device)
     out = {"nnx.device_requested": device, "nnx.backend": chosen.platform, "nnx.matmul_precision": precision,
            "nnx.platform_version": str(getattr(chosen.client, "platform_version", "unknown"))}
+    return {**out, **plugin_versions()}
+
+
+@functools.cache
+def plugin_versions() -> dict:
+    """The installed accelerator plugins' versions as tags (looked up once a process: a package
+    that is not installed costs a scan of every installed one)."""
+    out = {}
     for name in PLUGINS:
         try:
             out[f"nnx.version.{name}"] = metadata.version(name)
