@@ -11,9 +11,7 @@ get one, never a silent fall-back to the CPU. Matrix products run at train.matmu
 import functools
 from importlib import metadata
 
-DEVICES = ("auto", "cpu", "gpu", "tpu")
-PRECISIONS = ("default", "high", "highest")
-# What installs each accelerator's JAX (Makefile: make install ACCEL=...), and what it needs.
+# What installs each accelerator's JAX, and what it needs (the values device= takes: nnx.spec.DEVICES).
 FIXES = {
     "gpu": "install JAX's CUDA plugin into the venv (pip install 'jax[cuda13]' of the jax version in requirements.lock; "
            "CUDA 13 needs an NVIDIA driver >= 580, 'jax[cuda12]' a driver >= 525), and check `nvidia-smi` lists the GPU",

@@ -1,8 +1,8 @@
 """nnx-rerun RUN_ID: train a finished run again from its logged config and compare the metrics.
 
 The new run is tagged nnx.rerun_of=RUN_ID. Where everything that decides the float bits is as the
-run recorded it (nnx.numerics: its arithmetic's version, JAX and jaxlib, backend, device, CPU and
-instruction set), every metric must match at every step, bit for bit. Where any differs, the
+run recorded it (nnx.numerics: its arithmetic's version, JAX and jaxlib, backend, device, CPU,
+instruction set and XLA flags), every metric must match at every step, bit for bit. Where any differs, the
 command names it and compares within float32 round-off as training carries it: each metric within
 8 times the spread of twins trained from an initialization nudged by one unit in the last place,
 plus 4 units in the last place (nnx.numerics.tolerances). It exits 1 if anything differs beyond that.
