@@ -1,7 +1,8 @@
 """Training as pure functions built once per Spec and jitted once (network2.SGD, in JAX).
 
-epoch_fn is one epoch of mini-batch SGD as a lax.scan; evaluate_fn the book's reported cost and
-accuracy; probe_fn the per-layer probes of nnx.probes (chapter 5's gradients and more). make_* jit them for one network;
+epoch_fn is one epoch of mini-batch SGD as a lax.scan; evaluate_fn and summarize_fn the book's
+reported cost and accuracy, a fixed-size chunk of a split at a time; probe_fn the per-layer probes
+of nnx.probes (chapter 5's gradients and more). make_* jit them for one network;
 fit_many vmaps them over seeds, so several seeds train as one compiled program. fit() strings
 them together and returns the history, calling `on_epoch` so the caller can record as it goes.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 
 from nnx import model, probes, records, schedules
-from nnx.data import PIXEL_LEVELS
+from nnx.data import PIXEL_LEVELS, Split
 
 
 def make_loss(spec, product=model.times_transpose):
@@ -163,33 +164,67 @@ def permutation(key, n: int):
     return order
 
 
-EVAL_CHUNK = 1000  # images per pass when a conv net is evaluated: its feature maps of a whole split would not fit
+# Images per evaluation pass; a split is cut into chunks of this size (the last one padded), so one
+# compiled program evaluates every split of every size, and a conv net's feature maps of a whole
+# split never have to fit at once. A program per split size took ~0.5 s each to compile here: three
+# a run, and every size a sweep or a test used its own (157 of the test suite's 1,667 programs).
+EVAL_CHUNK = 1000
 
 
 def evaluate_fn(spec):
-    """evaluate(params, x, y) -> (cost, accuracy), as network2's total_cost and accuracy.
+    """evaluate(params, x, y, valid, sums) -> sums plus this chunk's (summed C_x, correct count).
 
-    cost = mean C_x + (lmbda / 2 len(x)) sum_l ||w^l||^2: the book divides by the evaluated set's size.
-    A conv net is evaluated a chunk of images at a time (lax.map), an MLP in one pass.
+    x holds EVAL_CHUNK images of which the first `valid` are real (the rest padding, left out of
+    both sums); summarize_fn turns a split's sums into the book's cost and accuracy.
     """
-    loss = make_loss(spec)
 
-    def sums(params, x, y):
-        z, _ = model.feedforward(spec.net, params, x)
-        return loss(params, x, y) * x.shape[0], jnp.sum(jnp.argmax(z, axis=-1) == y)
-
-    def evaluate(params, x, y):
-        l2 = sum(jnp.sum(layer["w"] ** 2) for layer in params if "w" in layer)
-        if len(spec.net.input_shape) == 1:
-            z, _ = model.feedforward(spec.net, params, x)
-            cost, accuracy = loss(params, x, y), jnp.mean(jnp.argmax(z, axis=-1) == y)
-        else:
-            c = largest_divisor(x.shape[0], EVAL_CHUNK)
-            total, correct = jax.lax.map(lambda xy: sums(params, *xy), (x.reshape(-1, c, x.shape[1]), y.reshape(-1, c)))
-            cost, accuracy = jnp.sum(total) / x.shape[0], jnp.sum(correct) / x.shape[0]
-        return cost + 0.5 * spec.lmbda / x.shape[0] * l2, accuracy
+    def evaluate(params, x, y, valid, sums):
+        z, a = model.feedforward(spec.net, params, x)
+        real = jnp.arange(x.shape[0]) < valid
+        costs = spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype))
+        correct = real & (jnp.argmax(z, axis=-1) == y)
+        return sums[0] + jnp.sum(jnp.where(real, costs, 0)), sums[1] + jnp.sum(correct)
 
     return evaluate
+
+
+def summarize_fn(params, sums, n, l2_factor):
+    """(cost, accuracy) of a split of n images from evaluate's sums, as network2's total_cost and
+    accuracy: cost = mean C_x + (lmbda / 2n) sum_l ||w^l||^2 (the book divides by the evaluated
+    set's size; l2_factor is lmbda / 2n, a runtime value so that no lmbda or n compiles anew)."""
+    l2 = sum(jnp.sum(layer["w"] ** 2) for layer in params if "w" in layer)
+    return sums[0] / n + l2_factor * l2, sums[1] / n
+
+
+def eval_chunks(spec, split, dtype, device=None) -> tuple:
+    """(n, [(x, y, valid) per chunk of EVAL_CHUNK images]) on the device: a split as evaluate takes it,
+    the last chunk padded with zeros. Pixels go over as stored and are decoded there (to_device).
+
+    A net with batch normalisation takes the split as one chunk: its layers normalise by the batch
+    they are given, and the split's statistics are the ones the book's evaluation would use."""
+    x, y = np.asarray(split.x), np.asarray(split.y)
+    n = len(y)
+    c = n if spec.batch_norm else EVAL_CHUNK
+
+    def padded(a):
+        return a if len(a) == c else np.concatenate([a, np.zeros((c - len(a), *a.shape[1:]), a.dtype)])
+
+    return n, [(to_device(padded(x[i:i + c]), dtype, device), jax.device_put(padded(y[i:i + c]), device),
+                jax.device_put(np.int32(min(c, n - i)), device)) for i in range(0, n, c)]
+
+
+def split_evaluator(spec, evaluate, summarize, zeros):
+    """evaluate_split(params, (n, chunks)) -> (cost, accuracy): evaluate over a split's chunks, then
+    summarize. zeros(device) gives the starting sums where the chunks are."""
+
+    def evaluate_split(params, prepared):
+        n, chunks = prepared
+        sums = zeros(chunks[0][0].devices().pop())
+        for x, y, valid in chunks:
+            sums = evaluate(params, x, y, valid, sums)
+        return summarize(params, sums, np.float32(n), np.float32(0.5 * spec.lmbda / n))
+
+    return evaluate_split
 
 
 def probe_fn(spec, kinds=()):
@@ -223,7 +258,13 @@ def make_epoch(spec):
 
 
 def make_evaluate(spec):
-    return jax.jit(evaluate_fn(spec))
+    """evaluate(params, x, y) -> (cost, accuracy) of the images x [n, ...] with labels y, as a run records them."""
+    evaluate_split = split_evaluator(spec, jax.jit(evaluate_fn(spec)), jax.jit(summarize_fn), _zero_sums)
+    return lambda params, x, y: evaluate_split(params, eval_chunks(spec, Split(x, y), jax.tree.leaves(params)[0].dtype))
+
+
+def _zero_sums(device, shape=()):
+    return jax.device_put((np.zeros(shape, np.float32), np.zeros(shape, np.int32)), device)
 
 
 def make_probe(spec, kinds=()):
@@ -307,7 +348,8 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=No
         (params,), (history,) = _train(
             spec, data, state, first=first,
             run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y),
-            probe=lambda kinds: make_probe(spec, kinds), evaluate=make_evaluate(spec), split=lambda tree: [tree],
+            probe=lambda kinds: make_probe(spec, kinds), split=lambda tree: [tree],
+            evaluate=split_evaluator(spec, jax.jit(evaluate_fn(spec)), jax.jit(summarize_fn), _zero_sums),
             run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy),
             on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
             on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
@@ -347,7 +389,9 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
             run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
             run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_keys, jnp.arange(e, e + k)), *xy),
             probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
-            evaluate=jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None))),
+            evaluate=split_evaluator(spec, jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None, None, 0))),
+                                     jax.jit(jax.vmap(summarize_fn, in_axes=(0, 0, None, None))),
+                                     lambda device: _zero_sums(device, (len(seeds),))),
             # Cut on the host: slicing each seed out of device arrays costs a dispatch per leaf and seed,
             # and the params are cut every epoch for the checkpoints (ch5_speed's 5 seeds: 13 of 28 s).
             split=lambda tree: [jax.tree.map(lambda a: a[i], host) for host in [jax.device_get(tree)] for i in range(len(seeds))],
@@ -388,9 +432,8 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
     # Evaluation beside the next epoch, where nothing the host decides after an epoch (eta, early
     # stopping, should_stop) waits for its accuracies: epoch e is recorded once epoch e + 1 is under way.
     beside = None if blocked or spec.logs_eta or should_stop is not None else evaluation_device()
-    # On the evaluating device as floats: the splits evaluated (train.eval_splits).
-    splits = {name: (to_device(s.x, dtype, beside), jax.device_put(s.y, beside))
-              for name, s in data._asdict().items() if name in spec.eval_splits}
+    # On the evaluating device, in evaluate's chunks: the splits evaluated (train.eval_splits).
+    splits = {name: eval_chunks(spec, s, dtype, beside) for name, s in data._asdict().items() if name in spec.eval_splits}
 
     def block_length(e):
         """Epochs from e to the next one after which the host has work: an evaluation, a checkpoint, the end."""
@@ -515,7 +558,7 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
         evaluating = (e + 1) % spec.eval_every == 0 or e == spec.epochs - 1
         # Beside: a copy on the other device, which the next epoch (params donated) leaves as it is.
         at = (params, opt_state) if beside is None else jax.device_put((params, opt_state), beside)
-        evaluated = {name: evaluate(at[0], x, y) for name, (x, y) in splits.items()} if evaluating else {}
+        evaluated = {name: evaluate(at[0], prepared) for name, prepared in splits.items()} if evaluating else {}
         if beside is not None:
             waiting = (e, measured, evaluated, etas, *at)
         elif after_epoch(e, measured, evaluated, etas, *at):

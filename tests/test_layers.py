@@ -232,7 +232,8 @@ def test_an_mlp_run_recorded_before_layers_trains_to_the_same_numbers(name, stor
         assert list(steps) == [s for s, _ in points], key
     spec = nnx.build(cfg)
     tolerances = numerics.spread_tolerances(spec, spec.load_data(), cfg["seed"], ours)
-    assert numerics.beyond({k: [v for _, v in points] for k, points in recorded["metrics"].items()}, ours, tolerances) == []
+    problems = numerics.beyond({k: [v for _, v in points] for k, points in recorded["metrics"].items()}, ours, tolerances)
+    assert problems == [], "\n".join(problems)
 
 
 def test_conv_nets_with_dropout_train_as_vmapped_seeds_with_the_steps_of_separate_runs():

@@ -24,9 +24,10 @@ def test_tolerances_scale_the_twins_spread_and_an_accuracy_may_count_one_example
     tol = numerics.tolerances(nominal, twins, {"val": 1000})
     ulp = float(np.spacing(np.float32(1.0)))
     assert tol["val_cost"] == pytest.approx(numerics.SAFETY * 1e-6 + numerics.ULPS * ulp, rel=1e-9)  # 0.5 + 1e-6 - 0.5 in float64
-    assert tol["val_accuracy"] == tol["best_val_accuracy"] == 1 / 1000  # no spread: one example
+    assert tol["val_accuracy"] == tol["best_val_accuracy"] == 1 / 1000 + numerics.ULPS * ulp  # no spread: one example, and rounding
     assert numerics.beyond(nominal, {**nominal, "val_cost": np.array([1.0, 0.5 + 7e-6])}, tol) == []
     (problem,) = numerics.beyond(nominal, {**nominal, "val_cost": np.array([1.0, 0.5 + 9e-6])}, tol)
     assert problem.startswith("val_cost: largest difference 9e-06 beyond")
+    assert numerics.beyond(nominal, {**nominal, "val_accuracy": np.float32([0.901, 0.95])}, tol) == []  # one example, in float32 (1.00002e-3)
     assert numerics.beyond(nominal, {**nominal, "val_accuracy": np.array([0.9, 0.952])}, tol) == ["val_accuracy: largest difference 0.002 beyond its tolerance 0.001"]
     assert numerics.beyond({"x": np.array([np.nan])}, {"x": np.array([np.nan])}, {"x": 0.0}) == []  # NaN where both diverged
