@@ -5,6 +5,7 @@ import signal
 import subprocess
 
 import numpy as np
+import pytest
 
 from conftest import BIN
 
@@ -74,9 +75,12 @@ KEYS = ("train_cost", "val_accuracy", "test_cost", "grad_norm/hidden_1", "grad_n
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_numbers(store, tmp_path, nnx_train):
-    """SIGTERM here; SIGINT ends a run KILLED the same way (test_cli)."""
+    """SIGTERM here; SIGINT ends a run KILLED the same way (test_cli). Epochs of all 50,000 images
+    (tens of ms each, where 100 images took a few) leave the signal sent after "Epoch 2:" several
+    epochs to land in: one that lands after the last is answered too, but the run is then complete
+    (test_a_signal_after_training_s_last_look_is_still_answered)."""
     uri, client = store
-    config = ["model.depth=2", "train.epochs=8", "seed=5", *TINY]
+    config = ["model.depth=2", "train.epochs=8", "seed=5", *[o for o in TINY if not o.startswith("data.train_size")], "data.train_size=50000"]
     process = start(uri, tmp_path, *config)
     wait_for(process, "Epoch 2:")
     process.send_signal(signal.SIGTERM)
@@ -95,6 +99,29 @@ def test_a_killed_run_resumes_to_the_uninterrupted_numbers(store, tmp_path, nnx_
     (fresh,) = [r for r in runs(client) if r.info.run_id != killed.info.run_id]
     assert metrics(client, fresh.info.run_id, KEYS) == metrics(client, killed.info.run_id, KEYS)
     assert resumed.data.metrics["best_val_accuracy"] == fresh.data.metrics["best_val_accuracy"]
+
+
+def test_a_signal_after_training_s_last_look_is_still_answered(store, nnx_train, monkeypatch):
+    """SIGTERM landing after the last epoch's check of the stop flag (here: as fit returns, where the
+    closing measurement is fetched): the run ends FINISHED, as it trained, and the command still stops
+    for the signal, saying so, instead of exiting as if nothing had come."""
+    import threading
+
+    from nnx import train as training
+
+    assert threading.current_thread() is threading.main_thread()  # where nnx's handler takes the signal
+    fit = training.fit
+
+    def fit_then_signal(*args, **kwargs):
+        out = fit(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(training, "fit", fit_then_signal)
+    with pytest.raises(KeyboardInterrupt, match="stopped by a signal once its runs had ended"):  # as nnx-train exits on a signal
+        nnx_train("train.epochs=2", *TINY)
+    (run,) = runs(store[1])
+    assert run.info.status == "FINISHED" and len(store[1].get_metric_history(run.info.run_id, "val_accuracy")) == 2
 
 
 def test_resume_refuses_a_finished_run(nnx_train, store):

@@ -372,8 +372,11 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
         if i == len(seeds) - 1:
             stop_request.check()
 
-    try:
-        with stop.on_signals() as stop_request:
+    # One stop request from the first epoch to the runs' end: a signal that lands after training's last
+    # look at it (the closing measurement, the ending) is still answered, once every run has ended as it
+    # trained (the ordinary handler would stop the ending halfway and leave the runs RUNNING).
+    with stop.on_signals() as stop_request:
+        try:
             if len(seeds) == 1:
                 key = jax.random.PRNGKey(seeds[0])
                 earlier = members[0].earlier.get("val_accuracy") if start is not None else None
@@ -385,25 +388,22 @@ def train_and_end(spec, data, members, group, echo, start=None, progress=None, s
                                                       on_state=on_state, should_stop=should_stop)
                 results = list(zip(params, histories))
             ready(wait=True)
-    except BaseException as err:
-        if members is None:  # the runs still to come get the error; if none come, it is raised as it is
-            try:
-                ready(wait=True)
-            except BaseException as opening:
-                if opening is err:  # the store's own error, or NotFresh, met while training
-                    raise
-                raise err from None
-        for m in members:
-            m.end_with_error(err)
-        if group:
-            group.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
+        except BaseException as err:
+            if members is None:  # the runs still to come get the error; if none come, it is raised as it is
+                try:
+                    ready(wait=True)
+                except BaseException as opening:
+                    if opening is err:  # the store's own error, or NotFresh, met while training
+                        raise
+                    raise err from None
+            for m in members:
+                m.end_with_error(err)
+            if group:
+                group.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
 
-    # Training is over: a signal now waits until every run has ended as it trained (the ordinary
-    # handler would stop the ending halfway and leave the runs RUNNING), then stops the process.
-    with stop.on_signals() as late:
         diverged, histories = _end_runs(spec, members, group, results, echo, progress, started)
-    late.check("stopped by a signal once its runs had ended")
+    stop_request.check("stopped by a signal once its runs had ended")
     if diverged:
         raise Diverged(
             f"diverged (NaN or inf) at seed/epoch {diverged}: the runs ended FAILED with tag nnx.failure=diverged. "
