@@ -104,13 +104,16 @@ def start(uri, cwd, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_when_training(process, client, seed, timeout=240):
-    """SIGKILLs the process named by the pid tag of `seed`'s run once its first epoch is in the store."""
+def kill_when_training(process, client, seed, uri=None, timeout=240):
+    """SIGKILLs the process named by the pid tag of `seed`'s run once its first epoch is in the store
+    and, given the store's uri, its first checkpoint too (written after that epoch's metrics, so a
+    kill as soon as they show would often find none)."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         experiment = client.get_experiment_by_name("live")
         for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []:
-            if run.data.tags.get("nnx.seed") == str(seed) and "val_accuracy" in run.data.metrics:
+            if (run.data.tags.get("nnx.seed") == str(seed) and "val_accuracy" in run.data.metrics
+                    and (uri is None or tracking.has_checkpoint(client, uri, run.info.run_id))):
                 os.kill(int(run.data.tags[liveness.PID]), signal.SIGKILL)
                 process.communicate(timeout=60)
                 return run.info.run_id, run.data.tags[liveness.PID]
@@ -138,7 +141,7 @@ def test_a_sweep_killed_mid_job_is_healed_by_its_own_command(store, tmp_path, nn
     uri, client = store
     sweep = ["-m", "seed=0,1,2", f"train.epochs={EPOCHS}", *TINY]
     process = start(uri, tmp_path, *sweep)  # the basic launcher: the jobs run one after another in this process
-    victim, pid = kill_when_training(process, client, seed=1)
+    victim, pid = kill_when_training(process, client, seed=1, uri=uri)
     print("\nafter SIGKILL:")
     before = store_table(client)
     (old_parent,) = [k for k, row in before.items() if row[0] == "sweep"]
@@ -146,7 +149,7 @@ def test_a_sweep_killed_mid_job_is_healed_by_its_own_command(store, tmp_path, nn
     assert 0 < len(before[victim][3]) < EPOCHS  # killed mid-run
     listed = nnx_runs(uri, tmp_path)
     assert listed.returncode == 0 and victim in listed.stdout and old_parent in listed.stdout, listed.stdout + listed.stderr
-    assert f"host {liveness.here()[liveness.HOST]} gone" in listed.stdout and "yes" in listed.stdout  # its checkpoint
+    assert f"host {liveness.here()[liveness.HOST]} gone" in listed.stdout and "yes" in listed.stdout, listed.stdout  # its checkpoint
 
     done = nnx_train(*sweep)
     assert "skipped" in done.stdout and f"resuming run {victim}" in done.stdout
