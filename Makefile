@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test reproduce bench ui server clean
+.PHONY: install test test-fast reproduce bench ui server clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ $(STAMP): requirements.lock pyproject.toml
 # and the store as much as on the CPU.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# The fast loop while changing nnx: everything but the end-to-end tests (marker e2e, tests/conftest.py:
+# whole commands, the store, servers, SLURM, the browser).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not e2e" $(PYTEST_ARGS)
 
 reproduce: $(STAMP)
 	$(BIN)/nnx-reproduce ch5

@@ -5,16 +5,13 @@ CSVs and report rows; none sees a training result in memory. The small helpers a
 (runs_of, curves, table) are shared with chapter 3.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.plots import band  # noqa: E402
-from experiments.store import final_params, group, history, param, seconds, sweep_runs  # noqa: E402
+from experiments.report import row, save_figure
+from experiments.plots import band
+from experiments.store import final_params, group, history, param, seconds, sweep_runs
 
 EXPERIMENT = "ch1"
 SWEEPS = ("ch1_accuracy", "ch1_eta", "ch1_online")

@@ -7,15 +7,13 @@ run back and writes the table and its figure.
 """
 
 import jax
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments import backprop_numpy  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import history, latest_run, record_analysis_run  # noqa: E402
+from experiments import backprop_numpy
+from experiments.report import row, save_figure
+from experiments.store import history, latest_run, record_analysis_run
 
 EXPERIMENT = "ch2"
 SWEEPS = ()  # chapter 2 trains nothing

@@ -6,17 +6,14 @@ training on MNIST: record_analysis computes it and stores it as an MLflow run, r
 The quadratic-cost runs set beside cross-entropy are chapter 1's (ch1_accuracy, experiment ch1).
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import ch1  # noqa: E402
-from experiments.ch1 import curves, runs_of, table  # noqa: E402
-from experiments.plots import band  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import group, history, latest_run, param, record_analysis_run  # noqa: E402
+from experiments import ch1
+from experiments.ch1 import curves, runs_of, table
+from experiments.plots import band
+from experiments.report import row, save_figure
+from experiments.store import group, history, latest_run, param, record_analysis_run
 
 EXPERIMENT = "ch3"
 SWEEPS = ("ch1_accuracy", "ch3_cross_entropy", "ch3_overfitting", "ch3_regularized", "ch3_regularized_full",

@@ -9,17 +9,15 @@ CPU in minutes; `nnx-reproduce ch3hp --book` runs the presets as the book did.
 
 import json
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from experiments.plots import band  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import group, history, latest_sweep, param, sweep_runs  # noqa: E402
-from nnx.edges import search  # noqa: E402
+from experiments.plots import band
+from experiments.report import row, save_figure
+from experiments.store import group, history, latest_sweep, param, sweep_runs
+from nnx.edges import search
 
 EXPERIMENT = "ch3hp"
 TITLE = "Chapter 3 reproduced with nnx: how to choose the hyper-parameters"

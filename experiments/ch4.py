@@ -8,15 +8,13 @@ stores that beside them. build_report reads every run back and draws the figures
 
 from typing import NamedTuple
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments import universality as U  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import analysis_arrays, history, latest_run, record_analysis_run  # noqa: E402
+from experiments import universality as U
+from experiments.report import row, save_figure
+from experiments.store import analysis_arrays, history, latest_run, record_analysis_run
 
 EXPERIMENT = "ch4"
 SWEEPS = ()  # the book's chapter 4 trains nothing; TRAINING below is small enough to run inline

@@ -4,18 +4,15 @@ Every function here reads finished runs back by tag (experiments.store) and writ
 CSVs and report rows; none sees a training result in memory.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.plots import band  # noqa: E402
-from experiments.store import artifact_npz, group, history, latest_run, param, per_hidden_layer, record_analysis_run, sweep_runs  # noqa: E402
-from nnx import meanfield, records, theory  # noqa: E402
-from nnx.activations import ACTIVATIONS  # noqa: E402
-from nnx.data import input_sq_norm  # noqa: E402
+from experiments.report import row, save_figure
+from experiments.plots import band
+from experiments.store import artifact_npz, group, history, latest_run, param, per_hidden_layer, record_analysis_run, sweep_runs
+from nnx import meanfield, records, theory
+from nnx.activations import ACTIVATIONS
+from nnx.data import input_sq_norm
 
 EXPERIMENT = "ch5"
 SWEEPS = ("ch5_depth", "ch5_speed", "ch5_activations")

@@ -9,17 +9,15 @@ minutes; nnx-reproduce ch6 --book runs the presets as the book did (hours here).
 
 import ast
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-from experiments.plots import band  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import final_params, history, param, per_hidden_layer, sweep_runs  # noqa: E402
-from nnx import records  # noqa: E402
+from experiments.plots import band
+from experiments.report import row, save_figure
+from experiments.store import final_params, history, param, per_hidden_layer, sweep_runs
+from nnx import records
 
 EXPERIMENT = "ch6"
 TITLE = "Chapter 6 reproduced with nnx: network3's convolutional nets"

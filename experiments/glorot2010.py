@@ -6,15 +6,12 @@ Three sweeps (glorot2010_sigmoid, _tanh, _softsign), each standard vs normalized
 metrics (step = epoch; step 0 is the initialization) and the histograms in each run's history.npz.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import artifact_npz, history, param, sweep_runs  # noqa: E402
-from nnx import records  # noqa: E402
+from experiments.report import row, save_figure
+from experiments.store import artifact_npz, history, param, sweep_runs
+from nnx import records
 
 EXPERIMENT = "glorot2010"
 TITLE = "Glorot & Bengio 2010 reproduced with nnx (scaled down)"

@@ -12,18 +12,16 @@ Every figure and row is drawn from the runs stored in MLflow (experiments.store)
 
 import ast
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments.plots import band  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import group, history, param, sweep_runs  # noqa: E402
-from nnx import records, theory  # noqa: E402
-from nnx.activations import ACTIVATIONS  # noqa: E402
-from nnx.data import input_sq_norm  # noqa: E402
+from experiments.plots import band
+from experiments.report import row, save_figure
+from experiments.store import group, history, param, sweep_runs
+from nnx import records, theory
+from nnx.activations import ACTIVATIONS
+from nnx.data import input_sq_norm
 
 EXPERIMENT = "he2015"
 SWEEPS = ("he2015",)

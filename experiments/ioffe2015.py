@@ -5,16 +5,13 @@ several seeds each. The figures read back the test accuracy per epoch and the 15
 percentiles of one sigmoid's input (unit 0 of the last hidden layer) over the probe images.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.plots import band  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import group, history, param, sweep_runs  # noqa: E402
-from nnx import records  # noqa: E402
+from experiments.plots import band
+from experiments.report import row, save_figure
+from experiments.store import group, history, param, sweep_runs
+from nnx import records
 
 EXPERIMENT = "ioffe2015"
 TITLE = "Ioffe & Szegedy 2015 (MNIST, Fig. 1) reproduced with nnx (scaled down)"

@@ -4,15 +4,12 @@ Input-output Jacobian spectra at initialization for {linear, ReLU, tanh} x {Gaus
 weights, each at chi_1 = 1, over depth (experiments/spectra.py reads the stored singular values).
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import spectra  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import param, sweep_runs  # noqa: E402
+from experiments import spectra
+from experiments.report import row, save_figure
+from experiments.store import param, sweep_runs
 
 EXPERIMENT = "pennington2017"
 TITLE = "Pennington, Schoenholz & Ganguli 2017: dynamical isometry at initialization"

@@ -4,15 +4,12 @@ Deep linear nets with Gaussian or orthogonal weights, and tanh nets with orthogo
 0.9, 1 and 1.1, over depth (experiments/spectra.py reads the stored singular values).
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import spectra  # noqa: E402
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import group, sweep_runs  # noqa: E402
+from experiments import spectra
+from experiments.report import row, save_figure
+from experiments.store import group, sweep_runs
 
 EXPERIMENT = "saxe2014"
 TITLE = "Saxe, McClelland & Ganguli 2014: input-output Jacobian spectra at initialization"

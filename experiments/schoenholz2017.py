@@ -11,16 +11,13 @@ The training accuracies come from the sweep's runs; the theory curves from an an
 (record_analysis) computed for the sweep's activation and sigma_b2 and stored in MLflow like a result.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.report import row, save_figure  # noqa: E402
-from experiments.store import MissingRuns, history, latest_run, param, record_analysis_run, sweep_runs  # noqa: E402
-from nnx import meanfield, records  # noqa: E402
-from nnx.activations import ACTIVATIONS  # noqa: E402
+from experiments.report import row, save_figure
+from experiments.store import MissingRuns, history, latest_run, param, record_analysis_run, sweep_runs
+from nnx import meanfield, records
+from nnx.activations import ACTIVATIONS
 
 EXPERIMENT = "schoenholz2017"
 SWEEPS = ("schoenholz2017",)

@@ -5,15 +5,12 @@ model.depth - 1 factors of width x width) in history.npz as "spectrum/io_jacobia
 probe step; with train.epochs=0 the only row is the initialization.
 """
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.store import artifact_npz, param  # noqa: E402
-from nnx import meanfield, records  # noqa: E402
-from nnx.activations import ACTIVATIONS  # noqa: E402
+from experiments.store import artifact_npz, param
+from nnx import meanfield, records
+from nnx.activations import ACTIVATIONS
 
 # "Near 1": within a factor 2 either way, |log2 sigma| <= 1. A signal or gradient along such a
 # direction neither vanishes nor explodes by more than 2x over the whole chain; the band is

@@ -33,6 +33,21 @@ LONGEST_FIRST = ("test_reliability.py", "test_chapters.py", "test_readme.py", "t
                  "test_mlflow3.py")
 
 
+# End to end (marker e2e): whole commands (reproductions, nnx-train and its sweeps, in process or not)
+# and the real components (the MLflow store, mlflow server over PostgreSQL, SLURM, Chromium, processes
+# killed and resumed). `make test-fast` runs the rest: the math, the configs, the layers, the engine.
+E2E_FILES = {"test_browser.py", "test_server.py", "test_slurm.py", "test_reliability.py", "test_liveness.py", "test_cli.py",
+             "test_mlflow3.py", "test_readme.py", "test_chapters.py", "test_ch3hp.py", "test_ch4.py", "test_ch5.py", "test_ch6.py",
+             "test_papers_signal.py", "test_papers_spectra.py", "test_papers_training.py", "test_search.py", "test_reproduce.py"}
+E2E_FIXTURES = {"store", "migrated_store", "nnx_train"}  # a test anywhere that records runs in a store
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_itemcollected(item):
+    if item.path.name in E2E_FILES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.e2e)
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own ordering by fixtures, which the stable sort keeps within a file
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
