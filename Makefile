@@ -26,15 +26,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m compileall -q -j 0 nnx experiments hydra_plugins >/dev/null  # nnx's own modules too, for the same reason
 	touch $(STAMP)
 
-# Two workers, one test file each at a time (module fixtures such as the pipelines stay in one
-# worker), the longest files first (tests/conftest.py): the end-to-end tests wait on subprocesses
-# and the store as much as on the CPU.
+# ruff first (pyproject.toml: its defaults and sorted imports). Then two workers, one test file each
+# at a time (module fixtures such as the pipelines stay in one worker), the longest files first
+# (tests/conftest.py): the end-to-end tests wait on subprocesses and the store as much as on the CPU.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The fast loop while changing nnx: everything but the end-to-end tests (marker e2e, tests/conftest.py:
 # whole commands, the store, servers, SLURM, the browser).
 test-fast: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 -m "not e2e" $(PYTEST_ARGS)
 
 reproduce: $(STAMP)

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from experiments.report import row, save_figure
 from experiments.plots import band
+from experiments.report import row, save_figure
 from experiments.store import final_params, group, history, param, seconds, sweep_runs
 
 EXPERIMENT = "ch1"
@@ -140,23 +140,23 @@ def online(client, out):
 
 
 NOTES = [
-    "network.py's settings: sigmoid everywhere, quadratic cost, weights and biases N(0, 1), eta 3.0, mini-batches "
+    ("network.py's settings: sigmoid everywhere, quadratic cost, weights and biases N(0, 1), eta 3.0, mini-batches "
     "of 10, 30 epochs, test set after every epoch. The book prints one run and reports its best epoch; the rows "
-    "give the best and the final epoch over several seeds (mean ± sd; figures show the seeds' min-max band).",
-    "The book warns (chapter 1, footnote) that [784,100,10] varies much from run to run and some runs end far "
+    "give the best and the final epoch over several seeds (mean ± sd; figures show the seeds' min-max band)."),
+    ("The book warns (chapter 1, footnote) that [784,100,10] varies much from run to run and some runs end far "
     "worse; with N(0, 1) weights on 100 hidden neurons a seed can saturate its outputs and stall with whole digits "
     "unlearned, which shows as a wide band and a large sd rather than being averaged away. Because the book shows "
-    "one run, a row also gives the best of our seeds.",
-    "Learning rates: the book's words ('about 11% -> 21%' for eta 0.001, 'stuck near 10%' for eta 100) are "
+    "one run, a row also gives the best of our seeds."),
+    ("Learning rates: the book's words ('about 11% -> 21%' for eta 0.001, 'stuck near 10%' for eta 100) are "
     "rough, so those rows use a 5-point tolerance. eta 100 saturates the sigmoids without producing NaN, so those "
-    "runs train to the end (train.stop_on_divergence=false in ch1_eta).",
-    "Online learning (the chapter's exercise, no book number): every mini-batch size trains 10 epochs, so all see "
+    "runs train to the end (train.stop_on_divergence=false in ch1_eta)."),
+    ("Online learning (the chapter's exercise, no book number): every mini-batch size trains 10 epochs, so all see "
     "the same 500000 examples; eta stays at 3.0 for every size (network.py's mean-gradient update keeps its scale). "
     "Seconds come from the timestamps MLflow stores with each metric value, measured from the run's start: they "
     "include the first epoch's compilation and each epoch's evaluation of the 10000 test images, and two jobs shared "
-    "the machine's two cores, so compare sizes with each other, not with other machines.",
-    "Tolerances: accuracies within 1 percentage point of the book's single run (2 points one epoch in, where the "
-    "seeds spread most).",
+    "the machine's two cores, so compare sizes with each other, not with other machines."),
+    ("Tolerances: accuracies within 1 percentage point of the book's single run (2 points one epoch in, where the "
+    "seeds spread most)."),
 ]
 
 

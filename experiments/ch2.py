@@ -6,8 +6,9 @@ and jax.grad of nnx's loss, in float64, and stores it as an MLflow run; build_re
 run back and writes the table and its figure.
 """
 
-import jax
+import itertools
 
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -59,7 +60,7 @@ def compare(case, x, labels, rng) -> dict:
 
     sizes = case[0]
     params = [{"w": rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), "b": rng.normal(size=n_out)}
-              for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+              for n_in, n_out in itertools.pairwise(sizes)]
     with jax.enable_x64(True):
         grads = jax.grad(make_loss(_spec(case)))(params, x, labels)
     expected = backprop_numpy.mean_gradient([(p["w"], p["b"]) for p in params], x, labels, *case[1:])
@@ -100,15 +101,15 @@ def backprop_check(client, out):
 
 
 NOTES = [
-    "The book states that backpropagation's four equations (BP1-BP4) give the gradient of the cost; it shows no "
+    ("The book states that backpropagation's four equations (BP1-BP4) give the gradient of the cost; it shows no "
     "number. Each row compares them, written out in numpy after network.py's backprop "
     "(experiments/backprop_numpy.py), with jax.grad of the loss nnx trains with, in float64, on the first "
-    f"{BATCH} MNIST training images and a random network (w ~ N(0, 1/n_in), b ~ N(0, 1)).",
-    "The quantity is the largest absolute difference over every weight and bias divided by the largest gradient "
+    f"{BATCH} MNIST training images and a random network (w ~ N(0, 1/n_in), b ~ N(0, 1))."),
+    ("The quantity is the largest absolute difference over every weight and bias divided by the largest gradient "
     f"entry; 'agrees' means below {TOLERANCE:g}, i.e. equal to float64 rounding. The absolute differences are "
-    "in the CSV beside the figure.",
-    "BP1 uses the book's closed forms: (a - y) sigma'(z) for the quadratic cost, a - y for cross-entropy with "
-    "sigmoid outputs and for log-likelihood with softmax outputs.",
+    "in the CSV beside the figure."),
+    ("BP1 uses the book's closed forms: (a - y) sigma'(z) for the quadratic cost, a - y for cross-entropy with "
+    "sigmoid outputs and for log-likelihood with softmax outputs."),
 ]
 
 

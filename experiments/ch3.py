@@ -281,34 +281,34 @@ def hundred_hidden(client, out):
 
 
 NOTES = [
-    "network2's settings unless a row says otherwise: sigmoid, cross-entropy, mini-batches of 10; 'large init' is "
+    ("network2's settings unless a row says otherwise: sigmoid, cross-entropy, mini-batches of 10; 'large init' is "
     "network.py's N(0, 1) weights, 'default init' network2's N(0, 1/n_in). The book shows one run per setting; the "
-    "rows give mean ± sd over seeds (3 seeds wherever the book quotes a number; figures show the min-max band).",
-    "Cross-entropy vs quadratic: the quadratic runs are chapter 1's (ch1_accuracy, eta 3.0, read from MLflow "
+    "rows give mean ± sd over seeds (3 seeds wherever the book quotes a number; figures show the min-max band)."),
+    ("Cross-entropy vs quadratic: the quadratic runs are chapter 1's (ch1_accuracy, eta 3.0, read from MLflow "
     "experiment ch1; `nnx-reproduce ch3` runs that sweep too, and skips it when it has already finished). The "
     "difference rows pair runs of the same seed (the same initial weights). Where quadratic-cost [784,100,10] runs "
     "stall with whole digits unlearned (chapter 1's report), the difference is large: that is the book's point about "
-    "saturated outputs, not a defect of the cross-entropy runs.",
-    "Overfitting: the book's figures 1 and 2 show epochs 200-399, figures 3 and 4 all 400; the CSVs hold every "
-    "epoch. The epoch of the best test accuracy on a plateau is noisy by nature: its tolerance is a factor 2.",
-    "overfitting_full is the 30-hidden cross-entropy sweep itself (50000 images, eta 0.5, lmbda 0, 30 epochs): "
-    "the same settings, trained once.",
-    "Weight initialization (book: about 93% vs 87% after the first epoch, both near 96% at the end, 30 hidden) uses "
+    "saturated outputs, not a defect of the cross-entropy runs."),
+    ("Overfitting: the book's figures 1 and 2 show epochs 200-399, figures 3 and 4 all 400; the CSVs hold every "
+    "epoch. The epoch of the best test accuracy on a plateau is noisy by nature: its tolerance is a factor 2."),
+    ("overfitting_full is the 30-hidden cross-entropy sweep itself (50000 images, eta 0.5, lmbda 0, 30 epochs): "
+    "the same settings, trained once."),
+    ("Weight initialization (book: about 93% vs 87% after the first epoch, both near 96% at the end, 30 hidden) uses "
     "the validation set; the book quotes no number for 100 hidden, so that figure has only the 'default learns "
-    "faster' row.",
-    "more_data deviates from the book to fit the time budget: one seed per size, and at most 500 epochs, so sizes "
+    "faster' row."),
+    ("more_data deviates from the book to fit the time budget: one seed per size, and at most 500 epochs, so sizes "
     "100, 200, 500, 1000 and 2000 see 50000 to 1000000 examples instead of 1.5 million (an epoch of a small set "
     "costs mostly its evaluation of the 10000 validation images, so uncapped they would take longer than the rest of "
     "the chapter; their weight decay, 5e-5 per step at every size, acts for fewer steps). Sizes 5000 to 50000 "
-    "follow the book exactly. The accuracy is the final epoch's on the validation set, as in the book's more_data.py.",
-    "multiple_eta has no number in the book, only its description: eta 2.5 oscillates from the start (row: the "
+    "follow the book exactly. The accuracy is the final epoch's on the validation set, as in the book's more_data.py."),
+    ("multiple_eta has no number in the book, only its description: eta 2.5 oscillates from the start (row: the "
     "mean size of the epoch-to-epoch change of the training cost, against eta 0.25's), 0.025 falls smoothly and "
-    "slowest (rows: the epochs in which its cost rose; its final cost against eta 0.25's).",
-    "The single neuron is computed with jax.grad of nnx's own costs in float64 (no data, no training set) and "
+    "slowest (rows: the epochs in which its cost rose; its final cost against eta 0.25's)."),
+    ("The single neuron is computed with jax.grad of nnx's own costs in float64 (no data, no training set) and "
     "stored as the MLflow run ch3_neuron. 'Learning kicks in' is read as the cost first falling below 90% of its "
-    "start, so the book's ~150 epochs becomes a number.",
-    "Tolerances: accuracies on 50000 images within 1 percentage point of the book's single run; on 1000 images "
-    "within 2 points (seeds spread more); 2 points one epoch in; epochs within a factor 2.",
+    "start, so the book's ~150 epochs becomes a number."),
+    ("Tolerances: accuracies on 50000 images within 1 percentage point of the book's single run; on 1000 images "
+    "within 2 points (seeds spread more); 2 points one epoch in; epochs within a factor 2."),
 ]
 
 

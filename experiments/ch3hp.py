@@ -9,7 +9,6 @@ CPU in minutes; `nnx-reproduce ch3hp --book` runs the presets as the book did.
 
 import json
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
@@ -267,29 +266,29 @@ def automatic_search(client, out):
 
 
 NOTES = [
-    "Broad strategy: network2's [784,10] (no hidden layer; cross-entropy, default init, mini-batches of 10) on the first "
+    ("Broad strategy: network2's [784,10] (no hidden layer; cross-entropy, default init, mini-batches of 10) on the first "
     "1,000 training images, judged on the first 100 validation images (data.validation_size=100). The book prints one "
     "run per setting; ours are three seeds. A row agrees within 15 of the 100 images: the book's own run moves 10-20 "
-    "between epochs. eta 10 with lmbda 1000 decays the weights by a factor 1 - eta lmbda / n = -9 per step: chance (10).",
-    "Learning-rate threshold: the book's procedure made a rule. For each eta of a grid, the training cost after each of "
+    "between epochs. eta 10 with lmbda 1000 decays the weights by a factor 1 - eta lmbda / n = -9 per step: chance (10)."),
+    ("Learning-rate threshold: the book's procedure made a rule. For each eta of a grid, the training cost after each of "
     "the first 4 epochs; the threshold is the smallest eta whose cost does not fall from one epoch to the next. It runs "
     "at the book's protocol (all 50,000 images, lmbda 5.0) in both modes: an epoch of fewer images is noisier and "
-    "moves the threshold. The grid steps by about 2, so a row agrees within a factor 2 (one grid step).",
-    "Early stopping and the halving schedule start from the book's three fixed-epoch runs (ch3hp_cases): no-improvement-"
+    "moves the threshold. The grid steps by about 2, so a row agrees within a factor 2 (one grid step)."),
+    ("Early stopping and the halving schedule start from the book's three fixed-epoch runs (ch3hp_cases): no-improvement-"
     "in-10 on the validation accuracy, at most 200 epochs (so the rule, not the book's 30 or 60, picks the length); "
     "halving divides eta by 2 each time the rule fires and stops at 1/128 of the start. Every rule's accuracy is read "
-    "at its best validation epoch (the network early stopping keeps); the book's 96.49% is its last epoch's.",
-    "The search is nnx's search sweeper (hydra/sweeper=search: optuna's TPE after 4 random trials, one trial at a time, "
+    "at its best validation epoch (the network early stopping keeps); the book's 96.49% is its last epoch's."),
+    ("The search is nnx's search sweeper (hydra/sweeper=search: optuna's TPE after 4 random trials, one trial at a time, "
     "asha pruning: only the best third of the trials go on past epochs 1, 3, 9 and 27): eta in [0.01, 10] and lmbda in "
     "[0.1, 100] on log scales, mini-batches of "
     "5, 10, 20 or 50, 30 epochs per trial, and 90 epochs in all (the book's 30 + 60 for its hand-tuned [784,100,10] "
     "runs); pruned trials give back what they did not train, the last trial gets what is left. The comparison is with "
     "the book's settings trained here at the same scale (the dashed line); its validation set is also the one the "
-    "search maximises, so the test-accuracy row is the fair one.",
-    f"Scaled default (`nnx-reproduce ch3hp`): the runs on 50,000 images train on the first 10,000 instead, with lmbda "
+    "search maximises, so the test-accuracy row is the fair one."),
+    (f"Scaled default (`nnx-reproduce ch3hp`): the runs on 50,000 images train on the first 10,000 instead, with lmbda "
     f"5.0 -> 1.0 so the weight decay per step (eta lmbda / n) is the book's; one seed each, as the book. A row agrees "
     f"within {SCALED_TOLERANCE:g} points there, {FULL_TOLERANCE:g} at the book's protocol (`nnx-reproduce ch3hp --book`, "
-    f"not timed on this machine). The broad strategy and the threshold are the book's protocol in both.",
+    f"not timed on this machine). The broad strategy and the threshold are the book's protocol in both."),
 ]
 
 

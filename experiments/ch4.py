@@ -8,7 +8,6 @@ stores that beside them. build_report reads every run back and draws the figures
 
 from typing import NamedTuple
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -287,27 +286,27 @@ def tower(client, out):
 
 
 NOTES = [
-    "Nothing here is trained except the 4.trained rows: every other number is an exact computation of the "
-    "book's constructions (experiments/universality.py), stored as MLflow analysis runs and read back.",
-    "The steps keep s = -b/w = 0.4 at every w (b = -0.4 w; the book's b = -40 at w = 100); the 1/2-crossing is "
-    "found by bisection on the neuron's output, not from the formula, and the rise narrows as 2 ln 9 / w.",
-    "The book's score is a mean absolute error on x = 0, 0.01, ..., 0.99. With its 5 disjoint bumps on "
+    ("Nothing here is trained except the 4.trained rows: every other number is an exact computation of the "
+    "book's constructions (experiments/universality.py), stored as MLflow analysis runs and read back."),
+    ("The steps keep s = -b/w = 0.4 at every w (b = -0.4 w; the book's b = -40 at w = 100); the 1/2-crossing is "
+    "found by bisection on the neuron's output, not from the formula, and the rise narrows as 2 ln 9 / w."),
+    ("The book's score is a mean absolute error on x = 0, 0.01, ..., 0.99. With its 5 disjoint bumps on "
     "[k/5, (k+1)/5) it splits into one term per bump, each minimised by that bump's median of sigma^-1(f): "
     "these medians are the book's heights, and their score its 0.372. A least-squares solve (the bumps' means) "
-    "minimises the squared error instead; its score is higher, though still under the book's 0.40.",
-    "A [1, N, 1] network holds N bumps: neighbouring bumps share an edge, so N steps at k/N with output weights "
+    "minimises the squared error instead; its score is higher, though still under the book's 0.40."),
+    ("A [1, N, 1] network holds N bumps: neighbouring bumps share an edge, so N steps at k/N with output weights "
     f"h_k - h_{{k-1}} give the book's N bumps (its 2N neurons) on [0, 1). The hand-built rows use w = {W:g} steps "
     f"and the least-squares output weights over {len(FINE)} points x = 0, {FINE[1]:g}, ..., {FINE[-1]:g} (the book's "
-    f"100-point grid would let N = 100 interpolate it exactly); the score is the book's formula on those {len(FINE)} points.",
-    "Beyond the book, the trained rows fit the same [1, N, 1] networks (sigmoid hidden layer, network2's default "
+    f"100-point grid would let N = 100 interpolate it exactly); the score is the book's formula on those {len(FINE)} points."),
+    ("Beyond the book, the trained rows fit the same [1, N, 1] networks (sigmoid hidden layer, network2's default "
     "init w ~ N(0, 1/n_in), b ~ N(0, 1), output bias trained) by full-batch Adam on the mean squared error of the "
     "weighted output against sigma^-1(f) over the same points: the objective the least-squares construction "
     "minimises. Mean ± sd over seeds; fig_4_error_vs_bumps' right panel shows whether training was still improving "
-    "at its last step.",
-    "At x = 0 the first hand-built step is half-way up (sigma(0) = 1/2), as in the book's own network: the spike at "
-    "the left of fig_4_fits.",
-    "The tower's hidden layer has a bump in x and one in y, each of output weight h = 10; the output neuron's bias "
-    "-3h/2 (for m inputs (-m + 1/2) h) leaves sigma(h/2) on the tower and sigma(-h/2) or less elsewhere.",
+    "at its last step."),
+    ("At x = 0 the first hand-built step is half-way up (sigma(0) = 1/2), as in the book's own network: the spike at "
+    "the left of fig_4_fits."),
+    ("The tower's hidden layer has a bump in x and one in y, each of output weight h = 10; the output neuron's bias "
+    "-3h/2 (for m inputs (-m + 1/2) h) leaves sigma(h/2) on the tower and sigma(-h/2) or less elsewhere."),
 ]
 
 

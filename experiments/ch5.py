@@ -7,8 +7,8 @@ CSVs and report rows; none sees a training result in memory.
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.report import row, save_figure
 from experiments.plots import band
+from experiments.report import row, save_figure
 from experiments.store import artifact_npz, group, history, latest_run, param, per_hidden_layer, record_analysis_run, sweep_runs
 from nnx import meanfield, records, theory
 from nnx.activations import ACTIVATIONS
@@ -64,7 +64,7 @@ def bias_gradients(client, out, runs_by_depth):
            title=f"5.5: [784,30,30,10] at initialization (seed {param(runs[0], 'seed')})")
     ax.legend()
     save_figure(out, "fig_5_5_bias_gradients", fig, ("seed", "layer", "neuron", "dC_db"), table)
-    first6 = lambda g, l: np.abs(g[records.hidden(records.INIT_BIAS_GRAD, l)][:6])  # noqa: E731
+    first6 = lambda g, l: np.abs(g[records.hidden(records.INIT_BIAS_GRAD, l)][:6])
     ratio = [np.mean(first6(g, 2)) / np.mean(first6(g, 1)) for g in grads]
     return [row("5.5", "mean |dC/db| of the first 6 neurons, layer 2 / layer 1, at init (book: layer 2's bars are much larger)", None, ratio, 1.0, "greater")]
 
@@ -243,23 +243,23 @@ def beyond(client, out, sq_norm):
 
 
 NOTES = [
-    "The book shows one run per network and does not say whether 96.48% etc. are best-epoch or final-epoch "
-    "validation accuracies; both are reported, over several seeds (mean ± sd; figures show the seeds' min-max band).",
-    "Gradient norms follow the book: the norm of the mean over the first 1000 training images of the per-example "
-    "dC/db (cross-entropy, no L2 term), hidden layers only, measured before each epoch's update (step 0 = init).",
+    ("The book shows one run per network and does not say whether 96.48% etc. are best-epoch or final-epoch "
+    "validation accuracies; both are reported, over several seeds (mean ± sd; figures show the seeds' min-max band)."),
+    ("Gradient norms follow the book: the norm of the mean over the first 1000 training images of the per-example "
+    "dC/db (cross-entropy, no L2 term), hidden layers only, measured before each epoch's update (step 0 = init)."),
     "5.5 and 5.6 come from step 0 of the ch5_speed runs: at initialization the training protocol plays no part.",
-    "The simple theory multiplies, layer by layer, chi_l = sqrt(n_l Var(w) E[sigma'(z_l)^2]) with z_l ~ N(0, q_l) "
+    ("The simple theory multiplies, layer by layer, chi_l = sqrt(n_l Var(w) E[sigma'(z_l)^2]) with z_l ~ N(0, q_l) "
     "carried forward from the inputs (nnx.theory), anchored at the measured last hidden layer. It predicts "
-    "per-example norms; the book's measure is the norm of a mean, so it is a guide to the slope, not the level.",
-    "The mean-field line (dash-dot, 5.6mf rows) is the wide-net limit at the fixed point q* (nnx.meanfield): the "
+    "per-example norms; the book's measure is the norm of a mean, so it is a guide to the slope, not the level."),
+    ("The mean-field line (dash-dot, 5.6mf rows) is the wide-net limit at the fixed point q* (nnx.meanfield): the "
     "book's default init is sigma_w2 = 1, sigma_b2 = 1, backprop multiplies E||delta||^2 by chi_1 = sigma_w2 "
     "E[sigma'(z)^2] ~ 0.042 per layer, so each layer's gradient norm is 1/sqrt(chi_1) ~ 4.9 times the one before. "
-    "The nets are 30 wide, not infinite, and the first layer's q is not yet q*, hence a 25% tolerance.",
-    "Tolerances: accuracy within 1 percentage point of the book's single run; norms at init within 50% (the book's "
+    "The nets are 30 wide, not infinite, and the first layer's q is not yet q*, hence a 25% tolerance."),
+    ("Tolerances: accuracy within 1 percentage point of the book's single run; norms at init within 50% (the book's "
     "numbers are one random network); ratios of ~100 within a factor 2; the exploding and analytic parts are exact "
-    "computations. 'greater' rows: the book states only a direction (ours must exceed the tolerance).",
-    "Beyond-the-book rows have no book number: they show how far each activation/initializer pair is from equal "
-    "learning speeds (ratio 1).",
+    "computations. 'greater' rows: the book states only a direction (ours must exceed the tolerance)."),
+    ("Beyond-the-book rows have no book number: they show how far each activation/initializer pair is from equal "
+    "learning speeds (ratio 1)."),
 ]
 
 

@@ -8,7 +8,7 @@ minutes; nnx-reproduce ch6 --book runs the presets as the book did (hours here).
 """
 
 import ast
-
+import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -100,7 +100,7 @@ def accuracy_rows(client, out, by_case):
            title="Chapter 6: each network's test accuracy (dots: ours, mean ± sd over seeds; x: the book)")
     save_figure(out, "fig_6_accuracy", fig, ("case", "seed", "best_val_accuracy", "test_accuracy_at_best_val"), table)
     chain = [c for c in ORDER if c in means]
-    for before, after in zip(chain[:-1], chain[1:]):
+    for before, after in itertools.pairwise(chain):
         rows.append(row("6.order", f"{after} minus {before}, mean test accuracy (points; the book: each change helps)",
                         round(BOOK[after] - BOOK[before], 2), [means[after] - means[before]], 0.0, "greater"))
     return rows
@@ -226,20 +226,20 @@ def _config(overrides):
 SCALED_TOLERANCE = 3.0
 
 NOTES = [
-    "network3's conventions (conf/experiment/ch6_network3.yaml): valid 5x5 convolutions, a 2x2 max-pool before the bias "
+    ("network3's conventions (conf/experiment/ch6_network3.yaml): valid 5x5 convolutions, a 2x2 max-pool before the bias "
     "and activation, N(0, 1/n_out) weights with the pooled fan-out, a zero-initialised softmax layer, log-likelihood, "
     "fixed unshuffled mini-batches of 10, network3's L2 (lambda 0.1 at m = 10 is nnx's optimizer.lmbda=1.0), dropout on "
     "each FC/softmax layer's input without rescaling in training and with (1 - p) at test time. Unlike network3, every "
-    "dropout layer and every ensemble net draws its own masks from its run's key.",
-    "Reported number: test accuracy at the best validation epoch (ties to the later epoch); 'best of N' picks the run "
+    "dropout layer and every ensemble net draws its own masks from its run's key."),
+    ("Reported number: test accuracy at the best validation epoch (ties to the later epoch); 'best of N' picks the run "
     "with the best validation accuracy, as the book's 'best of three runs'. The ensemble votes with the last-epoch "
-    "weights of the dropout nets; a tie goes to the smallest tied digit.",
-    f"Tolerances: {FULL_TOLERANCE} points at the book's protocol (`nnx-reproduce ch6 --book`); {SCALED_TOLERANCE} points at the "
+    "weights of the dropout nets; a tie goes to the smallest tied digit."),
+    (f"Tolerances: {FULL_TOLERANCE} points at the book's protocol (`nnx-reproduce ch6 --book`); {SCALED_TOLERANCE} points at the "
     "scaled default, whose nets see far fewer images and epochs (each row's quantity says what it trained on). The "
-    "6.order rows check the chapter's claim that each change helps (ours must be > 0).",
-    "Beyond the book (6.gradients): chapter 5's norm of the mean dC/db per hidden layer (conv layers first) over "
+    "6.order rows check the chapter's claim that each change helps (ours must be > 0)."),
+    ("Beyond the book (6.gradients): chapter 5's norm of the mean dC/db per hidden layer (conv layers first) over "
     "training, for the sigmoid conv net, the ReLU one and the ReLU + dropout one. network3 starts the softmax layer at "
-    "zero, so at initialization no gradient reaches any hidden layer: the ratios start after the first epoch.",
+    "zero, so at initialization no gradient reaches any hidden layer: the ratios start after the first epoch."),
 ]
 
 

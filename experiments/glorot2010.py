@@ -230,22 +230,22 @@ def test_errors(client, out, cases):
 
 
 NOTES = [
-    "Scaled down (papers.md, 'Scaled-down versions'): 5000 training images, 6 epochs of 500 updates (mini-batch 10), "
+    ("Scaled down (papers.md, 'Scaled-down versions'): 5000 training images, 6 epochs of 500 updates (mini-batch 10), "
     "one seed per case; the paper trained up to 5 million updates on 50000 images. The paper's size is an override: "
     "nnx-reproduce glorot2010 data.train_size=50000 train.epochs=100 (hours here). Test errors are therefore far "
-    "above Table 1's; only the ranking and the per-layer diagnostics are comparable.",
-    "Learning rates: the paper tuned eta per configuration on validation error. Here one eta per activation, shared by "
+    "above Table 1's; only the ranking and the per-layer diagnostics are comparable."),
+    ("Learning rates: the paper tuned eta per configuration on validation error. Here one eta per activation, shared by "
     "both inits so that the init comparison is clean: tanh 0.03 and softsign 0.1 (the best mean validation accuracy "
     "of the two inits after 500 updates among 0.03, 0.1, 0.3); sigmoid 0.1 (every rate tried stays at chance for "
-    "3000 updates, the plateau the paper describes). The rates are in conf/experiment/glorot2010_<activation>.yaml.",
-    "Probes: 500 training images at init (step 0) and after each epoch; layer-Jacobian singular values on 4 of them "
+    "3000 updates, the plateau the paper describes). The rates are in conf/experiment/glorot2010_<activation>.yaml."),
+    ("Probes: 500 training images at init (step 0) and after each epoch; layer-Jacobian singular values on 4 of them "
     "at init and after the last epoch. 'Typical |delta|' is the centre of mass of the per-example log10|dC/dz| "
-    "histogram (fixed bins of 0.2 decades).",
-    "Verdicts: Table 1 errors within 0.5 pp (they will differ at this budget); Jacobian singular values within 0.1; "
+    "histogram (fixed bins of 0.2 decades)."),
+    ("Verdicts: Table 1 errors within 0.5 pp (they will differ at this budget); Jacobian singular values within 0.1; "
     f"gradients 'level' if the top/first ratio is within a factor {LEVEL} of 1, 'shrink' if it exceeds {LEVEL}. "
-    "'greater' rows check a direction the paper states; 'none' rows have no published number.",
-    "The layer-Jacobian statement (0.8 vs 0.5) concerns the square 1000 x 1000 layers; hidden layer 1 (784 inputs) is "
-    "left out of that row but drawn in the figure.",
+    "'greater' rows check a direction the paper states; 'none' rows have no published number."),
+    ("The layer-Jacobian statement (0.8 vs 0.5) concerns the square 1000 x 1000 layers; hidden layer 1 (784 inputs) is "
+    "left out of that row but drawn in the figure."),
 ]
 
 

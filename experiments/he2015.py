@@ -12,7 +12,6 @@ Every figure and row is drawn from the runs stored in MLflow (experiments.store)
 
 import ast
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -190,23 +189,23 @@ def training(client, out, cells):
 
 
 NOTES = [
-    "Scaled down (papers.md): MLPs of 256 ReLU units on the first 4000 MNIST images, 8 epochs of SGD "
+    ("Scaled down (papers.md): MLPs of 256 ReLU units on the first 4000 MNIST images, 8 epochs of SGD "
     "(mini-batch 40, eta 0.01, no weight decay), against the paper's conv nets on ImageNet. The paper's own "
-    "size is out of reach here; `nnx-reproduce he2015 data.train_size=50000 train.epochs=30` trains longer (hours here).",
-    "Gradients at init are the norm of the mean over the first 1000 training images of dC/db^l (chapter 5's "
+    "size is out of reach here; `nnx-reproduce he2015 data.train_size=50000 train.epochs=30` trains longer (hours here)."),
+    ("Gradients at init are the norm of the mean over the first 1000 training images of dC/db^l (chapter 5's "
     "measure), step 0 of each run. Slopes are least-squares fits of log2 ||.||^2 against the layer index, so "
-    "Xavier's 'halves each layer' is a slope of +1 (the gradient shrinks towards the input) and He's is 0.",
-    "The mean-field column multiplies n_{l+1} Var(w) E[relu'(z)^2] = n_{l+1} Var(w) / 2 layer by layer "
+    "Xavier's 'halves each layer' is a slope of +1 (the gradient shrinks towards the input) and He's is 0."),
+    ("The mean-field column multiplies n_{l+1} Var(w) E[relu'(z)^2] = n_{l+1} Var(w) / 2 layer by layer "
     "(nnx.theory): exactly 1/2 for Xavier on square layers and 1 for He. The weight-gradient rows compare with "
-    "this theory, not with a number from the paper.",
-    "Why Xavier stalls here: each hidden layer halves the forward signal's variance too, so the logits of an "
+    "this theory, not with a number from the paper."),
+    ("Why Xavier stalls here: each hidden layer halves the forward signal's variance too, so the logits of an "
     "L-layer Xavier net start ~2^(-L/2) times smaller than a He net's and every weight gradient (level across "
     "layers, as the he.weight_slope rows show) is small by the same factor (he.scale rows); at one shared learning rate the net "
     "barely moves within the budget. The paper's 22-layer Xavier net (an ImageNet conv net trained for far more "
     "steps) converges, more slowly than He's (secondary, papers.md); a longer budget is the override to try "
-    "(untested here: train.epochs=50).",
-    f"'Stalls' means a final training accuracy within {STALL_MARGIN:g} points of chance ({CHANCE:g}%), 'trains' "
-    f"above {TRAINS_ABOVE:g}%, both after this short budget; the 22-layer claim is secondary (papers.md).",
+    "(untested here: train.epochs=50)."),
+    (f"'Stalls' means a final training accuracy within {STALL_MARGIN:g} points of chance ({CHANCE:g}%), 'trains' "
+    f"above {TRAINS_ABOVE:g}%, both after this short budget; the 22-layer claim is secondary (papers.md)."),
 ]
 
 

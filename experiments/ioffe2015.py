@@ -111,20 +111,20 @@ def sigmoid_input_over_training(client, out, cases):
 
 
 NOTES = [
-    "Scaled down: 6000 training images (100 updates an epoch, one probe per epoch), 50 epochs = 5000 updates of "
+    ("Scaled down: 6000 training images (100 updates an epoch, one probe per epoch), 50 epochs = 5000 updates of "
     "mini-batches of 60, three seeds per case; the paper trained 50000 updates. Its length is an override: "
-    "nnx-reproduce ioffe2015 train.epochs=500.",
-    "The paper gives no learning rate or init for this test: plain SGD, eta 0.5 for both cases (of 0.1 and 0.5 the "
+    "nnx-reproduce ioffe2015 train.epochs=500."),
+    ("The paper gives no learning rate or init for this test: plain SGD, eta 0.5 for both cases (of 0.1 and 0.5 the "
     "plain net learns better with 0.5, so the comparison is against a reasonably tuned baseline), no weight decay, "
-    "the book's default init (w ~ N(0, 1/n_in), b ~ N(0, 1)), softmax + log-likelihood output.",
-    "With batch norm, evaluation uses the evaluated split's own batch statistics (10000 images), which stand in for the "
+    "the book's default init (w ~ N(0, 1/n_in), b ~ N(0, 1)), softmax + log-likelihood output."),
+    ("With batch norm, evaluation uses the evaluated split's own batch statistics (10000 images), which stand in for the "
     "paper's population averages. The probe's percentiles are taken over 1000 training images, so with batch norm the "
-    "sigmoid's input is normalised over those images.",
-    "Drift = the range (max - min) of each of the 15th/50th/85th percentiles over the probe steps (init included), "
+    "sigmoid's input is normalised over those images."),
+    ("Drift = the range (max - min) of each of the 15th/50th/85th percentiles over the probe steps (init included), "
     "averaged over the three; the ratio compares the same seed without and with batch norm. The second-half row leaves "
-    "out the early transient, where any net's distributions move most.",
-    "'greater' rows check the direction the paper states (no published numbers for this MNIST test); 'none' rows are "
-    "context. 'Reached' = the first epoch whose test accuracy is at least 98% of the plain net's final mean accuracy.",
+    "out the early transient, where any net's distributions move most."),
+    ("'greater' rows check the direction the paper states (no published numbers for this MNIST test); 'none' rows are "
+    "context. 'Reached' = the first epoch whose test accuracy is at least 98% of the plain net's final mean accuracy."),
 ]
 
 

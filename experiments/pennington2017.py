@@ -30,7 +30,7 @@ def _cases(client):
     for run in runs:
         grouped.setdefault(_case(run), []).append(run)
         first.setdefault(_case(run), run)
-    order = lambda case: (list(NAMES.values()).index(case[0]), case[1])  # noqa: E731
+    order = lambda case: (list(NAMES.values()).index(case[0]), case[1])
     return {c: spectra.by_depth(client, grouped[c]) for c in sorted(grouped, key=order)}, first
 
 
@@ -106,22 +106,22 @@ def claims(cases, first):
 
 
 NOTES = [
-    "No training: each run is the initialization (train.epochs=0), its end-to-end Jacobian da^L/da^1 = J^L ... J^2 "
+    ("No training: each run is the initialization (train.epochs=0), its end-to-end Jacobian da^L/da^1 = J^L ... J^2 "
     "measured on probe images; L = depth - 1 factors of width x width (the first layer, 784 -> width, is not square). "
     "Default: width 512, L = 2, 8, 32 (width >= 16 L, papers.md). Wider and deeper: "
     "`nnx-reproduce pennington2017 model.width=1024 model.depth=3,9,33,65` "
-    "(~16x the time: each SVD costs width^3, one per layer and image).",
-    "Each case sits at chi_1 = 1: linear sigma_w2 = 1; ReLU sigma_w2 = 2 (He), orthogonal gain sqrt(2); tanh sigma_b2 = 1e-4 "
+    "(~16x the time: each SVD costs width^3, one per layer and image)."),
+    ("Each case sits at chi_1 = 1: linear sigma_w2 = 1; ReLU sigma_w2 = 2 (He), orthogonal gain sqrt(2); tanh sigma_b2 = 1e-4 "
     "with sigma_w2 = 1.0860 (orthogonal gain = its square root) found with nnx.meanfield; the pen.critical rows recompute "
-    "chi_1 and q* from each run's stored scales. Orthogonal weights with gain g give the per-unit variance of sigma_w2 = g^2.",
-    "A linear net's Jacobian does not depend on the input: one image gives its spectrum. ReLU and tanh pool 4 images. "
-    "ReLU's exact zeros (a direction through a unit that is off) are drawn in the first bin of the densities.",
-    "Free probability (Fuss-Catalan moments) gives Var(sigma^2) = L for linear Gaussian products in the wide limit; a "
+    "chi_1 and q* from each run's stored scales. Orthogonal weights with gain g give the per-unit variance of sigma_w2 = g^2."),
+    ("A linear net's Jacobian does not depend on the input: one image gives its spectrum. ReLU and tanh pool 4 images. "
+    "ReLU's exact zeros (a direction through a unit that is off) are drawn in the first bin of the densities."),
+    ("Free probability (Fuss-Catalan moments) gives Var(sigma^2) = L for linear Gaussian products in the wide limit; a "
     "wide-limit argument also puts ReLU at about 2L (Gaussian) and L (orthogonal), but orthogonal ReLU converges slowly "
-    "in the width (half of each layer's units are off), so only the linear case is compared with a number.",
-    f"Judged claims: ReLU's spread grows (at least x{GROWS:g} from the shallowest to the deepest L) for both inits; tanh's "
+    "in the width (half of each layer's units are off), so only the linear case is compared with a number."),
+    (f"Judged claims: ReLU's spread grows (at least x{GROWS:g} from the shallowest to the deepest L) for both inits; tanh's "
     f"Gaussian spread is at least {ISOMETRY:g}x its orthogonal one at the deepest L. The pen.order rows give the measured "
-    "ordering of all six cases at the deepest L.",
+    "ordering of all six cases at the deepest L."),
 ]
 
 

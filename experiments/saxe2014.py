@@ -95,26 +95,26 @@ def claims(cases, tanh_runs):
 
 
 NOTES = [
-    "No training: each run is the initialization (train.epochs=0), its end-to-end Jacobian da^L/da^1 = J^L ... J^2 "
+    ("No training: each run is the initialization (train.epochs=0), its end-to-end Jacobian da^L/da^1 = J^L ... J^2 "
     "measured on probe images. The net's depth counts hidden layers; the first (784 -> width) is not square, so the "
     "chain has L = depth - 1 factors of width x width. Default: width 512, L = 2, 4, 8, 16, 32 (width >= 16 L, "
     "papers.md). Wider and deeper: `nnx-reproduce saxe2014 model.width=1024 model.depth=3,5,9,17,33,65` "
-    "(~16x the time: each SVD costs width^3, one per layer and image).",
-    "A linear net's Jacobian does not depend on the input, so its spectrum comes from one image; tanh spectra pool "
+    "(~16x the time: each SVD costs width^3, one per layer and image)."),
+    ("A linear net's Jacobian does not depend on the input, so its spectrum comes from one image; tanh spectra pool "
     "4 images (probes.jacobian_examples). Singular values are taken on the host in float64 from float32 products: "
-    "Gaussian chains' smallest values (below about 1e-7 of the largest) are round-off, which Var(sigma^2) does not feel.",
-    "Free probability: the squared singular values of a product of L wide N(0, 1/N) matrices have the Fuss-Catalan "
-    "moments, mean 1 and variance L; finite width adds a few percent at L/N = 1/16 (tolerance 25%).",
-    "'Near 1' is the band [1/2, 2] (|log2 sigma| <= 1): within a factor 2 the chain neither vanishes nor explodes. "
+    "Gaussian chains' smallest values (below about 1e-7 of the largest) are round-off, which Var(sigma^2) does not feel."),
+    ("Free probability: the squared singular values of a product of L wide N(0, 1/N) matrices have the Fuss-Catalan "
+    "moments, mean 1 and variance L; finite width adds a few percent at L/N = 1/16 (tolerance 25%)."),
+    ("'Near 1' is the band [1/2, 2] (|log2 sigma| <= 1): within a factor 2 the chain neither vanishes nor explodes. "
     f"'Collapse' reads as at most {COLLAPSED:.0%} of the singular values left in the band, 'a finite fraction' as at least "
-    f"{FINITE:.0%}. Saxe's g > 1 case has no number in papers.md: it is reported, not judged.",
-    "q* and chi_1 beside each gain come from nnx.meanfield with sigma_w2 = g^2 and sigma_b2 = 0 (the Gaussian-weight "
+    f"{FINITE:.0%}. Saxe's g > 1 case has no number in papers.md: it is reported, not judged."),
+    ("q* and chi_1 beside each gain come from nnx.meanfield with sigma_w2 = g^2 and sigma_b2 = 0 (the Gaussian-weight "
     "theory: orthogonal weights give the same per-unit variance). At g = 1 the iteration approaches q* = 0 only as a "
-    "power law, so the q* printed is its value after 500 layers.",
-    "With MNIST inputs the first layer's q is set by the images (about ||x||^2 / 784), not q*. At g = 1 it decays slowly "
+    "power law, so the q* printed is its value after 500 layers."),
+    ("With MNIST inputs the first layer's q is set by the images (about ||x||^2 / 784), not q*. At g = 1 it decays slowly "
     "toward 0 and every tanh' < 1 shaves a little off each factor, so the spectrum drifts below 1 with depth; g = 1.1 "
     "with sigma_b2 = 0 has chi_1 just above 1 in mean field, itself near critical at these depths. Compare the g rows "
-    "in fig_saxe_spread_vs_depth rather than one depth.",
+    "in fig_saxe_spread_vs_depth rather than one depth."),
 ]
 
 

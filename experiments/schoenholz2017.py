@@ -204,24 +204,24 @@ def gradient_slopes(client, out, runs, curves):
 
 
 NOTES = [
-    "Scaled down (papers.md): tanh nets of width 128 on the first 5000 MNIST images, 300 SGD steps (3 epochs of "
+    ("Scaled down (papers.md): tanh nets of width 128 on the first 5000 MNIST images, 300 SGD steps (3 epochs of "
     "mini-batch 50, eta 0.01, no weight decay), softmax + log-likelihood, depths 5-60 against the paper's few hundred. "
     "`nnx-reproduce schoenholz2017 model.depth=10,25,50,100,150,200,300 train.epochs=10` is closer to the paper "
-    "(hours here; not run).",
-    f"A cell 'trained' when its final training accuracy is at least {TRAINABLE:g}% (chance: 10%). The rule is the "
+    "(hours here; not run)."),
+    (f"A cell 'trained' when its final training accuracy is at least {TRAINABLE:g}% (chance: 10%). The rule is the "
     f"paper's: trainable iff depth < {DEPTH_SCALES:g} xi_c, with xi_c = -1/ln chi_c from nnx.meanfield "
     "(Gauss-Hermite quadrature) for the sweep's activation and sigma_b2, stored as the analysis run "
-    f"'{THEORY}'. A short budget can leave a net near the line untrained that would train given longer.",
-    "Slope derivation: backprop through a wide layer at q* gives E||delta^l||^2 = chi_1 E||delta^{l+1}||^2, so "
+    f"'{THEORY}'. A short budget can leave a net near the line untrained that would train given longer."),
+    ("Slope derivation: backprop through a wide layer at q* gives E||delta^l||^2 = chi_1 E||delta^{l+1}||^2, so "
     "ln ||delta^l|| has slope -(1/2) ln chi_1 over l. The measure is that per-image quantity: the root mean square "
     "over the 1000 probe images of each image's ||dC/dz^l|| (probe delta_rms). Chapter 5's norm of the mean "
     "gradient is not it: ||mean_x delta_x||^2 also holds the cross terms <delta_x, delta_x'>, which scale by "
     "chi_c at the images' correlation; measured that way the slopes missed at sigma_w2 = 2 and the sign change "
     "sat at 2.11 (an earlier run of this reproduction). The figure has every depth >= "
     f"{MIN_DRAWN_DEPTH}; the rows use depths >= {MIN_FIT_DEPTH}, a cut chosen (with the earlier measure) after "
-    "seeing the 10- and 20-layer nets deviate.",
-    "Slopes are least-squares fits over all hidden layers, including the first few where q has not yet reached "
-    "q*; one seed per cell (widen with seed=0,1,2).",
+    "seeing the 10- and 20-layer nets deviate."),
+    ("Slopes are least-squares fits over all hidden layers, including the first few where q has not yet reached "
+    "q*; one seed per cell (widen with seed=0,1,2)."),
 ]
 
 

@@ -9,7 +9,7 @@ own derivative. A fact left out (None) makes nnx.build refuse the probe that nee
 
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_BYTES = 17_051_982
 MNIST_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}

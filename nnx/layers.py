@@ -15,7 +15,8 @@ width) order, so params are laid out as theirs are. The first layer of a conv ne
     layer.apply(params, x, *, key, train) -> a                     the others (pool, flatten, dropout)
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

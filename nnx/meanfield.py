@@ -72,6 +72,6 @@ def xi_c(phi, sigma_w2, sigma_b2):
     q_star = fixed_point_q(phi, sigma_w2, sigma_b2)
     c_star = fixed_point_c(phi, sigma_w2, sigma_b2, q_star)
     dphi = jax.vmap(jax.grad(lambda z: phi(z)))
-    flat = lambda f: (lambda u: f(u.ravel()).reshape(u.shape))  # noqa: E731
+    flat = lambda f: (lambda u: f(u.ravel()).reshape(u.shape))
     chi_c = sigma_w2 * _pair_mean(flat(dphi), flat(dphi), q_star, c_star)
     return -1.0 / np.log(chi_c) if chi_c != 1 else np.inf

@@ -106,7 +106,6 @@ def layer_shapes(net: Net) -> list[tuple]:
         for layer in net.layers:
             shape, params = layer.init(key, shape)
             found.append((tuple(shape), {k: tuple(v.shape) for k, v in params.items()}))
-        return None
 
     jax.eval_shape(draw, jax.random.PRNGKey(0))
     return found

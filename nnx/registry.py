@@ -1,6 +1,7 @@
 """One lookup for every registry, so an unknown name fails the same way everywhere."""
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):

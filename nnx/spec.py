@@ -6,7 +6,8 @@ The input is a plain dict (Hydra's resolved config, or one written by hand in a 
 """
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nnx.activations import ACTIVATIONS, OUTPUT_ACTIVATIONS, Activation
 from nnx.architectures import MODELS

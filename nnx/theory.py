@@ -7,6 +7,8 @@
 - the width of the range of inputs a where |w sigma'(wa + b)| >= 1 (chapter 5's problem).
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,7 +71,7 @@ def predicted_norms(last_norm: float, chi) -> np.ndarray:
 def layer_norms(activation, init: str, sizes, input_sq_norm: float, last_norm: float = 1.0) -> np.ndarray:
     """The simple theory's ||delta^l|| for hidden layers l = 1..L of a net of `sizes` under the
     named initializer, anchored at `last_norm` for the last hidden layer (the figures' overlay)."""
-    variances = [init_variances(init, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    variances = [init_variances(init, a, b) for a, b in itertools.pairwise(sizes)]
     _, chi = layer_factors(activation, list(sizes), variances, input_sq_norm)
     return predicted_norms(last_norm, chi)
 

@@ -8,6 +8,7 @@ them together and returns the history, calling `on_epoch` so the caller can reco
 """
 
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -394,7 +395,7 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
                                      lambda device: _zero_sums(device, (len(seeds),))),
             # Cut on the host: slicing each seed out of device arrays costs a dispatch per leaf and seed,
             # and the params are cut every epoch for the checkpoints (ch5_speed's 5 seeds: 13 of 28 s).
-            split=lambda tree: [jax.tree.map(lambda a: a[i], host) for host in [jax.device_get(tree)] for i in range(len(seeds))],
+            split=lambda tree: [jax.tree.map(operator.itemgetter(i), host) for host in [jax.device_get(tree)] for i in range(len(seeds))],
             on_epoch=on_epoch, on_state=on_state, dtype=dtype, should_stop=should_stop,
         )
 
@@ -447,7 +448,7 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
         nonlocal params, opt_state
         params, opt_state, stacked = run_block(params, opt_state, e, k, pixels, y_train, *probe_set)
         host = jax.device_get(stacked)
-        return [[probes.finish(m, len(spec.net.weighted) - 1) for m in split(jax.tree.map(lambda a: a[j], host))] for j in range(k)]
+        return [[probes.finish(m, len(spec.net.weighted) - 1) for m in split(jax.tree.map(operator.itemgetter(j), host))] for j in range(k)]
 
     def measure(step, params):
         kinds = probes.kinds_at(spec, step, spec.epochs)

@@ -1,5 +1,7 @@
 """jax.grad against the book's four backpropagation equations (chapter 2), written in numpy, float64."""
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ def test_jax_grad_equals_bp1_to_bp4(cost, output, activation):
         # Layers of unequal width ([784, 7, 5, 10]) catch a transposed weight; the loss takes any sizes.
         params = [
             {"w": rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), "b": rng.normal(size=n_out)}
-            for n_in, n_out in zip(sizes[:-1], sizes[1:])
+            for n_in, n_out in itertools.pairwise(sizes)
         ]
         x = rng.uniform(size=(6, 784))
         labels = rng.integers(0, 10, size=6)
@@ -51,7 +53,7 @@ def test_training_product_has_jax_grads_own_gradient():
         spec = nnx.build(cfg)
         sizes = (784, 7, 7, 10)
         params = [{"w": rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), "b": rng.normal(size=n_out)}
-                  for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+                  for n_in, n_out in itertools.pairwise(sizes)]
         x, labels = rng.uniform(size=(6, 784)), rng.integers(0, 10, size=6)
         expected = jax.grad(nnx.make_loss(spec))(params, x, labels)
         got = jax.jit(jax.grad(nnx.make_loss(spec, train.training_product)))(params, x, labels)

@@ -57,7 +57,7 @@ def test_a_neuron_steps_at_minus_b_over_w_and_sharpens_as_one_over_w():
     # (~1e-16) plus sigma's error over w sigma' (~1e-16); the tolerances below are far looser.
     for w, s in ((8.0, 0.4), (999.0, 0.4), (1000.0, 0.2)):
         b = -w * s
-        assert U.crossing(lambda x: U.neuron(x, w, b), 0.5, 0.0, 1.0) == pytest.approx(s, abs=1e-12)
+        assert U.crossing(lambda x, w=w, b=b: U.neuron(x, w, b), 0.5, 0.0, 1.0) == pytest.approx(s, abs=1e-12)
         assert U.step_width(w, b) == pytest.approx(2 * math.log(9) / w, rel=1e-9)
     assert U.sigma(-50.0) == pytest.approx(math.exp(-50) / (1 + math.exp(-50)), rel=1e-12)
 

@@ -63,8 +63,8 @@ def test_the_runs_follow_network3(pipeline):
 def test_each_presets_networks_map_to_their_rows(preset, maps, fc, case):
     class Run:
         class data:
-            tags = {"nnx.experiment": preset}
-            params = {"model.conv_maps": maps, "model.fc": fc}
+            tags = {"nnx.experiment": preset}  # noqa: RUF012 - a stand-in for an MLflow run
+            params = {"model.conv_maps": maps, "model.fc": fc}  # noqa: RUF012
 
     assert ch6.case_of(Run) == case
 

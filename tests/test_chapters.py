@@ -103,7 +103,7 @@ def test_the_single_neuron_and_backprop_are_stored_analyses(ch2, ch3):
 def test_ch3_trained_chapter_1s_runs_only_once(chapters):
     """ch3 sets chapter 1's quadratic-cost runs beside cross-entropy: in a store that has them, its
     ch1_accuracy sweep skips every job (same preset, same config) and links the finished runs."""
-    _, _, client, done = chapters
+    _, _, client, _done = chapters
     experiment = client.get_experiment_by_name("ch1").experiment_id
     found = client.search_runs([experiment], "tags.`nnx.experiment` = 'ch1_accuracy'")
     sweeps = [r for r in found if r.data.tags.get("nnx.role") == "sweep"]

@@ -25,7 +25,7 @@ def all_runs(client):
 
 
 def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
-    uri, client = store
+    _uri, client = store
     nnx_train("model.depth=2", "seed=3", "activation=tanh", *TINY)
     (run,) = runs(client)
     assert run.info.status == "FINISHED"
@@ -156,7 +156,7 @@ def test_a_damaged_embedded_store_is_named_and_left_as_it_was(nnx_train, tmp_pat
 
 
 def test_an_unreachable_server_fails_before_training(nnx_train, store):
-    _, client = store
+    _, _client = store
     done = nnx_train("tracking.uri=http://127.0.0.1:9", *TINY, check=False)
     assert done.returncode == 2 and "http://127.0.0.1:9" in done.stderr and "not reachable" in done.stderr
     assert "Epoch" not in done.stdout

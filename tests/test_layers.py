@@ -25,7 +25,7 @@ def conv_cfg(**model_overrides):
 
 def numpy_conv(x, w):
     """Valid, stride-1 cross-correlation by loops: out[n, m, i, j] = sum_c,p,q x[n, c, i+p, j+q] w[m, c, p, q]."""
-    n, c, h, wd = x.shape
+    n, _c, h, wd = x.shape
     maps, _, k, _ = w.shape
     out = np.zeros((n, maps, h - k + 1, wd - k + 1))
     for i in range(h - k + 1):
@@ -55,7 +55,7 @@ def channels_first(x):
 def test_conv_and_pool_match_numpy_loops_and_the_pool_comes_before_bias_and_activation():
     rng = np.random.default_rng(0)
     x, w, b = rng.normal(size=(2, 3, 10, 10)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
-    decreasing = lambda z: -z  # noqa: E731 - a non-monotone-increasing sigma makes the order visible
+    decreasing = lambda z: -z
     layer = layers.conv(4, 3, None, decreasing, pool=2)
     with jax.enable_x64(True):
         z = channels_first(layer.weighted({"w": w, "b": b}, channels_last(x)))
@@ -133,7 +133,7 @@ def test_dropout_masks_come_from_the_epoch_key_and_differ_between_steps():
     x, y = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     epoch = jax.jit(train.epoch_fn(spec))
-    run = lambda key: epoch(params, spec.optimizer.init(params), key, x, y)[0]  # noqa: E731
+    run = lambda key: epoch(params, spec.optimizer.init(params), key, x, y)[0]
     same, again, other = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(4))
     assert jax.tree.all(jax.tree.map(np.array_equal, same, again))
     assert not np.array_equal(same[-1]["w"], other[-1]["w"])

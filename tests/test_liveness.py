@@ -157,7 +157,7 @@ def test_a_sweep_killed_mid_job_is_healed_by_its_own_command(store, tmp_path, nn
     after = store_table(client)
     jobs = {k: row for k, row in after.items() if row[0] == "job"}
     assert set(before) <= set(after) and len(jobs) == 3  # the same runs, and seed 2's new one
-    for run_id, (_, seed, status, val, grad) in jobs.items():
+    for (_, seed, status, val, grad) in jobs.values():
         assert status == "FINISHED" and val == list(range(EPOCHS)) and grad == list(range(EPOCHS + 1)), (seed, status)
     healed = client.get_run(victim).data.tags
     assert healed[liveness.KILLED_REASON] == f"process {pid} on host {liveness.here()[liveness.HOST]} gone"

@@ -15,7 +15,6 @@ import yaml
 import nnx
 import roundoff
 from conftest import copy_store, tiny_cfg, train_in_process
-
 from nnx import data, records
 from nnx.edges import job, tracking
 from nnx.spec import build
@@ -54,7 +53,7 @@ def test_the_training_set_is_the_runs_dataset_input(trained):
 
 
 def test_the_expanded_set_has_its_own_digest(trained):
-    uri, client, _, _ = trained
+    _uri, client, _, _ = trained
     cfg = tiny_cfg(data={"name": "mnist_expanded", "path": None, "train_size": 20})
     run = tracking.Run.start(client, client.get_experiment_by_name("m3").experiment_id, name="expanded", params={}, tags={})
     job.log_dataset(run, cfg["data"], build(cfg))  # no image is read: only the recipe's digest

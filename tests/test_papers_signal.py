@@ -82,7 +82,7 @@ def _tanh_chi_1(sigma_w2, sigma_b2):
     """chi_1 by adaptive quadrature and a plain fixed-point loop: no nnx code."""
     q = 1.0
     for _ in range(500):
-        q = sigma_w2 * _gauss(lambda z: np.tanh(np.sqrt(q) * z) ** 2) + sigma_b2
+        q = sigma_w2 * _gauss(lambda z, q=q: np.tanh(np.sqrt(q) * z) ** 2) + sigma_b2
     return sigma_w2 * _gauss(lambda z: (1 - np.tanh(np.sqrt(q) * z) ** 2) ** 2)
 
 
@@ -117,7 +117,7 @@ def test_book_default_init_mean_field_ratio():
     """Sigmoid, sigma_w2 = sigma_b2 = 1: each layer's gradient is 1/sqrt(chi_1) ~ 4.9 times the one before."""
     q = 1.0
     for _ in range(200):
-        q = _gauss(lambda z: special.expit(np.sqrt(q) * z) ** 2) + 1.0
+        q = _gauss(lambda z, q=q: special.expit(np.sqrt(q) * z) ** 2) + 1.0
     chi_1 = _gauss(lambda z: (special.expit(np.sqrt(q) * z) * special.expit(-np.sqrt(q) * z)) ** 2)
 
     class Run:  # the one param _mean_field_ratio reads

@@ -71,7 +71,7 @@ def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
     np.testing.assert_array_equal(counts, [3, 2])  # 5.0 and -3.0 clipped into the edge bins
 
     def summed(shifts):
-        hidden, z = model.trace(spec.net, params, x, shifts=shifts)
+        _hidden, z = model.trace(spec.net, params, x, shifts=shifts)
         return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
 
     shifts = [jnp.zeros((40, 12))] * 3
@@ -90,7 +90,7 @@ def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
 
 
 def test_layer_and_end_to_end_jacobians_match_jacfwd():
-    spec, params, x, y = _setup(activation={"name": "tanh"})
+    spec, params, x, _y = _setup(activation={"name": "tanh"})
     scalars, arrays = probes.jacobian_measures(spec.net, params, x[:3])
     hidden_maps = [lambda a, layer=layer: jnp.tanh(a @ layer["w"].T + layer["b"]) for layer in params[:-1]]
     singular = {l: [] for l in range(1, 4)}
@@ -121,7 +121,7 @@ def test_layer_and_end_to_end_jacobians_match_jacfwd():
 def test_deep_linear_orthogonal_net_is_an_exact_isometry():
     """Saxe et al. 2014: a product of orthogonal matrices has every singular value 1, at any depth;
     with scaled Gaussian weights the squared singular values spread out."""
-    cfg = dict(model={"depth": 8, "width": 32}, activation={"name": "identity"}, probes=ALL_KINDS)
+    cfg = {"model": {"depth": 8, "width": 32}, "activation": {"name": "identity"}, "probes": ALL_KINDS}
     x = jax.random.uniform(jax.random.PRNGKey(2), (3, 784))
     spreads = {}
     for init in ({"name": "orthogonal", "gain": 1.0}, {"name": "gaussian", "sigma_w2": 1.0}):
@@ -138,7 +138,7 @@ def test_deep_linear_orthogonal_net_is_an_exact_isometry():
 
 
 def test_batch_norm_standardises_each_unit_over_the_batch():
-    spec, params, x, y = _setup(model={"depth": 2, "width": 12, "batch_norm": True}, probes={"size": 40, "kinds": ["activations"]})
+    spec, params, x, _y = _setup(model={"depth": 2, "width": 12, "batch_norm": True}, probes={"size": 40, "kinds": ["activations"]})
     assert set(params[0]) == {"w", "b", "gamma", "beta"} and set(params[-1]) == {"w", "b"}
     params[0]["gamma"] = jnp.full((12,), 2.0)
     params[0]["beta"] = jnp.full((12,), -1.0)

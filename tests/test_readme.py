@@ -29,7 +29,7 @@ COVERED_ELSEWHERE = {
 
 def readme_commands():
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
     commands = []
     for block in blocks:
         for line in block.splitlines():
@@ -85,7 +85,7 @@ def test_the_readme_recipe_for_a_new_activation_works_as_written(tmp_path, monke
     definition = next(c for c in re.findall(r"`([^`]+)`", section) if c.startswith("def swish"))
     entry = next(c for c in re.findall(r"`([^`]+)`", section) if c.startswith('"swish": '))
     namespace = {"jax": jax, "jnp": jnp, "Activation": Activation}
-    exec(definition, namespace)
+    exec(definition, namespace)  # noqa: S102 - the README's own code, run as a user would paste it
     monkeypatch.setitem(ACTIVATIONS, "swish", eval(entry.split(": ", 1)[1], namespace))
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)

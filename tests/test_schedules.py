@@ -65,7 +65,7 @@ def test_optax_schedules_give_the_formulas_per_epoch():
 
 def test_early_stopping_stops_at_epoch_n_when_nothing_improves(small):
     spec = nnx.build(tiny_cfg(optimizer=FROZEN, train=train(10, early_stopping_n=3)))
-    params, history = nnx.fit(spec, small, key=jax.random.PRNGKey(0))
+    _params, history = nnx.fit(spec, small, key=jax.random.PRNGKey(0))
     assert int(history["stopped_at"]) == 3 and str(history["stop_reason"]) == "no improvement in 3 epochs"
     assert len(history["val_accuracy"]) == 4 and len(history["grad_norm/hidden_1"]) == 5  # the closing measurement too
     assert np.all(history["val_accuracy"] == history["val_accuracy"][0])
@@ -84,7 +84,7 @@ def test_halving_stops_when_eta_reaches_the_floor_for_every_seed(small):
 def test_a_seed_that_stops_keeps_its_params_while_the_others_train_on(small):
     """should_stop stops seed 1 after epoch 0: its params are epoch 0's, seed 0 trains all 3 epochs."""
     spec = nnx.build(tiny_cfg(optimizer={"name": "sgd", "eta": 0.5, "lmbda": 0.0}, train=train(3)))
-    stop = lambda i, step, values: "told to" if i == 1 else ""  # noqa: E731
+    stop = lambda i, step, values: "told to" if i == 1 else ""
     params, histories = nnx.fit_many(spec, small, seeds=[0, 1], should_stop=stop)
     assert len(histories[0]["val_accuracy"]) == 3 and "stopped_at" not in histories[0]
     assert int(histories[1]["stopped_at"]) == 0 and len(histories[1]["val_accuracy"]) == 1
@@ -166,7 +166,7 @@ def test_an_early_stopped_run_ends_finished_and_says_why(nnx_train, store):
     (run,) = client.search_runs([client.get_experiment_by_name("stop").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["nnx.stopped"] == "no improvement in 3 epochs" and run.data.tags["nnx.stopped_epoch"] == "3"
-    steps = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
+    steps = lambda key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
     assert steps("val_accuracy") == [0, 1, 2, 3] and steps("eta") == [0, 1, 2, 3] and steps("grad_norm/hidden_1") == [0, 1, 2, 3, 4]
     assert steps("best_val_accuracy") == [4] and run.data.metrics["best_epoch"] == 0
     assert run.data.params["data.validation_size"] == "100" and run.data.params["early_stopping_n"] == "3"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_slurm import LAUNCHER, check_sweep, cluster  # noqa: F401  (cluster: the test SLURM cluster fixture)
+from test_slurm import TINY as SLURM_TINY
 
 from conftest import free_port, train_in_process
 from nnx.edges import paths, server, tracking
-from test_slurm import LAUNCHER, check_sweep, cluster  # noqa: F401  (cluster: the test SLURM cluster fixture)
-from test_slurm import TINY as SLURM_TINY
 
 
 class Lab:

@@ -1,5 +1,7 @@
 """nnx.theory against closed forms, the initializers it describes, and simulation."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +48,7 @@ def test_factors_match_a_simulated_wide_tanh_net():
     net = nnx.model.mlp(sizes, nnx.INITIALIZERS["glorot_normal"](), jnp.tanh, lambda z: z)
     params = nnx.init(key, net)
     x = jax.random.uniform(jax.random.PRNGKey(1), (n, 784))
-    variances = [theory.init_variances("glorot_normal", a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    variances = [theory.init_variances("glorot_normal", a, b) for a, b in itertools.pairwise(sizes)]
     _, chi = theory.layer_factors(jnp.tanh, sizes, variances, float(jnp.mean(jnp.sum(x**2, axis=1))))
 
     def loss(biases, xi):

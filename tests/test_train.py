@@ -92,7 +92,7 @@ def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch)
     for blocks in (True, False):
         monkeypatch.setattr(nnx.train, "BLOCKS", blocks)
         states = []
-        _, one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s: states.append(e))
+        _, one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s, states=states: states.append(e))
         _, many = nnx.fit_many(spec, small, seeds=[1, 2])
         runs[blocks] = (one, *many, states)
     for blocked, looped in zip(runs[True][:3], runs[False][:3]):
@@ -118,7 +118,7 @@ def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small, monke
     for overlap in (True, False):
         monkeypatch.setattr(nnx.train, "OVERLAP", overlap)
         states = []
-        one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s: states.append((e, jax.device_get(p))))
+        one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s, states=states: states.append((e, jax.device_get(p))))
         many = nnx.fit_many(spec, small, seeds=[1, 2])
         runs[overlap] = (one, many, nnx.fit(diverging, small, key=jax.random.PRNGKey(1)), states)
     beside, in_line = runs[True], runs[False]

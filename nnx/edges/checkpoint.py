@@ -41,7 +41,7 @@ def load(path: Path, spec, seed: int):
     template = training.init_state(spec, init_key)
     with np.load(path) as saved:
         epoch, params, opt_state = records.checkpoint_from_arrays(dict(saved), template)
-    to_device = lambda tree: jax.tree.map(jax.numpy.asarray, tree)  # noqa: E731
+    to_device = lambda tree: jax.tree.map(jax.numpy.asarray, tree)
     return epoch + 1, to_device(params), to_device(opt_state)
 
 

@@ -187,6 +187,7 @@ def register_search():
     namespace package, which misses a package that an editable install maps through setuptools'
     import finder (pip install -e: what `make install` does), so nnx registers its own by hand."""
     from hydra.core.plugins import Plugins
+
     from hydra_plugins.nnx_search.search_sweeper import SearchSweeper
 
     Plugins.instance().register(SearchSweeper)

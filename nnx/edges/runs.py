@@ -58,7 +58,7 @@ def table(client, uri, stale, names) -> str:
                      tags.get(liveness.PID, "?"), _age(tags), tags.get(liveness.LAST_EPOCH, "-") if leaf else "-",
                      ("yes" if tracking.has_checkpoint(client, uri, run.info.run_id) else "no") if leaf else "-", reason))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+    return "\n".join("  ".join(f"{c!s:<{w}}" for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 
 
 def heal(client, uri, stale, names, *, resume_them: bool, stale_after=None) -> list[str]:

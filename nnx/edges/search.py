@@ -171,7 +171,7 @@ def check_settings(settings: dict):
         if not ok:
             raise SearchError(f"hydra.sweeper.{key}={settings.get(key)!r} is invalid: {rule}. {fix}")
 
-    count = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool)
     need(count(settings["n_trials"]) and settings["n_trials"] >= 1, "n_trials", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_trials=20.")
     need(settings["budget"] is None or (count(settings["budget"]) and settings["budget"] >= 1), "budget",
          "must be an integer >= 1 (epochs over all trials, in full trials of train.epochs) or null",
@@ -266,7 +266,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
             shown = " ".join(o for o in overrides if o not in fixed)
             if result.status == JobStatus.FAILED:
                 try:
-                    result.return_value
+                    result.return_value  # noqa: B018 - reading it re-raises the job's error
                 except Exception as err:  # the job's own error, re-raised by Hydra's JobReturn
                     if not isinstance(err, cli.USER_ERRORS):
                         errors.append(err)

@@ -12,6 +12,7 @@ numpy baselines are fully connected only; nnx-bench leaves them out of the conv 
 """
 
 import contextlib
+
 import numpy as np
 
 

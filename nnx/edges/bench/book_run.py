@@ -14,6 +14,7 @@ its file), the evaluation network.py's, one image at a time.
 
 import gzip
 import importlib.util
+import itertools
 import pickle
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ def main(argv=None):
     (x, y), test_data = load_data_wrapper(path)
     rng = np.random.default_rng(0)
     sizes = [784, 30, 10]  # network.Network: biases and weights from N(0, 1)
-    params = [(rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    params = [(rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)) for n_in, n_out in itertools.pairwise(sizes)]
     for j in range(int(epochs)):
         params = numpy_book(params, x, y, 10, 3.0, rng=j)
         print(f"Epoch {j}: {evaluate(params, test_data)} / {len(test_data)}", flush=True)

@@ -23,9 +23,9 @@ from nnx.edges.bench.cases import CASES, bench_case
 from nnx.edges.bench.machine import BLAS_ENV, machine, restart_without_blas_env, torch_installed
 from nnx.edges.bench.overhead import probes_overhead, tracking_overhead
 from nnx.edges.bench.seeds import multi_seed
-from nnx.edges.bench.wholejob import whole_job
 from nnx.edges.bench.stats import format_ratio
 from nnx.edges.bench.table import goals, print_goals, print_table
+from nnx.edges.bench.wholejob import whole_job
 
 
 def main(argv=None):

@@ -7,6 +7,7 @@ import time
 from nnx.edges import tracking
 from nnx.edges.bench.cases import config
 
+
 def tracking_overhead(data, train_size) -> dict:
     """A 30-epoch nnx.fit with MLflow logging each epoch (as nnx-train does) against none, in %.
 

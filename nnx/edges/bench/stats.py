@@ -9,7 +9,8 @@ with the smallest and largest, so one disturbed repeat neither decides nor hides
 
 import statistics
 import time
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 MIN_REPEATS = 3  # the fewest samples a contender gives, whatever its budget: a median needs three
 
@@ -19,7 +20,7 @@ class Timer(NamedTuple):
 
     sample: Callable[[], object]  # seconds per whole epoch (the bench's cases), or any measurement
     fraction: float = 1.0  # of an epoch each sample trains; below 1 sample() scales its time up
-    budget: Optional[float] = None  # seconds of sampling after which it gives no more (None: never)
+    budget: float | None = None  # seconds of sampling after which it gives no more (None: never)
     first_s: float = 0.0  # its first call at the sampled size, compilation included (nnx's epoch)
 
 
@@ -42,7 +43,7 @@ def alternate(timers: dict, repeats: int, clock=time.perf_counter) -> dict:
     return samples
 
 
-def ratio_summary(baseline_s, nnx_s) -> Optional[dict]:
+def ratio_summary(baseline_s, nnx_s) -> dict | None:
     """baseline_r / nnx_r for each repeat r both were sampled in, and their median, min and max.
 
     None where either side has no samples (a contender not run)."""
@@ -58,7 +59,7 @@ def _x(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def format_ratio(summary: Optional[dict]) -> str:
+def format_ratio(summary: dict | None) -> str:
     """'21.3x [19.8-22.0]': the median, then the smallest and largest repeat; '-' for None."""
     if summary is None:
         return "-"

@@ -20,7 +20,7 @@ def print_table(cases):
     rows = [header]
     for c in cases:
         s, f = c["seconds_per_epoch"], c["epoch_fraction_timed"]
-        cell = lambda b: _fmt(s[b]) + ("*" if f[b] is not None and f[b] < 1 else "")
+        cell = lambda b, s=s, f=f: _fmt(s[b]) + ("*" if f[b] is not None and f[b] < 1 else "")
         rows.append((c["case"], _fmt(s["nnx"]), *(cell(b) for b in BASELINES),
                      *(format_ratio(c["speedup_range"][b]) for b in BASELINES),
                      f"{c['compile_s']:.2f}", f"{c['peak_rss_mb']:.0f}"))
