@@ -5,6 +5,7 @@ on a 2x2 map, a pool that does not divide the map) fails before anything runs, w
 """
 
 from nnx import model
+from nnx.choices import CONV_IMPLS
 from nnx.registry import check, is_int, is_number
 
 IMAGE = (28, 28, 1)  # height, width, channels
@@ -41,8 +42,11 @@ def conv(cfg: dict, initializer, activation, output_activation) -> model.Net:
         check(side % pool == 0, "model.pool", pool, f"a {pool}x{pool} pool does not divide conv layer {i}'s {side}x{side} map",
               f"Use a model.pool that divides {side} (e.g. model.pool=1), or another model.kernel.")
         side //= pool
+    impl = cfg.get("conv_impl", "auto")  # runs recorded before the key existed: auto
+    check(impl in CONV_IMPLS, "model.conv_impl", impl, f"must be one of {', '.join(CONV_IMPLS)}",
+          "Use model.conv_impl=auto (im2col on the CPU, XLA's convolution on an accelerator), or im2col or xla to insist.")
     return model.conv_net(maps, fc, initializer, activation, output_activation, kernel=kernel, pool=pool, dropout=rate,
-                          zero_output=cfg["zero_output"], image=IMAGE)
+                          zero_output=cfg["zero_output"], image=IMAGE, conv_impl=impl)
 
 
 MODELS = {"mlp": mlp, "conv": conv}

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnx import choices
+
 
 class Layer(NamedTuple):
     kind: str  # "dense", "conv", "max_pool", "flatten", "dropout"
@@ -103,11 +105,20 @@ def convolve(x, w):
     return (columns.reshape(b * h * v, k * k * c_in) @ kernels).reshape(b, h, v, maps)
 
 
-def conv(maps: int, kernel: int, initializer, activation, *, pool: int = 1) -> Layer:
+def convolve_xla(x, w):
+    """The same cross-correlation as convolve, by XLA's own convolution (cuDNN's on a GPU)."""
+    return jax.lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="VALID", dimension_numbers=("NHWC", "OIHW", "NHWC"))
+
+
+CONVOLUTIONS = {"im2col": convolve, "xla": convolve_xla}
+
+
+def conv(maps: int, kernel: int, initializer, activation, *, pool: int = 1, impl: str = "auto") -> Layer:
     """network3's ConvPoolLayer: z = maxpool(conv(a, w)) + b, a = sigma(z): the pool comes before the
     bias and the activation (for a nondecreasing sigma the values equal pooling afterwards).
 
     The initializer sees network3's fan-out, maps * kernel^2 / pool^2, and the kernel's fan-in.
+    impl: the convolution (nnx.choices.conv_impl: auto is im2col on the CPU, XLA's elsewhere).
     """
 
     def init(key, in_shape, dtype=jnp.float32):
@@ -118,7 +129,8 @@ def conv(maps: int, kernel: int, initializer, activation, *, pool: int = 1) -> L
 
     def weighted(params, a, product=None):
         del product  # the dense layers' faster matrix product has no convolution counterpart
-        return max_pool2d(convolve(a, params["w"]), pool) + params["b"][None, None, None, :]
+        convolution = CONVOLUTIONS[choices.conv_impl(impl)]  # decided as the program is traced, on its platform
+        return max_pool2d(convolution(a, params["w"]), pool) + params["b"][None, None, None, :]
 
     return Layer("conv", init, weighted, activation, None)
 

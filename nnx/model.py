@@ -40,11 +40,11 @@ def mlp(sizes, initializer, activation, output_activation, *, batch_norm=False) 
 
 
 def conv_net(conv_maps, fc, initializer, activation, output_activation, *, kernel=5, pool=2, dropout=0.0,
-             zero_output=False, image=(28, 28, 1)) -> Net:
+             zero_output=False, image=(28, 28, 1), conv_impl="auto") -> Net:
     """Chapter 6's nets: conv-pool layers of `conv_maps` maps each, fully connected layers of widths
     `fc`, then 10 outputs. dropout > 0 puts network3's dropout on the input of every FC and output
     layer; zero_output starts the output layer at w = b = 0 (network3's softmax layer)."""
-    stack = [L.conv(maps, kernel, initializer, activation, pool=pool) for maps in conv_maps] + [L.flatten()]
+    stack = [L.conv(maps, kernel, initializer, activation, pool=pool, impl=conv_impl) for maps in conv_maps] + [L.flatten()]
     for width in fc:
         stack += ([L.dropout(dropout)] if dropout else []) + [L.dense(width, initializer, activation)]
     stack += ([L.dropout(dropout)] if dropout else []) + [L.dense(10, initializer, output_activation, zero=zero_output)]

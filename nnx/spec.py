@@ -68,6 +68,7 @@ class Spec:
     validation_size: int | None = None  # the first N validation images (the book's broad strategy: 100); None: all
     device: str = "auto"  # the platform asked for: auto (what JAX finds), cpu, gpu, tpu (nnx.edges.backend)
     matmul_precision: str = "highest"  # jax.default_matmul_precision while training: true float32 products
+    conv_impl: str = "auto"  # a conv net's convolution as asked (nnx.choices.conv_impl resolves auto)
 
     @property
     def injects_eta(self) -> bool:
@@ -221,6 +222,7 @@ def build(cfg: dict) -> Spec:
         dataset=dataset,
         originals=train_size // per_image,
         validation_size=validation_size,
+        conv_impl=model.get("conv_impl", "auto"),
         **_backend(cfg),
     )
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import BIN
+from nnx import choices
 
 TINY = ["model.width=8", "train.epochs=2", "data.train_size=100", "probes.size=50", "tracking.experiment=e2e"]
 
@@ -48,6 +49,7 @@ def test_a_run_records_everything_promised(nnx_train, store, tmp_path):
     assert tags["nnx.jax_backend"] == jax.default_backend() and tags["nnx.device"]  # whatever this machine has
     assert tags["nnx.device_requested"] == "auto" and tags["nnx.backend"] == jax.default_backend()
     assert tags["nnx.matmul_precision"] == "highest" and tags["nnx.platform_version"]
+    assert tags["nnx.dense_grad"] == choices.dense_grad() and tags["nnx.evaluation"] in ("beside", "inline")  # resolved here
     assert "model.depth=2" in tags["nnx.overrides"] and tags["nnx.experiment"] == "none"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

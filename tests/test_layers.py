@@ -52,11 +52,12 @@ def channels_first(x):
     return np.asarray(x).transpose(0, 3, 1, 2)
 
 
-def test_conv_and_pool_match_numpy_loops_and_the_pool_comes_before_bias_and_activation():
+@pytest.mark.parametrize("impl", ["im2col", "xla"])  # either convolution, on whatever platform this is
+def test_conv_and_pool_match_numpy_loops_and_the_pool_comes_before_bias_and_activation(impl):
     rng = np.random.default_rng(0)
     x, w, b = rng.normal(size=(2, 3, 10, 10)), rng.normal(size=(4, 3, 3, 3)), rng.normal(size=4)
     decreasing = lambda z: -z
-    layer = layers.conv(4, 3, None, decreasing, pool=2)
+    layer = layers.conv(4, 3, None, decreasing, pool=2, impl=impl)
     with jax.enable_x64(True):
         z = channels_first(layer.weighted({"w": w, "b": b}, channels_last(x)))
         a = np.asarray(layer.activation(z))
@@ -262,3 +263,24 @@ def test_conv_nets_with_dropout_train_as_vmapped_seeds_with_the_steps_of_separat
         either_way = int(roundoff.ambiguous(z_alone, np.full_like(z_alone, differ)).sum())
         assert abs(round(float(got) * len(val)) - round(float(want) * len(val))) <= either_way, (e, got, want, either_way)
     assert not np.allclose(together[0][0]["w"], together[1][0]["w"])
+
+
+def test_the_convolution_is_chosen_per_platform_checked_and_recorded():
+    """model.conv_impl=auto: im2col on the CPU, XLA's convolution elsewhere (nnx.choices); a conv net
+    built either way computes the same outputs to float32 rounding, and a run records which it used."""
+    from nnx import choices
+
+    assert choices.conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
+    assert choices.conv_impl("xla") == "xla" and choices.conv_impl("im2col") == "im2col"
+    with pytest.raises(ConfigError, match="model.conv_impl='fft' is invalid"):
+        nnx.build(conv_cfg(conv_impl="fft"))
+    nets = {impl: nnx.build(conv_cfg(conv_impl=impl)) for impl in ("im2col", "xla")}
+    params = nnx.init(jax.random.PRNGKey(0), nets["xla"].net)
+    x = nnx.load(train_size=20).train.x
+    z = {impl: np.asarray(nnx.feedforward(spec.net, params, x)[0], np.float64) for impl, spec in nets.items()}
+    # Two float32 programs summing each 25-term convolution (then 3x5x5 and the dense layers) in their own orders:
+    # within a few hundred u of the outputs' scale (measured 1e-7 relative), far below a wrong kernel's O(1).
+    np.testing.assert_allclose(z["xla"], z["im2col"], rtol=0, atol=1e-4 * np.max(np.abs(z["im2col"])))
+    assert choices.tags(nets["xla"])["nnx.conv_impl"] == "xla"
+    assert choices.tags(nnx.build(conv_cfg()))["nnx.conv_impl"] == choices.conv_impl("auto")
+    assert "nnx.conv_impl" not in choices.tags(nnx.build(tiny_cfg()))  # an MLP has no convolution

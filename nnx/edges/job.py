@@ -18,8 +18,8 @@ import jax
 import numpy as np
 import yaml
 
+from nnx import choices, probes, records
 from nnx import data as nnx_data
-from nnx import probes, records
 from nnx import train as training
 from nnx.edges import backend, checkpoint, stop, tracking
 from nnx.model import describe, num_params
@@ -42,7 +42,7 @@ class Diverged(RuntimeError):
 # Keys added after runs were stored, with the value that means "as before": at that value they are
 # left out of the hash, so a relaunched sweep still finds (and skips) the runs stored before them.
 LATER_KEYS = {("train", "early_stopping_n"): None, ("data", "validation_size"): None, ("schedule",): {"name": "constant"},
-              ("train", "eval_every"): 1, ("device",): "auto", ("train", "matmul_precision"): "highest"}
+              ("train", "eval_every"): 1, ("device",): "auto", ("train", "matmul_precision"): "highest", ("model", "conv_impl"): "auto"}
 
 
 def config_hash(cfg: dict) -> str:
@@ -193,7 +193,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
       diverged run(s) FAILED; anything raised while training after ending the runs FAILED/KILLED.
     """
     spec = build(cfg)
-    tags = {**backend.tags(spec.device, spec.matmul_precision), **tags}  # BackendError before any run exists
+    tags = {**backend.tags(spec.device, spec.matmul_precision), **choices.tags(spec), **tags}  # BackendError before any run exists
     with jax.default_device(backend.default_device(spec.device)):
         return _run(cfg, spec, name=name, tags=tags, parent=parent, skip_finished=skip_finished, heal=heal, echo=echo,
                     progress=progress, should_stop=should_stop)
