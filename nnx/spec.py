@@ -69,6 +69,11 @@ class Spec:
     device: str = "auto"  # the platform asked for: auto (what JAX finds), cpu, gpu, tpu (nnx.edges.backend)
     matmul_precision: str = "highest"  # jax.default_matmul_precision while training: true float32 products
     conv_impl: str = "auto"  # a conv net's convolution as asked (nnx.choices.conv_impl resolves auto)
+    # The book's fixed eta: the optimizer with eta and the L2 coefficient lmbda / n given at run time
+    # (optimizer_at(*hyper), nnx.train.epoch_fn), so that a sweep over them compiles its epoch once.
+    # None with a schedule, whose eta lives in the optimizer's state.
+    optimizer_at: Callable | None = None
+    hyper: tuple[float, ...] = ()  # (eta, lmbda / n), as Python floats
 
     @property
     def injects_eta(self) -> bool:
@@ -201,6 +206,8 @@ def build(cfg: dict) -> Spec:
         cost=lookup(COSTS, "cost", cfg["cost"]["name"])(output_name),
         initializer=initializer,
         optimizer=injected(optimizer, **settings) if sched["name"] != "constant" else optimizer(**settings),
+        optimizer_at=None if sched["name"] != "constant" else _at_runtime(optimizer, settings),
+        hyper=() if sched["name"] != "constant" else (float(opt["eta"]), float(opt["lmbda"]) / train_size),
         schedule_name=sched["name"],
         schedule=schedule,
         early_stopping_n=stopping,
@@ -225,6 +232,13 @@ def build(cfg: dict) -> Spec:
         conv_impl=model.get("conv_impl", "auto"),
         **_backend(cfg),
     )
+
+
+def _at_runtime(factory, settings: dict) -> Callable:
+    """(eta, decay) -> factory's optimizer with those values, decay = lmbda / n computed by the caller
+    (in float64, as factory(lmbda, n) computes it: as lmbda=decay, n=1 the same float reaches the update)."""
+    others = {k: v for k, v in settings.items() if k not in ("eta", "lmbda", "n")}
+    return lambda eta, decay: factory(eta=eta, lmbda=decay, n=1, **others)
 
 
 DEVICES = ("auto", "cpu", "gpu", "tpu")

@@ -91,7 +91,11 @@ def steps_per_gather(n_batches: int, m: int, rows: int = 1024) -> int:
 
 
 def epoch_fn(spec):
-    """epoch(params, opt_state, key, x, y) -> (params, opt_state), not yet jitted.
+    """epoch(params, opt_state, key, x, y, hyper=()) -> (params, opt_state), not yet jitted.
+
+    hyper: runtime_hyper(spec, dtype) where the spec has them (the book's fixed eta): eta and lmbda / n
+    as arguments, not constants, so one compiled epoch serves every eta and lmbda of a sweep (each
+    compiled its own, ~1 s apiece here). () trains with spec.optimizer's constants: the same numbers.
 
     x: the training images, float or as nnx.data.encode stores them (uint8): gathered that way,
     the rows cost less to gather (~7% of a [784,30,10] mb 10 epoch) and are decoded exactly after.
@@ -106,12 +110,14 @@ def epoch_fn(spec):
     m = spec.mini_batch_size
     random = spec.net.has_randomness
 
-    def step(carry, batch):
-        params, opt_state = carry
-        updates, opt_state = spec.optimizer.update(grad(params, *batch), opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+    def epoch(params, opt_state, key, x, y, hyper=()):
+        optimizer = spec.optimizer_at(*hyper) if hyper else spec.optimizer
 
-    def epoch(params, opt_state, key, x, y):
+        def step(carry, batch):
+            params, opt_state = carry
+            updates, opt_state = optimizer.update(grad(params, *batch), opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
         n_batches = x.shape[0] // m
         c = steps_per_gather(n_batches, m)
         order, step_keys = epoch_plan(spec, key, x.shape[0])
@@ -235,7 +241,7 @@ def probe_fn(spec, kinds=()):
 
 
 def block_fn(epoch, probe):
-    """block(params, opt_state, keys, x, y, probe_x, probe_y) -> (params, opt_state, measured): len(keys)
+    """block(params, opt_state, keys, x, y, probe_x, probe_y, hyper) -> (params, opt_state, measured): len(keys)
     epochs in one program, each probed before its updates, the probes stacked over the epochs.
 
     For full-batch runs that need nothing from the host between evaluations (no schedule or early
@@ -243,10 +249,10 @@ def block_fn(epoch, probe):
     and a record per epoch cost more than the step.
     """
 
-    def block(params, opt_state, keys, x, y, probe_x, probe_y):
+    def block(params, opt_state, keys, x, y, probe_x, probe_y, hyper=()):
         def one(carry, key):
             measured = probe(carry[0], probe_x, probe_y)
-            return epoch(*carry, key, x, y), measured
+            return epoch(*carry, key, x, y, hyper), measured
 
         (params, opt_state), measured = jax.lax.scan(one, (params, opt_state), keys)
         return params, opt_state, measured
@@ -255,8 +261,21 @@ def block_fn(epoch, probe):
 
 
 def make_epoch(spec):
-    """epoch_fn jitted once, params and optimizer state donated (updated in place)."""
-    return jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
+    """epoch(params, opt_state, key, x, y): epoch_fn jitted once, params and optimizer state donated
+    (updated in place), the spec's runtime_hyper passed in the params' dtype."""
+    jitted = jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
+
+    def epoch(params, opt_state, key, x, y):
+        return jitted(params, opt_state, key, x, y, runtime_hyper(spec, jax.tree.leaves(params)[0].dtype))
+
+    epoch.jitted = jitted  # the jitted program, one compilation per shape and dtype
+    return epoch
+
+
+def runtime_hyper(spec, dtype) -> tuple:
+    """spec.hyper as epoch_fn's `hyper`: arrays of the params' dtype (float32 rounds eta and lmbda / n
+    as the constants they replace would be; float64 keeps them)."""
+    return tuple(np.asarray(v, dtype) for v in spec.hyper)
 
 
 def make_evaluate(spec):
@@ -342,7 +361,7 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=No
       history["stop_reason"] why; params are that epoch's.
     """
     init_key, shuffle_key = jax.random.split(key)
-    epoch = make_epoch(spec)
+    epoch, hyper = make_epoch(spec), runtime_hyper(spec, dtype)
     blocks = jax.jit(block_fn(epoch_fn(spec), probe_fn(spec)), donate_argnums=(0, 1))
     epoch_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))  # the keys epoch() is given one by one
     first, state = (0, init_state(spec, init_key, dtype)) if start is None else (start[0], start[1:])
@@ -352,7 +371,7 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=No
             run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y),
             probe=lambda kinds: make_probe(spec, kinds), split=lambda tree: [tree],
             evaluate=split_evaluator(spec, jax.jit(evaluate_fn(spec)), jax.jit(summarize_fn), _zero_sums),
-            run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy),
+            run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy, hyper),
             on_epoch=None if on_epoch is None else lambda i, step, values: on_epoch(step, values),
             on_state=None if on_state is None else lambda i, e, p, s: on_state(e, p, s), dtype=dtype,
             should_stop=None if should_stop is None else lambda i, step, values: should_stop(step, values),
@@ -378,18 +397,18 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
       of its last epoch while the others train on.
     """
     keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-    init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
-    epoch = jax.jit(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None)), donate_argnums=(0, 1))
+    init_keys, shuffle_keys, hyper = keys[:, 0], keys[:, 1], runtime_hyper(spec, dtype)
+    epoch = jax.jit(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None, None)), donate_argnums=(0, 1))
     # Jitted: an eager vmap is traced anew at every call, ~20 ms an epoch (ch5_speed: 500 epochs a run).
     fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-    blocks = jax.jit(block_fn(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None)),
+    blocks = jax.jit(block_fn(jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None, None)),
                               jax.vmap(probe_fn(spec), in_axes=(0, None, None))), donate_argnums=(0, 1))
     epoch_keys = jax.jit(jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(None, 0)))  # [epochs, seeds]
     with jax.default_matmul_precision(spec.matmul_precision):
         return _train(
             spec, data, jax.vmap(lambda k: init_state(spec, k, dtype))(init_keys), first=0,
-            run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y),
-            run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_keys, jnp.arange(e, e + k)), *xy),
+            run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y, hyper),
+            run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_keys, jnp.arange(e, e + k)), *xy, hyper),
             probe=lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None))),
             evaluate=split_evaluator(spec, jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None, None, 0))),
                                      jax.jit(jax.vmap(summarize_fn, in_axes=(0, 0, None, None))),

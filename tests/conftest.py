@@ -42,6 +42,11 @@ E2E_FILES = {"test_browser.py", "test_server.py", "test_slurm.py", "test_reliabi
 E2E_FIXTURES = {"store", "migrated_store", "nnx_train"}  # a test anywhere that records runs in a store
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cpu_only") and jax.default_backend() != "cpu":
+        pytest.skip(f"compares two programs bit for bit, which only the CPU backend emits alike; this is {jax.default_backend()}")
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_itemcollected(item):
     if item.path.name in E2E_FILES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):

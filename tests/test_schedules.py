@@ -117,7 +117,7 @@ def test_a_scheduled_eta_is_the_optimizers_eta_and_never_recompiles(small):
         # measured (the nudged run: ~3e-8); 10 of those, one a step, bound the difference (nnx.numerics' twins).
         steps = len(y) // scheduled.mini_batch_size
         np.testing.assert_allclose(got[0]["w"], expected[0]["w"], rtol=0, atol=steps * np.max(np.abs(carried[0]["w"] - expected[0]["w"])))
-    assert epoch._cache_size() == 1
+    assert epoch.jitted._cache_size() == 1
 
 
 def test_a_resumed_run_picks_up_its_schedule(small):

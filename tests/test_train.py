@@ -24,9 +24,28 @@ def test_epoch_compiles_once(small):
     x, y = jnp.asarray(small.train.x), jnp.asarray(small.train.y)
     for e in range(4):
         params, state = epoch(params, state, jax.random.fold_in(jax.random.PRNGKey(1), e), x, y)
-    assert epoch._cache_size() == 1
+    assert epoch.jitted._cache_size() == 1
 
 
+@pytest.mark.cpu_only  # two programs (constants, arguments) whose operations XLA's CPU backend emits alike
+def test_one_compiled_epoch_serves_every_eta_and_lmbda_with_the_numbers_of_constants(small):
+    """The book's fixed eta and the L2 coefficient lmbda / n are the epoch's arguments: specs that differ
+    only in them lower to one program, and each trains to the bits its constants gave."""
+    x, y = jnp.asarray(small.train.x[:100]), jnp.asarray(small.train.y[:100])
+    texts = set()
+    for eta, lmbda in ((0.1, 0.0), (3.0, 5.0)):
+        spec = nnx.build(tiny_cfg(optimizer={"name": "momentum", "eta": eta, "lmbda": lmbda, "mu": 0.9}))
+        hyper = nnx.train.runtime_hyper(spec, jnp.float32)
+        assert hyper == (np.float32(eta), np.float32(lmbda / 100))
+        start = nnx.train.init_state(spec, jax.random.PRNGKey(0))
+        texts.add(jax.jit(nnx.train.epoch_fn(spec)).lower(*start, jax.random.PRNGKey(1), x, y, hyper).as_text())
+        trained = [jax.jit(nnx.train.epoch_fn(spec))(*start, jax.random.PRNGKey(1), x, y, h) for h in (hyper, ())]
+        for a, b in zip(*(jax.tree.leaves(t) for t in trained)):
+            np.testing.assert_array_equal(a, b)
+    assert len(texts) == 1
+
+
+@pytest.mark.cpu_only  # two programs (uint8 gathered, floats gathered) compared bit for bit
 def test_an_epoch_on_stored_uint8_pixels_is_the_epoch_on_their_floats(small):
     """fit trains from the pixels as stored (uint8 k, decoded to k/256 after the gather): the same bits."""
     spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
@@ -82,6 +101,7 @@ def test_eval_every_measures_accuracies_every_kth_epoch_and_the_last_with_the_sa
         nnx.build({**cfg, "train": {**cfg["train"], "eval_every": 3, "early_stopping_n": 2}})
 
 
+@pytest.mark.cpu_only  # a block of epochs and the epoch loop: two programs compared bit for bit
 def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch):
     """Between evaluations, epochs run as one program (train.block_fn): the same numbers, bit for
     bit, as one call per epoch, for one seed and vmapped seeds; on_state only where the host acts."""
@@ -103,6 +123,7 @@ def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch)
     assert runs[True][3] == [3, 5, 7, 8] and runs[False][3] == list(range(9))  # evaluations, checkpoint at 5, the end
 
 
+@pytest.mark.cpu_only  # the second CPU device exists on the CPU only
 def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small, monkeypatch):
     """With two CPU devices, each epoch's accuracies are evaluated on the second while the next epoch
     trains (nnx.train.evaluation_device): the same numbers, bit for bit, as evaluating in line, the
