@@ -38,7 +38,8 @@ LONGEST_FIRST = ("test_reliability.py", "test_chapters.py", "test_readme.py", "t
 # killed and resumed). `make test-fast` runs the rest: the math, the configs, the layers, the engine.
 E2E_FILES = {"test_browser.py", "test_server.py", "test_slurm.py", "test_reliability.py", "test_liveness.py", "test_cli.py",
              "test_mlflow3.py", "test_readme.py", "test_chapters.py", "test_ch3hp.py", "test_ch4.py", "test_ch5.py", "test_ch6.py",
-             "test_papers_signal.py", "test_papers_spectra.py", "test_papers_training.py", "test_search.py", "test_reproduce.py"}
+             "test_papers_signal.py", "test_papers_spectra.py", "test_papers_training.py", "test_search.py", "test_reproduce.py",
+             "test_accel.py"}
 E2E_FIXTURES = {"store", "migrated_store", "nnx_train"}  # a test anywhere that records runs in a store
 
 
