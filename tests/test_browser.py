@@ -155,22 +155,21 @@ def test_the_report_runs_figure_opens(ui, page):
     assert width > 300  # the PNG itself, decoded by the browser
 
 
-# MLflow 3's logged models and dataset inputs: nnx's runs log them from the mlflow3 branch on. Until
-# the store has them these skip, saying so; with them, they check what a user then sees.
+# MLflow 3's logged models and dataset inputs: every finished nnx run logs both.
 def test_the_models_tab_lists_the_logged_models(ui, page):
     base, client, experiment_id = ui
     models = client.search_logged_models([experiment_id])
-    if not models:
-        pytest.skip("the store has no logged model yet (nnx logs models from the mlflow3 branch on)")
+    assert models, "every finished nnx run logs its network as a LoggedModel"
     visit(page, f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning", "Models", "10_before_models.png")
     page.get_by_role("link", name="Models", exact=True).first.click()
     seen(page, models[0].name, "10_models.png")
+    assert page.get_by_text(models[0].name, exact=False).first.is_visible()
 
 
 def test_a_runs_page_shows_its_dataset(ui, page):
     base, client, experiment_id = ui
     run = next((r for r in client.search_runs([experiment_id]) if r.inputs and r.inputs.dataset_inputs), None)
-    if run is None:
-        pytest.skip("no run in the store has a dataset input yet (nnx logs them from the mlflow3 branch on)")
+    assert run is not None, "every nnx run logs the data it trained on as a dataset input"
     name = run.inputs.dataset_inputs[0].dataset.name
     visit(page, f"{base}/#/experiments/{experiment_id}/runs/{run.info.run_id}", name, "11_run_dataset.png")
+    assert page.get_by_text(name, exact=False).first.is_visible()
