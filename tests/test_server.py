@@ -217,10 +217,13 @@ def test_a_server_restart_mid_run_loses_no_metric(lab, as_admin, tmp_path, monke
         assert set(range(6)) <= {m.step for m in client.get_metric_history(run.info.run_id, key)}, key
 
 
-def test_no_password_in_the_store_the_logs_or_the_artifacts(lab, as_admin):
-    """After every test above (a sweep, a netrc login, refused logins, a password in a URI): the
-    passwords are in none of PostgreSQL's databases (MLflow keeps only hashes of users'), the
-    artifacts, the server's log, Hydra's .hydra/ and .log files or what nnx-train printed."""
+def test_no_password_in_the_store_the_logs_or_the_artifacts(lab, as_admin, tmp_path):
+    """After a run of its own through the server (logged in as the admin) and whatever the tests above
+    left (a sweep, a netrc login, refused logins, a password in a URI): the passwords are in none of
+    PostgreSQL's databases (MLflow keeps only hashes of users'), the artifacts, the server's log,
+    Hydra's .hydra/ and .log files or what nnx-train printed. Alone or after the others, in any order."""
+    done = lab.train([*TINY, f"tracking.uri={lab.url}", "tracking.experiment=secrets"], tmp_path, lab.login())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     secrets_ = [lab.password] + ([lab.netrc_password] if hasattr(lab, "netrc_password") else [])
     pg = [str(server.postgres_bin() / "pg_dump"), "-h", str(lab.folder / "socket"), "-p", str(server.PG_PORT), "-U", "postgres"]
     texts = {f"pg_dump {db}": server._pg([*pg, db]) for db in ("mlflow", "mlflow_auth")}
