@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nnx.errors import UserError
+
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_BYTES = 17_051_982
 MNIST_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}
@@ -28,7 +30,7 @@ HOW_TO_GET = (
 )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data file is missing, damaged or not the book's."""
 
 

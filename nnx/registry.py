@@ -3,8 +3,10 @@
 from collections.abc import Mapping
 from typing import Any
 
+from nnx.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value nnx cannot use. The message names the value, the valid ones and the fix."""
 
 

@@ -238,3 +238,15 @@ def test_nothing_secret_is_recorded(store, tmp_path):
     assert model.params["data.path"] == "~/mnist.pkl.gz" and str(home) not in " ".join(model.params.values())
     assert redact("http://bob:pw@127.0.0.1:5000") == "http://***@127.0.0.1:5000"
 
+
+
+def test_every_error_a_user_can_fix_is_one_kind_the_commands_catch():
+    """nnx-train, nnx-runs and nnx-rerun catch nnx.errors.UserError and print its message; each error
+    whose message says the fix is one, so a new command or error needs no list of them kept in step."""
+    from nnx.data import DataError
+    from nnx.edges import backend, job, resume, search, tracking
+    from nnx.errors import UserError
+    from nnx.registry import ConfigError
+
+    for error in (ConfigError, DataError, tracking.TrackingError, job.Diverged, resume.ResumeError, search.SearchError, backend.BackendError):
+        assert issubclass(error, UserError), error

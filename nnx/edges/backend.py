@@ -11,6 +11,8 @@ get one, never a silent fall-back to the CPU. Matrix products run at train.matmu
 import functools
 from importlib import metadata
 
+from nnx.errors import UserError
+
 # What installs each accelerator's JAX, and what it needs (the values device= takes: nnx.spec.DEVICES).
 FIXES = {
     "gpu": "install JAX's CUDA plugin into the venv (pip install 'jax[cuda13]' of the jax version in requirements.lock; "
@@ -20,7 +22,7 @@ FIXES = {
 PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin", "jax-cuda13-pjrt", "jax-cuda12-pjrt", "libtpu")
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """The config asks for an accelerator this process cannot use."""
 
 

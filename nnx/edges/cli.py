@@ -23,13 +23,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from nnx.data import DataError
-from nnx.edges import backend, devices, job, liveness, paths, search, tracking
-from nnx.edges.resume import ResumeError, resume
-from nnx.registry import ConfigError
+from nnx.edges import devices, job, liveness, paths, search, tracking
+from nnx.edges.resume import resume
+from nnx.errors import UserError
 
 CONF = str(paths.CONF)
-USER_ERRORS = (ConfigError, DataError, tracking.TrackingError, job.Diverged, ResumeError, search.SearchError, backend.BackendError)
 # Override keys shortened in run names: "model.depth=3" reads "depth=3".
 SHORT_PREFIXES = ("model.", "train.", "optimizer.", "data.")
 OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs
@@ -165,7 +163,7 @@ def _hydra_main(cfg):
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # also in joblib/submitit workers
     try:
         return train(cfg)
-    except USER_ERRORS as err:
+    except UserError as err:  # a bad value, file, store or run: its message says the fix
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the other jobs go on; Hydra reports this one at the end of the batch
         print(f"nnx-train: error: {err}", file=sys.stderr)

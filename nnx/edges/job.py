@@ -22,6 +22,7 @@ from nnx import choices, probes, records
 from nnx import data as nnx_data
 from nnx import train as training
 from nnx.edges import backend, checkpoint, stop, tracking
+from nnx.errors import UserError
 from nnx.model import describe, num_params
 from nnx.spec import build
 
@@ -35,7 +36,7 @@ SHORT_PARAMS = {
 }
 
 
-class Diverged(RuntimeError):
+class Diverged(UserError, RuntimeError):
     """A run's cost, accuracy or gradient norm became NaN or inf (train.stop_on_divergence)."""
 
 

@@ -16,9 +16,8 @@ import sys
 import numpy as np
 
 from nnx import numerics
-from nnx.data import DataError
-from nnx.edges import backend, devices, job, paths, tracking
-from nnx.registry import ConfigError
+from nnx.edges import devices, job, paths, tracking
+from nnx.errors import UserError
 from nnx.spec import build
 
 
@@ -92,7 +91,7 @@ def main(argv=None):
     tags = {"nnx.rerun_of": args.run_id, **{k: v for k, v in source.data.tags.items() if k in ("nnx.experiment", "nnx.overrides")}}
     try:
         job.run(cfg, name=f"rerun of {source.info.run_name}", tags=tags)
-    except (ConfigError, DataError, tracking.TrackingError, job.Diverged, backend.BackendError) as err:
+    except UserError as err:
         sys.exit(f"nnx-rerun: error: {err}")
     (rerun,) = tracking.find_runs(client, [source.info.experiment_id], tags={"nnx.rerun_of": args.run_id, "nnx.seed": str(cfg["seed"])},
                                   newest_first=True, max_results=1)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from nnx.edges import checkpoint, tracking
 from nnx.edges.job import Member, train_and_end
+from nnx.errors import UserError
 from nnx.spec import build
 
 RESUMABLE = ("KILLED", "FAILED", "RUNNING")  # RUNNING: a process killed too hard to say so (nnx.edges.liveness)
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """A run cannot be resumed (unknown, finished, or still running in a live process)."""
 
 

@@ -15,10 +15,9 @@ import argparse
 import sys
 import time
 
-from nnx.data import DataError
-from nnx.edges import backend, devices, job, liveness, paths, tracking
-from nnx.edges.resume import ResumeError, resume
-from nnx.registry import ConfigError
+from nnx.edges import devices, liveness, paths, tracking
+from nnx.edges.resume import resume
+from nnx.errors import UserError
 
 CONTAINERS = ("sweep", "seeds")  # nnx.role of a run that only holds others (a sweep's parent, a seeds=[...] group)
 
@@ -75,7 +74,7 @@ def heal(client, uri, stale, names, *, resume_them: bool, stale_after=None) -> l
         cfg = {"uri": uri, "experiment": names[run.info.experiment_id], "stale_after": stale_after}
         try:
             resume(run_id, tracking_cfg=cfg)  # marks it KILLED with the reason first, then trains on
-        except (ResumeError, ConfigError, DataError, tracking.TrackingError, job.Diverged, backend.BackendError) as err:
+        except UserError as err:
             problems.append(f"run {run_id}: {err}")
     for run, reason in stale:
         if run.data.tags.get("nnx.role") in CONTAINERS:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from nnx.edges import tracking
+from nnx.errors import UserError
 
 SEARCH_FILE = "nnx_search.json"  # in the sweep folder: the study's storage and which job is which trial
 STORAGE = "optuna.journal"
@@ -38,7 +39,7 @@ PRUNERS = {"median": "behind the median of the finished trials at that epoch",
            "asha": "not in the best third of the trials at that epoch (successive halving)", "none": ""}
 
 
-class SearchError(ValueError):
+class SearchError(UserError, ValueError):
     """A search that cannot run: a bad setting or search space. The message says the fix."""
 
 
@@ -268,7 +269,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
                 try:
                     result.return_value  # noqa: B018 - reading it re-raises the job's error
                 except Exception as err:  # the job's own error, re-raised by Hydra's JobReturn
-                    if not isinstance(err, cli.USER_ERRORS):
+                    if not isinstance(err, UserError):
                         errors.append(err)
                     message = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)

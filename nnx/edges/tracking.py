@@ -30,13 +30,14 @@ from filelock import FileLock
 
 from nnx.edges import liveness
 from nnx.edges.paths import ROOT, STORE
+from nnx.errors import UserError
 
 # MLflow 3 opens new experiments in its GenAI view unless told this is model training.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PACKAGES = ("jax", "jaxlib", "optax", "hydra-core", "mlflow", "numpy")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be reached or used."""
 
 
