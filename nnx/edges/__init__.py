@@ -6,6 +6,7 @@ modules turn a command line into those values and what comes back into stored ru
   tracking    the only module that talks to MLflow (runs, their dataset input, their logged model)
   classifier  a trained network as an MLflow pyfunc model (what tracking logs; loaded by MLflow)
   cli         nnx-train (Hydra), with preflight (every job of a sweep checked before any runs)
+  sweeps      a sweep's shared file and MLflow parent run (the multirun's process and its jobs)
   search      hydra/sweeper=search: optuna's TPE over a config's settings, trials pruned per epoch
               (its Hydra class lives in hydra_plugins/nnx_search/, where Hydra takes plugins from)
   job         one job's run lifecycle; checkpoint (the files a run writes), stop (signals)

@@ -7,30 +7,24 @@
 
 import atexit
 import contextlib
-import json
 import os
 import signal
 import sys
 import threading
-import uuid
-from pathlib import Path
 
 import hydra
-from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from nnx.edges import devices, job, liveness, paths, search, tracking
+from nnx.edges import devices, job, paths, search, sweeps
 from nnx.edges.resume import resume
 from nnx.errors import UserError
 
 CONF = str(paths.CONF)
 # Override keys shortened in run names: "model.depth=3" reads "depth=3".
 SHORT_PREFIXES = ("model.", "train.", "optimizer.", "data.")
-OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs
 
 
 def run_name(task_overrides, seed=None) -> str:
@@ -44,69 +38,6 @@ def run_name(task_overrides, seed=None) -> str:
     if seed is not None and not any(p.startswith("seed=") for p in parts):
         parts.append(f"seed={seed}")
     return " ".join(parts)
-
-
-def sweep_file(sweep_dir) -> Path:
-    return Path(sweep_dir) / "nnx_sweep.json"
-
-
-def sweep_parent(client, experiment_id, sweep_dir, preset: str) -> tuple[str, str] | None:
-    """(parent run id, sweep id) of the sweep's parent run, created by whichever job gets here first.
-
-    Jobs may run in other processes (joblib, submitit), where the fluent API's active run is not
-    visible, so the parent's id is shared through a file in the sweep folder, under a file lock.
-    """
-    path = sweep_file(sweep_dir)
-    if not path.exists():
-        return None
-    with FileLock(str(path) + ".lock"):
-        sweep = json.loads(path.read_text())
-        if "parent_run_id" not in sweep:
-            parent = tracking.Run.start(
-                client, experiment_id, name=f"sweep {preset} {' '.join(sweep['overrides'])}".strip(), params={},
-                tags={"nnx.sweep_id": sweep["sweep_id"], "nnx.role": "sweep", "nnx.experiment": preset,
-                      "nnx.overrides": " ".join(sweep["overrides"]), **sweep.get("where", {})},
-            )
-            sweep.update(parent_run_id=parent.run_id, tracking_uri=client.tracking_uri)
-            path.write_text(json.dumps(sweep))
-        return sweep["parent_run_id"], sweep["sweep_id"]
-
-
-def finish_sweep(sweep_dir, failed_ok: bool = False):
-    """Ends the sweep's parent run when the sweep process ends, however it ends (tracking.end_sweep),
-    and prints its children's outcome. failed_ok: the search sweeper's rule (FAILED trials are results)."""
-    path = sweep_file(sweep_dir)
-    if not path.exists():
-        return
-    sweep = json.loads(path.read_text())
-    if "parent_run_id" not in sweep or sweep.get("finished"):
-        return
-    status, rows = tracking.end_sweep(tracking.connect(sweep["tracking_uri"]), sweep["parent_run_id"], failed_ok=failed_ok)
-    sweep["finished"] = True
-    path.write_text(json.dumps(sweep))
-    width = max((len(r[0]) for r in rows), default=3)
-    print(f"\nnnx: sweep {sweep['sweep_id']} {status}: {len(rows)} runs under parent run {sweep['parent_run_id']}")
-    for name, state, best in rows:
-        print(f"  {name:<{width}}  {state:<8}  {'' if best is None else f'best val {best:.2%}'}")
-    print("  Compare them with `make ui`: open the experiment, expand the parent run, select the children, Compare.", flush=True)
-
-
-class SweepParent(Callback):
-    """Hydra callback: marks a multirun's folder so its jobs share one MLflow parent run."""
-
-    def on_multirun_start(self, config, **kwargs):
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        overrides = list(config.hydra.overrides.task)
-        # where: the sweep's own process, which ends the parent run (its jobs may run in other processes)
-        sweep_file(sweep_dir).write_text(json.dumps({"sweep_id": uuid.uuid4().hex[:12], "overrides": overrides,
-                                                     "where": liveness.here()}))
-        # main() ends the parent even when a job raises or the sweep is interrupted, where
-        # Hydra skips on_multirun_end.
-        OPEN_SWEEPS.append(sweep_dir)
-
-    def on_multirun_end(self, config, **kwargs):
-        finish_sweep(config.hydra.sweep.dir)
 
 
 class Killed(Exception):
@@ -126,7 +57,7 @@ def train(cfg) -> dict:
     preset = hc.runtime.choices.get("experiment") or "none"
     tags = {"nnx.overrides": " ".join(hc.overrides.task), "nnx.experiment": preset}
     multirun = hc.mode == RunMode.MULTIRUN
-    parent = (lambda client, experiment_id: sweep_parent(client, experiment_id, hc.sweep.dir, preset)) if multirun else None
+    parent = (lambda client, experiment_id: sweeps.sweep_parent(client, experiment_id, hc.sweep.dir, preset)) if multirun else None
     name = run_name(hc.overrides.task, None if plain["seeds"] else plain["seed"])
     trial = search.trial_stopper(hc.sweep.dir, hc.job.num, plain["train"]["epochs"]) if multirun else None  # a search's trial
     if trial is not None:
@@ -204,8 +135,8 @@ def main():
             _hydra_main()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        while OPEN_SWEEPS:
-            finish_sweep(OPEN_SWEEPS.pop())
+        while sweeps.OPEN_SWEEPS:
+            sweeps.finish_sweep(sweeps.OPEN_SWEEPS.pop())
 
 
 def console():

@@ -7,7 +7,7 @@ updated by the command line, in Hydra's sweep syntax: interval(a, b) a float, ta
 scale, tag(int, ...) an integer; range(a, b[, step]) integers; choice(a, b, ...) or a,b,... one of
 them; a plain value fixes the setting. Trials are launched through hydra/launcher in batches of
 n_jobs, so each is an MLflow child run of the sweep's parent, exactly as a grid sweep's jobs are
-(nnx.edges.cli.SweepParent). A trial reports its validation accuracy after every epoch to the
+(nnx.edges.sweeps.SweepParent). A trial reports its validation accuracy after every epoch to the
 study (a journal file in the sweep folder, so joblib workers share it) and stops when the pruner
 finds it clearly behind the finished trials: it ends FINISHED, tagged nnx.stopped "pruned ...".
 When the search ends, every trial's run is tagged nnx.search_state (COMPLETE, PRUNED, FAIL), the
@@ -21,7 +21,7 @@ import math
 import time
 from pathlib import Path
 
-from nnx.edges import tracking
+from nnx.edges import sweeps, tracking
 from nnx.errors import UserError
 
 SEARCH_FILE = "nnx_search.json"  # in the sweep folder: the study's storage and which job is which trial
@@ -221,8 +221,6 @@ def sweep(sweeper, arguments: list[str]) -> list:
     from hydra.core.utils import JobStatus
     from omegaconf import OmegaConf
 
-    from nnx.edges import cli
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {k: v for k, v in sweeper.settings.items() if k != "params"}
     check_settings(settings)
@@ -231,7 +229,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
     check_space(dims, OmegaConf.to_container(sweeper.config.train, resolve=True))
     sweep_dir = Path(sweeper.config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_id = json.loads(cli.sweep_file(sweep_dir).read_text())["sweep_id"] if cli.sweep_file(sweep_dir).exists() else "search"
+    sweep_id = json.loads(sweeps.sweep_file(sweep_dir).read_text())["sweep_id"] if sweeps.sweep_file(sweep_dir).exists() else "search"
     storage_path = sweep_dir / STORAGE
     study = optuna.create_study(study_name=sweep_id, storage=_storage(storage_path), sampler=_sampler(settings),
                                 pruner=_pruner(settings), direction="maximize", load_if_exists=True)
@@ -290,7 +288,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
             returns.append(result)
     seconds = time.perf_counter() - started
     _record(study, sweep_dir, dims, settings, outcomes, used, budget, seconds)
-    cli.finish_sweep(sweep_dir, failed_ok=True)  # a diverged or pruned trial is an outcome of a search, not its failure
+    sweeps.finish_sweep(sweep_dir, failed_ok=True)  # a diverged or pruned trial is an outcome of a search, not its failure
     if errors:
         raise errors[0]
     return returns
@@ -298,9 +296,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
 
 def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, used: int, budget, seconds: float):
     """Tags each trial's run with its state, the best one with nnx.best_trial, and the parent with the summary."""
-    from nnx.edges import cli
-
-    path = cli.sweep_file(sweep_dir)
+    path = sweeps.sweep_file(sweep_dir)
     sweep = json.loads(path.read_text()) if path.exists() else {}
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     best = max(complete, key=lambda t: t.value) if complete else None
