@@ -12,12 +12,13 @@ there; elsewhere nnx leaves the work to XLA's own kernels (cuDNN's convolutions,
                 (~9% of a [784,30,10] epoch on the CPU, a memory layout for XLA's CPU dot), or xla:
                 jax.grad's own rule, on an accelerator.
     evaluation  beside: on a second CPU device while the next epoch trains, or inline
-                (nnx.train.evaluation_device).
+                (evaluation_device).
 """
 
 import jax
 
 CONV_IMPLS = ("auto", "im2col", "xla")
+OVERLAP = True  # evaluation beside the next epoch where it applies (evaluation_device; a test turns it off)
 
 
 def platform() -> str:
@@ -37,11 +38,21 @@ def dense_grad() -> str:
     return "custom_vjp" if platform() == "cpu" else "xla"
 
 
+def evaluation_device():
+    """The device accuracies are evaluated on while the next epoch trains, or None (evaluate in line).
+
+    A second CPU device where the process has two (nnx.edges.devices sets them up): a small net's
+    epoch keeps one core busy with one mini-batch at a time, and its evaluation (the book's 10,000 to
+    70,000 images, one large product) then runs beside it. The same programs on the same CPU give
+    the same bits. On a GPU, or with one CPU device, evaluation stays in line.
+    """
+    devices = jax.devices()
+    return devices[1] if OVERLAP and jax.default_backend() == "cpu" and len(devices) > 1 else None
+
+
 def tags(spec) -> dict:
     """The resolved choices a run records (a conv net's convolution; every net's gradient and evaluation)."""
-    from nnx import train
-
-    out = {"nnx.dense_grad": dense_grad(), "nnx.evaluation": "beside" if train.evaluation_device() is not None else "inline"}
+    out = {"nnx.dense_grad": dense_grad(), "nnx.evaluation": "beside" if evaluation_device() is not None else "inline"}
     if spec.model_name == "conv":
         out["nnx.conv_impl"] = conv_impl(spec.conv_impl)
     return out

@@ -75,7 +75,6 @@ def training_product(a, w):
 # step ([784,30,10], mb 10: 0.103 -> 0.092 s per epoch); more unrolling gained nothing here.
 UNROLL = 2
 BLOCKS = True  # block_fn where it applies (a test turns it off to compare with the epoch-by-epoch loop)
-OVERLAP = True  # evaluation beside the next epoch where it applies (evaluation_device; a test turns it off)
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -306,18 +305,6 @@ def to_device(x, dtype, device=None):
     return jax.device_put(np.asarray(x, dtype) if isinstance(x, np.ndarray) else x.astype(dtype), device)
 
 
-def evaluation_device():
-    """The device accuracies are evaluated on while the next epoch trains, or None (evaluate in line).
-
-    A second CPU device where the process has two (nnx.edges.devices sets them up): a small net's
-    epoch keeps one core busy with one mini-batch at a time, and its evaluation (the book's 10,000 to
-    70,000 images, one large product) then runs beside it. The same programs on the same CPU give
-    the same bits. On a GPU, or with one CPU device, evaluation stays in line.
-    """
-    devices = jax.devices()
-    return devices[1] if OVERLAP and jax.default_backend() == "cpu" and len(devices) > 1 else None
-
-
 _decode = jax.jit(images, static_argnums=1)
 
 
@@ -452,7 +439,7 @@ def _train(spec, data, state, *, first, run_epoch, run_block, probe, evaluate, s
                and spec.early_stopping_n is None and should_stop is None and not spec.probes.kinds)
     # Evaluation beside the next epoch, where nothing the host decides after an epoch (eta, early
     # stopping, should_stop) waits for its accuracies: epoch e is recorded once epoch e + 1 is under way.
-    beside = None if blocked or spec.logs_eta or should_stop is not None else evaluation_device()
+    beside = None if blocked or spec.logs_eta or should_stop is not None else choices.evaluation_device()
     # On the evaluating device, in evaluate's chunks: the splits evaluated (train.eval_splits).
     splits = {name: eval_chunks(spec, s, dtype, beside) for name, s in data._asdict().items() if name in spec.eval_splits}
 

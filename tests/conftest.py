@@ -19,7 +19,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # default (TF32, bfloat16 passes) would be ~1e-3. On the CPU it is what float32 does anyway (the same bits).
 jax.config.update("jax_default_matmul_precision", "highest")
 paths.use_compilation_cache()  # the unit tests' programs too, as every nnx command does
-devices.use_two_cpu_devices()  # as every nnx command does: evaluation beside training (nnx.train.evaluation_device)
+devices.use_two_cpu_devices()  # as every nnx command does: evaluation beside training (nnx.choices.evaluation_device)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -244,9 +244,9 @@ def test_every_error_a_user_can_fix_is_one_kind_the_commands_catch():
     """nnx-train, nnx-runs and nnx-rerun catch nnx.errors.UserError and print its message; each error
     whose message says the fix is one, so a new command or error needs no list of them kept in step."""
     from nnx.data import DataError
-    from nnx.edges import backend, job, resume, search, tracking
+    from nnx.edges import backend, lifecycle, resume, search, tracking
     from nnx.errors import UserError
     from nnx.registry import ConfigError
 
-    for error in (ConfigError, DataError, tracking.TrackingError, job.Diverged, resume.ResumeError, search.SearchError, backend.BackendError):
+    for error in (ConfigError, DataError, tracking.TrackingError, lifecycle.Diverged, resume.ResumeError, search.SearchError, backend.BackendError):
         assert issubclass(error, UserError), error

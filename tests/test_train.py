@@ -126,9 +126,9 @@ def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch)
 @pytest.mark.cpu_only  # the second CPU device exists on the CPU only
 def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small, monkeypatch):
     """With two CPU devices, each epoch's accuracies are evaluated on the second while the next epoch
-    trains (nnx.train.evaluation_device): the same numbers, bit for bit, as evaluating in line, the
+    trains (nnx.choices.evaluation_device): the same numbers, bit for bit, as evaluating in line, the
     same checkpoints, and a run that diverges ends with the params of the epoch it diverged at."""
-    if nnx.train.evaluation_device() is None:
+    if nnx.choices.evaluation_device() is None:
         pytest.skip("this process has one CPU device (nnx.edges.devices gives two where two cores are free)")
     train = {"epochs": 4, "mini_batch_size": 10, "checkpoint_every": 1, "stop_on_divergence": True}
     spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}, train=train))
@@ -137,7 +137,7 @@ def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small, monke
                                    cost={"name": "quadratic"}, optimizer={"name": "sgd", "eta": 10.0, "lmbda": 0.0}))
     runs = {}
     for overlap in (True, False):
-        monkeypatch.setattr(nnx.train, "OVERLAP", overlap)
+        monkeypatch.setattr(nnx.choices, "OVERLAP", overlap)
         states = []
         one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s, states=states: states.append((e, jax.device_get(p))))
         many = nnx.fit_many(spec, small, seeds=[1, 2])

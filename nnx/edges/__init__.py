@@ -9,7 +9,8 @@ modules turn a command line into those values and what comes back into stored ru
   sweeps      a sweep's shared file and MLflow parent run (the multirun's process and its jobs)
   search      hydra/sweeper=search: optuna's TPE over a config's settings, trials pruned per epoch
               (its Hydra class lives in hydra_plugins/nnx_search/, where Hydra takes plugins from)
-  job         one job's run lifecycle; checkpoint (the files a run writes), stop (signals)
+  job         one job: its runs' identity, started or found to skip or heal
+  lifecycle   the runs from their first epoch to their end; checkpoint (the files a run writes), stop (signals)
   resume      a killed run continued in place; rerun (nnx-rerun)
   bench       nnx-bench
 A test over the import graph (tests/test_layering.py) keeps the core from importing any of them.

@@ -1,5 +1,5 @@
 """JAX's devices for nnx's commands: on a machine of two or more cores, two CPU devices, so each
-epoch's evaluation runs on the second beside the next epoch (nnx.train.evaluation_device)."""
+epoch's evaluation runs on the second beside the next epoch (nnx.choices.evaluation_device)."""
 
 import os
 

@@ -8,7 +8,7 @@ covers the whole run, and the steps already logged are not logged twice.
 from pathlib import Path
 
 from nnx.edges import checkpoint, tracking
-from nnx.edges.job import Member, train_and_end
+from nnx.edges.lifecycle import Member, train_and_end
 from nnx.errors import UserError
 from nnx.spec import build
 
