@@ -47,7 +47,7 @@ def evaluation_device():
     the same bits. On a GPU, or with one CPU device, evaluation stays in line.
     """
     devices = jax.devices()
-    return devices[1] if OVERLAP and jax.default_backend() == "cpu" and len(devices) > 1 else None
+    return devices[1] if OVERLAP and platform() == "cpu" and len(devices) > 1 else None
 
 
 def tags(spec) -> dict:

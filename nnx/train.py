@@ -355,7 +355,7 @@ def fit(spec, data, *, key, on_epoch=None, on_state=None, start=None, earlier=No
     with jax.default_matmul_precision(spec.matmul_precision):  # traced at it: TF32 or bfloat16 products only when asked
         (params,), (history,) = _train(
             spec, data, state, first=first,
-            run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y),
+            run_epoch=lambda p, s, e, x, y: epoch.jitted(p, s, epoch_key(shuffle_key, e), x, y, hyper),
             probe=lambda kinds: make_probe(spec, kinds), split=lambda tree: [tree],
             evaluate=split_evaluator(spec, jax.jit(evaluate_fn(spec)), jax.jit(summarize_fn), _zero_sums),
             run_block=lambda p, s, e, k, *xy: blocks(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy, hyper),
