@@ -29,7 +29,6 @@ def ui(migrated_store, tmp_path_factory):
     import mlflow
 
     from experiments import ch5, report
-    from nnx.edges import tracking
     from nnx.edges import ui as nnx_ui
     assert nnx_ui.plugin_installed(), "MLflow does not know nnx's app plugin here (pyproject.toml's mlflow.app): run make install"
     folder = tmp_path_factory.mktemp("ui")
@@ -43,7 +42,7 @@ def ui(migrated_store, tmp_path_factory):
     rows = ch5.depth_accuracy(client, out)
     report.write(out, "browser test", rows, [], ["fig_5_1_depth_accuracy"])
     report.log_report_run(client, experiment_id, "ch5", out, {})
-    tracking.share_runs_views(client)  # as make ui does before it serves
+    nnx_ui.share_runs_views(client)  # as make ui does before it serves
     with mlflow_server(uri, folder, "--app-name", "nnx") as base:
         yield base, client, experiment_id
 
@@ -81,7 +80,7 @@ def seen(page, text, shot):
 def test_a_new_user_gets_from_the_home_page_to_the_runs(ui, browser):
     """The README's path in a fresh profile (new context: empty localStorage): home, Experiments,
     ch5. MLflow 3.17 alone lands on its GenAI overview there; nnx's plugin makes it the runs table."""
-    from nnx.edges import ui as nnx_ui
+    from nnx.edges import compat
 
     base, _, _ = ui
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
@@ -93,25 +92,25 @@ def test_a_new_user_gets_from_the_home_page_to_the_runs(ui, browser):
         page.get_by_role("link", name="ch5").first.click()
         seen(page, "sweep ch5_depth", "3_ch5_first_look.png")
         assert "/runs" in page.url
-        assert page.evaluate(f"localStorage.getItem('{nnx_ui.WORKFLOW_KEY}')") == '"machine_learning"'
+        assert page.evaluate(f"localStorage.getItem('{compat.WORKFLOW_KEY}')") == '"machine_learning"'
         assert page.locator("[role='row']").filter(has_text="sweep ch5_depth").count() >= 1
         assert page.get_by_placeholder("Ask a question").filter(visible=True).count() == 0  # the assistant's panel stays shut
         # A browser that chose GenAI (the sidebar's toggle) keeps its choice.
-        page.evaluate(f"localStorage.setItem('{nnx_ui.WORKFLOW_KEY}', '\"genai\"')")
+        page.evaluate(f"localStorage.setItem('{compat.WORKFLOW_KEY}', '\"genai\"')")
         page.goto(f"{base}/", wait_until="load")
-        assert page.evaluate(f"localStorage.getItem('{nnx_ui.WORKFLOW_KEY}')") == '"genai"'
+        assert page.evaluate(f"localStorage.getItem('{compat.WORKFLOW_KEY}')") == '"genai"'
     finally:
         context.close()
 
 
 def test_the_printed_link_shows_the_swept_params_and_the_best_accuracy(ui, page):
-    from nnx.edges import tracking
+    from nnx.edges import ui as nnx_ui
 
     base, client, experiment_id = ui
-    link = tracking.ui_links(client, base)["ch5"]
-    assert f"{tracking.SHARE_PARAM}={tracking.RUNS_VIEW}" in link
+    link = nnx_ui.ui_links(client, base)["ch5"]
+    assert f"{nnx_ui.SHARE_PARAM}={nnx_ui.RUNS_VIEW}" in link
     visit(page, link, "sweep ch5_depth", "4_ch5_link.png")
-    for column in ("params.`depth`", f"metrics.`{tracking.BEST}`"):
+    for column in ("params.`depth`", f"metrics.`{nnx_ui.BEST}`"):
         page.locator(f"[role='columnheader'][col-id='{column}']").first.wait_for(timeout=60_000)
     # The parent row's "+" button (in the run-name cell) expands the sweep into its children.
     parent_row = page.get_by_text("sweep ch5_depth").first.locator("xpath=ancestor::*[@role='row'][1]")
@@ -123,9 +122,9 @@ def test_the_printed_link_shows_the_swept_params_and_the_best_accuracy(ui, page)
     index = page.locator("[role='row']").filter(has_text="depth=2 seed=0").first.get_attribute("row-index")
     row = page.locator(f"[role='row'][row-index='{index}']")
     assert row.locator("[col-id='params.`depth`']").first.inner_text().strip() == "2"
-    accuracy = row.locator(f"[col-id='metrics.`{tracking.BEST}`']").first.inner_text().strip().rstrip(".…")
+    accuracy = row.locator(f"[col-id='metrics.`{nnx_ui.BEST}`']").first.inner_text().strip().rstrip(".…")
     # The grid's text is the stored number shortened for display: the tolerance is its rounding, no arithmetic
-    assert abs(float(accuracy) - child.data.metrics[tracking.BEST]) < 1e-3
+    assert abs(float(accuracy) - child.data.metrics[nnx_ui.BEST]) < 1e-3
     visit(page, f"{base}/#/experiments/{experiment_id}/runs/{child.info.run_id}", "activation", "6_run_params.png")
     body = page.inner_text("body")
     for key in ("depth", "activation", "init", "eta"):

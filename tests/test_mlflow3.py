@@ -133,7 +133,7 @@ def test_system_metrics_without_psutil_fail_before_any_run(nnx_train, store):
 @pytest.mark.skipif(importlib.util.find_spec("psutil") is None, reason="psutil (MLflow's system metrics) is not installed")
 def test_system_metrics_are_recorded_while_a_run_trains(nnx_train, store, monkeypatch):
     _, client = store
-    monkeypatch.setattr(tracking, "SYSTEM_INTERVAL", 0.05)
+    monkeypatch.setattr(tracking.writer, "SYSTEM_INTERVAL", 0.05)  # read where the run starts its monitor
     nnx_train(*TINY, "train.epochs=20", "tracking.system_metrics=true")
     (run,) = client.search_runs([client.get_experiment_by_name("m3").experiment_id])
     assert run.info.status == "FINISHED"

@@ -1,29 +1,14 @@
-"""make ui (nnx/edges/ui.py) and the links it prints (tracking.ui_links, share_runs_views).
+"""make ui (nnx/edges/ui.py) and the links it prints (ui_links, share_runs_views).
 
 test_browser.py walks the UI itself in Chromium; these run without a browser, so a new MLflow whose
-UI bundle no longer reads the keys nnx sets fails here even where Chromium is missing.
+UI bundle no longer reads the keys nnx sets fails even where Chromium is missing (tests/test_compat.py).
 """
 
 import json
 import tomllib
 
 from conftest import ROOT
-from nnx.edges import tracking, ui
-
-
-def test_mlflows_ui_bundle_still_reads_the_keys_nnx_sets():
-    import mlflow
-
-    assert ui.bundle_keeps_these_keys() == [], (
-        f"MLflow {mlflow.__version__}'s UI bundle no longer has these: find where it keeps the sidebar's "
-        "GenAI / Model training toggle and the assistant's first-visit flag now, and update nnx.edges.ui.DEFAULTS")
-
-
-def test_a_bundle_without_them_is_reported(tmp_path):
-    (tmp_path / "static" / "js").mkdir(parents=True)
-    (tmp_path / "index.html").write_text('<script defer="defer" src="static-files/static/js/main.0a1b.js"></script>')
-    (tmp_path / "static" / "js" / "main.0a1b.js").write_text('useLocalStorage({key:"mlflow.sidebarMode",version:2})')
-    assert ui.bundle_keeps_these_keys(tmp_path) == list(ui.BUNDLE_FACTS)
+from nnx.edges import compat, tracking, ui
 
 
 def test_the_plugin_serves_mlflows_index_with_the_defaults_before_its_scripts(monkeypatch):
@@ -42,17 +27,17 @@ def test_the_plugin_serves_mlflows_index_with_the_defaults_before_its_scripts(mo
     assert page.status_code == 200 and html.count(ui.DEFAULT_VIEW) == 1
     assert html.index(ui.DEFAULT_VIEW) < html.index("<script defer")  # runs before MLflow's bundle reads the keys
     assert "ETag" not in page.headers and page.headers["Cache-Control"] == "no-cache"
-    for key, value in ui.DEFAULTS.items():
+    for key, value in compat.UI_DEFAULTS.items():
         assert f"localStorage.setItem({json.dumps(key)},{json.dumps(json.dumps(value))})" in html
     favicon = client.get("/static-files/favicon.ico")
-    assert favicon.status_code == 200 and ui.WORKFLOW_KEY.encode() not in favicon.get_data()
+    assert favicon.status_code == 200 and compat.WORKFLOW_KEY.encode() not in favicon.get_data()
     assert client.get("/version").get_data(as_text=True) == __import__("mlflow").__version__
 
 
 def run(client, experiment_id, name, params, best=None):
     r = tracking.Run.start(client, experiment_id, name=name, params=params, tags={})
     if best is not None:
-        r.log_metrics(0, {tracking.BEST: best})
+        r.log_metrics(0, {ui.BEST: best})
     r.end("FINISHED")
 
 
@@ -66,14 +51,14 @@ def test_the_links_open_each_experiments_runs_with_what_its_sweeps_swept(store):
         run(client, ids["ch5"], f"depth={depth}", params, best)
     run(client, ids["ch5"], "report ch5", {})  # a run without the params or the metric
     run(client, ids["ch1"], "one", {"eta": "3.0"})
-    tracking.share_runs_views(client)
-    tracking.share_runs_views(client)  # again: the same view, not a second tag
+    ui.share_runs_views(client)
+    ui.share_runs_views(client)  # again: the same view, not a second tag
     tags = {name: client.get_experiment(i).tags for name, i in ids.items()}
-    view = json.loads(tags["ch5"][tracking.SHARE_TAG + tracking.RUNS_VIEW])
-    assert view == {"selectedColumns": [*tracking.UI_DEFAULT_COLUMNS, "params.`depth`", "params.`eta`", "metrics.`best_val_accuracy`"]}
-    assert [k for k in tags["ch5"] if k.startswith(tracking.SHARE_TAG)] == [tracking.SHARE_TAG + tracking.RUNS_VIEW]
-    assert not any(k.startswith(tracking.SHARE_TAG) for k in (*tags["ch1"], *tags["ch6"]))  # nothing differs, no metric
-    links = tracking.ui_links(client, "http://user:secret@127.0.0.1:5001/")
+    view = json.loads(tags["ch5"][ui.SHARE_TAG + ui.RUNS_VIEW])
+    assert view == {"selectedColumns": [*ui.UI_DEFAULT_COLUMNS, "params.`depth`", "params.`eta`", "metrics.`best_val_accuracy`"]}
+    assert [k for k in tags["ch5"] if k.startswith(ui.SHARE_TAG)] == [ui.SHARE_TAG + ui.RUNS_VIEW]
+    assert not any(k.startswith(ui.SHARE_TAG) for k in (*tags["ch1"], *tags["ch6"]))  # nothing differs, no metric
+    links = ui.ui_links(client, "http://user:secret@127.0.0.1:5001/")
     assert list(links) == ["ch1", "ch5", "ch6"]  # by name; MLflow's Default experiment is left out
     for name, link in links.items():
         shared = "&viewStateShareKey=nnx-runs" if name == "ch5" else ""

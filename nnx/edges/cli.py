@@ -5,7 +5,6 @@
     nnx-train experiment=ch1_30
 """
 
-import atexit
 import contextlib
 import os
 import signal
@@ -14,11 +13,10 @@ import threading
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from nnx.edges import devices, job, paths, search, sweeps
+from nnx.edges import compat, devices, job, paths, search, sweeps
 from nnx.edges.resume import resume
 from nnx.errors import UserError
 
@@ -131,7 +129,8 @@ def main():
     checked = preflight(sys.argv[1:], CONF, "train")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with _no_second_batch_check() if checked else contextlib.nullcontext():
+        # preflight has composed and built every job: Hydra's check of the batch would compose each a third time.
+        with compat.skip_sweepers_batch_check() if checked else contextlib.nullcontext():
             _hydra_main()
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -143,9 +142,9 @@ def console():
     """The nnx-train command: main(), then out without the interpreter's teardown.
 
     By the time main() returns every run has ended and been written, yet freeing JAX's, MLflow's
-    and their imports' objects one by one took ~0.8 s of a ~10 s command. atexit's handlers still
-    run (logging, joblib's workers); only that teardown is skipped, and only when no thread that
-    the ordinary exit would wait for is left.
+    and their imports' objects one by one takes about a second of a ~8 s command (the numbers:
+    compat.exit_without_teardown). atexit's handlers still run (logging, joblib's workers); only
+    that teardown is skipped, and only when no thread that the ordinary exit would wait for is left.
     """
     try:
         main()
@@ -154,24 +153,7 @@ def console():
         status = exit_status(stop)
     if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(status)
-    atexit._run_exitfuncs()  # what the ordinary exit would run first; there is no public name for it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
-@contextlib.contextmanager
-def _no_second_batch_check():
-    """Hydra's sweepers compose every job of a batch to check it (Sweeper.validate_batch_is_legal)
-    before the launcher composes each again to run it. preflight has already composed and built
-    every job of this command, so that check would be a third composition of each: ~10% of an
-    in-process sweep's time."""
-    check = Sweeper.validate_batch_is_legal
-    Sweeper.validate_batch_is_legal = lambda self, batch: None
-    try:
-        yield
-    finally:
-        Sweeper.validate_batch_is_legal = check
+    compat.exit_without_teardown(status)
 
 
 _WORKERS_STARTED_IN = None  # (cwd, the tracking variables) of the last in-process run
@@ -184,12 +166,14 @@ def _no_stale_workers():
     write to the old store as the old user. So the workers go when any of these changed since the
     last run (nnx-reproduce's sweeps share them and keep theirs)."""
     global _WORKERS_STARTED_IN
-    from joblib.externals.loky import reusable_executor
+    from joblib.externals.loky import get_reusable_executor
 
     here = (os.getcwd(), *(os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                                                          "NETRC")))
-    if here != _WORKERS_STARTED_IN and reusable_executor._executor is not None:
-        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+    if _WORKERS_STARTED_IN is not None and here != _WORKERS_STARTED_IN:
+        # An earlier run may have left workers (the joblib launcher's): loky hands back its executor
+        # as it is (reuse=True), or a fresh one with none, and either shuts down with its workers (~3 ms).
+        get_reusable_executor(reuse=True).shutdown(wait=True, kill_workers=True)
     _WORKERS_STARTED_IN = here
 
 

@@ -6,16 +6,16 @@ composed and built up front, so a bad value anywhere stops the command before an
 before any MLflow run exists, with a message that lists the valid keys or values.
 """
 
+import itertools
 import sys
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from nnx.edges import backend, tracking
+from nnx.edges import backend, compat, tracking
 from nnx.registry import ConfigError
 from nnx.spec import build
 
@@ -37,15 +37,43 @@ def _valid_keys(config_name: str, key: str, job: list[str]) -> str:
     return f" Valid keys{' under ' + parent if parent else ''}: {names}."
 
 
+def _unknown_key(err: Exception, job: list[str]) -> str | None:
+    """The job's override whose key the config lacks, where struct mode refused one, else None.
+    Hydra raises OmegaConf's ConfigAttributeError or ConfigKeyError for it (as the cause of its own
+    "Could not override"), whose full_key is the missing key or the first missing part of it."""
+    cause = err if isinstance(err, (ConfigAttributeError, ConfigKeyError)) else err.__cause__
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not cause.full_key:
+        return None
+    for override in job:
+        key = override.partition("=")[0]
+        if not key.startswith(("+", "~")) and (key == cause.full_key or key.startswith(f"{cause.full_key}.")):
+            return override
+    return None
+
+
 def _explain(err: Exception, job: list[str], config_name: str) -> str:
-    message = str(err).split("\nConfig search path:")[0].strip()
-    if "not in struct" in message or "Could not override" in message or "not in struct" in str(err.__cause__):
-        for override in job:
-            key = override.partition("=")[0]
-            if not key.startswith(("+", "~")) and f"'{key}'" in message:
-                return (f"unknown config key {key!r}.{_valid_keys(config_name, key, job)} "
-                        f"(To add a new key on purpose, write +{override}.)")
-    return message
+    override = _unknown_key(err, job)
+    if override is None:
+        return compat.hydra_message(err)
+    key = override.partition("=")[0]
+    return (f"unknown config key {key!r}.{_valid_keys(config_name, key, job)} "
+            f"(To add a new key on purpose, write +{override}.)")
+
+
+def basic_sweep_jobs(overrides) -> list[list[str]]:
+    """Each job's overrides in a sweep of Hydra's basic sweeper: the product of every key's values,
+    in the order the keys came (a key given twice: its last values, at its first place), as its
+    BasicSweeper.split_arguments builds them (tests/test_compat.py compares the two)."""
+    values = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"BasicSweeper does not support sweep type : {override.value_type.name}")
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def _jobs(argv: list[str], config_name: str) -> list[list[str]] | None:
@@ -61,7 +89,7 @@ def _jobs(argv: list[str], config_name: str) -> list[list[str]] | None:
     user = [o for o in overrides if not o.get_key_element().lstrip("+~").startswith("hydra")]
     if flags:
         searched = _search_space(overrides, config_name)
-        return searched if searched is not None else BasicSweeper.split_arguments(user, None)[0]
+        return searched if searched is not None else basic_sweep_jobs(user)
     if any(o.is_sweep_override() for o in user):
         return None  # a sweep without -m: Hydra explains
     return [[o.input_line for o in user]]

@@ -100,7 +100,7 @@ def main(argv=None):
     uri = tracking.resolve_uri(args.tracking_uri)
     try:
         client = tracking.connect(uri)
-        experiments = [e for e in tracking._retry(client.search_experiments) if e.name != "Default"]
+        experiments = [e for e in tracking.retry(client.search_experiments) if e.name != "Default"]
     except Exception as err:  # TrackingError, or the store answered with an error
         sys.exit(f"nnx-runs: error: cannot read the tracking store {tracking.redact(uri)}: {err}")
     if args.experiment:

@@ -1,0 +1,115 @@
+"""nnx.edges.compat, the one module that reaches past other libraries' public APIs: the releases
+its reaches were written against, and each reach exercised, so an upgrade that moves one fails
+here with the reach's name (and nowhere later, in a user's command)."""
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from nnx.edges import compat
+
+
+def fails(reach: str, why: str) -> str:
+    return f"nnx.edges.compat.{reach} no longer holds: {why}. Re-read that reach against the installed release (its docstring says what it needs)."
+
+
+@pytest.mark.parametrize("package", sorted(compat.WRITTEN_AGAINST))
+def test_the_libraries_are_the_releases_the_reaches_were_written_against(package):
+    version, reaches = compat.WRITTEN_AGAINST[package]
+    locked = re.search(rf"^{re.escape(package)}==(\S+)$", (ROOT / "requirements.lock").read_text(), re.MULTILINE | re.IGNORECASE)
+    assert locked and locked.group(1) == version, f"requirements.lock pins {package} {locked and locked.group(1)}, compat was written against {version}"
+    installed = metadata.version(package)
+    assert installed == version, (
+        f"{package} {installed} is installed; nnx.edges.compat's reaches into it ({', '.join(reaches)}) were written "
+        f"against {version}. Check each (the tests below exercise them), then update compat.WRITTEN_AGAINST.")
+
+
+def test_hydra_message_drops_the_search_path_hydra_appends(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    (tmp_path / "activation").mkdir()
+    (tmp_path / "activation" / "tanh.yaml").write_text("name: tanh\n")
+    (tmp_path / "train.yaml").write_text("defaults:\n  - activation: tanh\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"), pytest.raises(MissingConfigException) as raised:
+        compose("train", overrides=["activation=swish"])
+    assert "\nConfig search path:" in str(raised.value), fails("hydra_message", "Hydra's message no longer lists its search path so")
+    assert compat.hydra_message(raised.value) == "In 'train': Could not find 'activation/swish'\n\nAvailable options in 'activation':\n\ttanh"
+
+
+def test_skip_sweepers_batch_check_turns_off_the_check_hydras_sweeper_runs():
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.plugins.sweeper import Sweeper
+
+    check = Sweeper.validate_batch_is_legal
+    assert list(inspect.signature(check).parameters) == ["self", "batch"], fails("skip_sweepers_batch_check", "its signature changed")
+    assert "validate_batch_is_legal" in inspect.getsource(BasicSweeper.sweep), fails(
+        "skip_sweepers_batch_check", "Hydra's basic sweeper no longer calls Sweeper.validate_batch_is_legal")
+    with compat.skip_sweepers_batch_check():
+        assert Sweeper.validate_batch_is_legal(None, [["no.such.key=1"]]) is None
+    assert Sweeper.validate_batch_is_legal is check
+
+
+def test_preflight_checks_the_jobs_hydras_basic_sweeper_launches():
+    """preflight expands a sweep with Hydra's public override API; the jobs must be the ones Hydra's
+    own BasicSweeper (private) launches, or a bad job could slip past the check."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from nnx.edges.preflight import basic_sweep_jobs
+
+    for line in (["a=1,2", "b=range(3)", "c=choice(x,y)", "a=5,6,7"], ["+d=1", "~e", "f=[1,2]", "g='q,r'", "h=shuffle(1,2)"],
+                 ["i=null", "j={a:1}", "k=tag(t,choice(1,2))", "l=range(0,1,0.5)"], []):
+        overrides = OverridesParser.create().parse_overrides(line)
+        assert basic_sweep_jobs(overrides) == BasicSweeper.split_arguments(overrides, None)[0], line
+
+
+def test_exit_without_teardown_runs_atexit_flushes_and_exits_with_the_status():
+    code = ("import atexit; from nnx.edges import compat; atexit.register(lambda: print('handler ran', flush=True)); "
+            "print('output', end=''); compat.exit_without_teardown(3)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (3, "outputhandler ran\n"), fails("exit_without_teardown", f"{done}")
+
+
+def test_mlflow_serves_asgi_reads_what_mlflows_server_sets(monkeypatch):
+    import mlflow
+
+    server = (Path(mlflow.__file__).parent / "server" / "__init__.py").read_text()
+    assert '_MLFLOW_SGI_NAME.name] = "uvicorn"' in server, fails("mlflow_serves_asgi", "MLflow's server no longer sets _MLFLOW_SGI_NAME")
+    monkeypatch.setenv("_MLFLOW_SGI_NAME", "uvicorn")
+    assert compat.mlflow_serves_asgi()
+    monkeypatch.setenv("_MLFLOW_SGI_NAME", "gunicorn")
+    assert not compat.mlflow_serves_asgi()
+    monkeypatch.delenv("_MLFLOW_SGI_NAME")
+    assert not compat.mlflow_serves_asgi()
+
+
+def test_mlflows_ui_bundle_still_reads_the_keys_nnx_sets():
+    import mlflow
+
+    assert compat.ui_bundle_lacks() == [], fails("UI_DEFAULTS", (
+        f"MLflow {mlflow.__version__}'s UI bundle no longer has these: find where it keeps the sidebar's GenAI / Model "
+        "training toggle and the assistant's first-visit flag now"))
+    assert all(json.dumps(v) for v in compat.UI_DEFAULTS.values()) and compat.WORKFLOW_KEY in compat.UI_DEFAULTS
+
+
+def test_a_bundle_without_them_is_reported(tmp_path):
+    (tmp_path / "static" / "js").mkdir(parents=True)
+    (tmp_path / "index.html").write_text('<script defer="defer" src="static-files/static/js/main.0a1b.js"></script>')
+    (tmp_path / "static" / "js" / "main.0a1b.js").write_text('useLocalStorage({key:"mlflow.sidebarMode",version:2})')
+    assert compat.ui_bundle_lacks(tmp_path) == list(compat.BUNDLE_FACTS)
+
+
+def test_no_other_module_reaches_past_a_librarys_public_names():
+    """The reaches this module holds appear nowhere else in nnx/ or experiments/."""
+    pattern = re.compile(r"_internal|_run_exitfuncs|reusable_executor\._executor|_MLFLOW_|\bos\._exit\b")
+    found = [f"{p.relative_to(ROOT)}:{n}" for folder in ("nnx", "experiments", "hydra_plugins") for p in sorted((ROOT / folder).rglob("*.py"))
+             if p.name != "compat.py" for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
