@@ -6,10 +6,11 @@ from nnx.data import DATASETS, Data, DataError, Split, load
 from nnx.initializers import INITIALIZERS
 from nnx.model import feedforward, init, num_params
 from nnx.optimizers import OPTIMIZERS
+from nnx.programs import make_epoch, make_evaluate, make_loss, make_probe
 from nnx.registry import ConfigError
 from nnx.schedules import SCHEDULES
 from nnx.spec import Spec, build
-from nnx.train import fit, fit_many, make_epoch, make_evaluate, make_loss, make_probe
+from nnx.train import fit, fit_many
 
 __all__ = [
     "ACTIVATIONS",

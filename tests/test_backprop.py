@@ -44,9 +44,9 @@ def test_jax_grad_equals_bp1_to_bp4(cost, output, activation):
 
 
 def test_training_product_has_jax_grads_own_gradient():
-    """epoch_fn differentiates through train.training_product (a custom VJP for small weights): the
+    """epoch_fn differentiates through choices.training_product (a custom VJP for small weights): the
     same numbers as jax's own rule."""
-    from nnx import train
+    from nnx import choices
 
     cfg = tiny_cfg(model={"depth": 2, "width": 7, "output_activation": "sigmoid"}, cost={"name": "cross_entropy"})
     with jax.enable_x64(True):
@@ -56,9 +56,9 @@ def test_training_product_has_jax_grads_own_gradient():
                   for n_in, n_out in itertools.pairwise(sizes)]
         x, labels = rng.uniform(size=(6, 784)), rng.integers(0, 10, size=6)
         expected = jax.grad(nnx.make_loss(spec))(params, x, labels)
-        got = jax.jit(jax.grad(nnx.make_loss(spec, train.training_product)))(params, x, labels)
+        got = jax.jit(jax.grad(nnx.make_loss(spec, choices.training_product)))(params, x, labels)
         # The same a @ w.T forward on both sides, run here: equal (1e-15 allows ~9 ulps and is never used).
-        np.testing.assert_allclose(nnx.make_loss(spec, train.times_transpose_grad)(params, x, labels),
+        np.testing.assert_allclose(nnx.make_loss(spec, choices.times_transpose_grad)(params, x, labels),
                                    nnx.make_loss(spec)(params, x, labels), rtol=1e-15)
     # Two float64 programs (jitted, delta.T laid out first): here their forward passes round alike (entries
     # differ by 6e-17), but another XLA may fuse z^1 = x w^T + b otherwise, moving it by up to

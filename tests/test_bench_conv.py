@@ -9,7 +9,7 @@ import pytest
 import nnx
 from conftest import tiny_cfg
 from nnx.edges.bench import baselines, cases
-from nnx.train import epoch_fn
+from nnx.programs import epoch_fn
 
 N, M, ETA, LMBDA = 40, 10, 0.1, 5.0  # 4 mini-batches; lmbda / N = 0.125: the L2 term is a visible part of each step
 rng = np.random.default_rng(0)

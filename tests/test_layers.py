@@ -11,7 +11,7 @@ import pytest
 import nnx
 import roundoff
 from conftest import tiny_cfg
-from nnx import layers, model, probes, train
+from nnx import layers, model, probes, programs, train
 from nnx.registry import ConfigError
 
 CONV = {"name": "conv", "conv_maps": [3, 4], "kernel": 5, "pool": 2, "fc": [6], "dropout": 0.0,
@@ -133,13 +133,13 @@ def test_dropout_masks_come_from_the_epoch_key_and_differ_between_steps():
     data = nnx.load(train_size=100)
     x, y = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
-    epoch = jax.jit(train.epoch_fn(spec))
+    epoch = jax.jit(programs.epoch_fn(spec))
     run = lambda key: epoch(params, spec.optimizer.init(params), key, x, y)[0]
     same, again, other = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(4))
     assert jax.tree.all(jax.tree.map(np.array_equal, same, again))
     assert not np.array_equal(same[-1]["w"], other[-1]["w"])
     # Two steps with the same batch but successive keys drop different units: their gradients differ.
-    loss = train.make_loss(spec)
+    loss = programs.make_loss(spec)
     g1, g2 = (jax.jit(jax.grad(loss))(params, x[:10], y[:10], k) for k in jax.random.split(jax.random.PRNGKey(5)))
     assert not np.allclose(g1[3]["w"], g2[3]["w"])
 
@@ -173,7 +173,7 @@ def test_conv_gradient_norms_are_the_norm_of_the_mean_bias_gradient_per_layer():
     x, y = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     out = jax.jit(probes.probe_fn(spec, ("activations", "histograms")))(params, x, y)
-    g = jax.jit(jax.grad(train.make_loss(spec)))(params, x, y)
+    g = jax.jit(jax.grad(programs.make_loss(spec)))(params, x, y)
     hidden = spec.net.weighted[:-1]  # conv, conv, dense
     assert len(hidden) == 3 and out["grad_norm"].shape == (3,)
     # Two float32 programs, the same backprop: a bias gradient sums delta over 20 images and every position of

@@ -79,7 +79,7 @@ def test_one_training_step_follows_the_book(tmp_path):
         first = np.asarray(params[0]["w"]), np.asarray(params[0]["b"])  # the epoch donates params
         new, _ = nnx.make_epoch(spec)(params, spec.optimizer.init(params), jax.random.PRNGKey(1), x, y)
         new = jax.tree.map(np.asarray, new)
-    # float64, the epoch's own gradient (train.training_product, jitted) against jax.grad's: another XLA may
+    # float64, the epoch's own gradient (choices.training_product, jitted) against jax.grad's: another XLA may
     # fuse z^1 = x w^T + b otherwise, moving it by up to gamma_785 (|x||w|^T + |b|) (u64, Higham's worst case)
     # and the gradients by about as much (O(1)-Lipschitz in z); times eta = 0.3 for the params (measured: 6e-14
     # relative). rtol 1e-10 for the rest; that atol keeps weights near 0 (w ~ N(0, 1/784)) from failing on it.

@@ -8,7 +8,7 @@ import pytest
 import nnx
 import roundoff
 from conftest import tiny_cfg
-from nnx import model, probes, train
+from nnx import model, probes, programs, train
 from nnx.registry import ConfigError
 from nnx.spec import build
 
@@ -155,7 +155,7 @@ def test_batch_norm_standardises_each_unit_over_the_batch():
 
 def test_batch_norm_trains_and_its_gradient_matches_finite_differences():
     spec, params, x, y = _setup(model={"depth": 2, "width": 12, "batch_norm": True}, probes={"size": 40})
-    loss = train.make_loss(spec)
+    loss = programs.make_loss(spec)
     g = jax.grad(loss)(params, x, y)
     eps = 1e-3
     # The difference quotient in float64 from the same params: in float32 it resolves only ulp(C) / (2 eps)

@@ -35,11 +35,11 @@ def test_one_compiled_epoch_serves_every_eta_and_lmbda_with_the_numbers_of_const
     texts = set()
     for eta, lmbda in ((0.1, 0.0), (3.0, 5.0)):
         spec = nnx.build(tiny_cfg(optimizer={"name": "momentum", "eta": eta, "lmbda": lmbda, "mu": 0.9}))
-        hyper = nnx.train.runtime_hyper(spec, jnp.float32)
+        hyper = nnx.programs.runtime_hyper(spec, jnp.float32)
         assert hyper == (np.float32(eta), np.float32(lmbda / 100))
-        start = nnx.train.init_state(spec, jax.random.PRNGKey(0))
-        texts.add(jax.jit(nnx.train.epoch_fn(spec)).lower(*start, jax.random.PRNGKey(1), x, y, hyper).as_text())
-        trained = [jax.jit(nnx.train.epoch_fn(spec))(*start, jax.random.PRNGKey(1), x, y, h) for h in (hyper, ())]
+        start = nnx.programs.init_state(spec, jax.random.PRNGKey(0))
+        texts.add(jax.jit(nnx.programs.epoch_fn(spec)).lower(*start, jax.random.PRNGKey(1), x, y, hyper).as_text())
+        trained = [jax.jit(nnx.programs.epoch_fn(spec))(*start, jax.random.PRNGKey(1), x, y, h) for h in (hyper, ())]
         for a, b in zip(*(jax.tree.leaves(t) for t in trained)):
             np.testing.assert_array_equal(a, b)
     assert len(texts) == 1
@@ -49,10 +49,10 @@ def test_one_compiled_epoch_serves_every_eta_and_lmbda_with_the_numbers_of_const
 def test_an_epoch_on_stored_uint8_pixels_is_the_epoch_on_their_floats(small):
     """fit trains from the pixels as stored (uint8 k, decoded to k/256 after the gather): the same bits."""
     spec = nnx.build(tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200}))
-    epoch = jax.jit(nnx.train.epoch_fn(spec))
+    epoch = jax.jit(nnx.programs.epoch_fn(spec))
     stored = nnx.load(train_size=200, encoded=True).train
     assert stored.x.dtype == np.uint8
-    np.testing.assert_array_equal(nnx.train.images(jnp.asarray(stored.x), jnp.float32), small.train.x)
+    np.testing.assert_array_equal(nnx.programs.images(jnp.asarray(stored.x), jnp.float32), small.train.x)
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     state = spec.optimizer.init(params)
     key, y = jax.random.PRNGKey(1), jnp.asarray(small.train.y)
@@ -68,7 +68,7 @@ def test_permutation_is_jax_random_permutation(n):
     """The epochs' faster shuffle is JAX's own, integer for integer. At 250,000 positions ~7 pairs
     of the 32-bit sort keys collide in each round, so the ties are broken as JAX's stable sort does."""
     key = jax.random.PRNGKey(n)
-    np.testing.assert_array_equal(jax.jit(nnx.train.permutation, static_argnums=1)(key, n), jax.random.permutation(key, n))
+    np.testing.assert_array_equal(jax.jit(nnx.programs.permutation, static_argnums=1)(key, n), jax.random.permutation(key, n))
 
 
 def test_fit_history_and_step_numbering(small):
@@ -102,18 +102,17 @@ def test_eval_every_measures_accuracies_every_kth_epoch_and_the_last_with_the_sa
 
 
 @pytest.mark.cpu_only  # a block of epochs and the epoch loop: two programs compared bit for bit
-def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch):
-    """Between evaluations, epochs run as one program (train.block_fn): the same numbers, bit for
+def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small):
+    """Between evaluations, epochs run as one program (programs.block_fn): the same numbers, bit for
     bit, as one call per epoch, for one seed and vmapped seeds; on_state only where the host acts."""
     cfg = tiny_cfg(data={"name": "mnist", "path": None, "train_size": 200},
                    train={"epochs": 9, "mini_batch_size": 200, "eval_every": 4, "checkpoint_every": 6, "stop_on_divergence": True})
     spec = nnx.build(cfg)
     runs = {}
     for blocks in (True, False):
-        monkeypatch.setattr(nnx.train, "BLOCKS", blocks)
         states = []
-        _, one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s, states=states: states.append(e))
-        _, many = nnx.fit_many(spec, small, seeds=[1, 2])
+        _, one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s, states=states: states.append(e), blocks=blocks)
+        _, many = nnx.fit_many(spec, small, seeds=[1, 2], blocks=blocks)
         runs[blocks] = (one, *many, states)
     for blocked, looped in zip(runs[True][:3], runs[False][:3]):
         assert blocked.keys() == looped.keys()
@@ -124,7 +123,7 @@ def test_blocks_of_epochs_give_the_numbers_of_the_epoch_loop(small, monkeypatch)
 
 
 @pytest.mark.cpu_only  # the second CPU device exists on the CPU only
-def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small, monkeypatch):
+def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small):
     """With two CPU devices, each epoch's accuracies are evaluated on the second while the next epoch
     trains (nnx.choices.evaluation_device): the same numbers, bit for bit, as evaluating in line, the
     same checkpoints, and a run that diverges ends with the params of the epoch it diverged at."""
@@ -136,12 +135,12 @@ def test_evaluation_beside_the_next_epoch_gives_the_numbers_in_line(small, monke
                                    activation={"name": "relu"}, model={"depth": 1, "width": 8, "output_activation": "identity"},
                                    cost={"name": "quadratic"}, optimizer={"name": "sgd", "eta": 10.0, "lmbda": 0.0}))
     runs = {}
-    for overlap in (True, False):
-        monkeypatch.setattr(nnx.choices, "OVERLAP", overlap)
+    for beside in (True, False):
         states = []
-        one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s, states=states: states.append((e, jax.device_get(p))))
-        many = nnx.fit_many(spec, small, seeds=[1, 2])
-        runs[overlap] = (one, many, nnx.fit(diverging, small, key=jax.random.PRNGKey(1)), states)
+        one = nnx.fit(spec, small, key=jax.random.PRNGKey(1), on_state=lambda e, p, s, states=states: states.append((e, jax.device_get(p))),
+                      beside=beside)
+        many = nnx.fit_many(spec, small, seeds=[1, 2], beside=beside)
+        runs[beside] = (one, many, nnx.fit(diverging, small, key=jax.random.PRNGKey(1), beside=beside), states)
     beside, in_line = runs[True], runs[False]
     for (params_a, history_a), (params_b, history_b) in [(beside[0], in_line[0]), (beside[2], in_line[2]),
                                                          *zip(zip(*beside[1]), zip(*in_line[1]))]:

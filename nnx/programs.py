@@ -1,0 +1,280 @@
+"""Training's compiled programs, as pure functions built once per Spec (network2.SGD's pieces, in JAX).
+
+epoch_fn is one epoch of mini-batch SGD as a lax.scan; block_fn a run of epochs as one program;
+evaluate_fn and summarize_fn the book's reported cost and accuracy, a fixed-size chunk of a split at a
+time; probe_fn the per-layer probes of nnx.probes (chapter 5's gradients and more). None is jitted
+here: make_* jit them for one network, nnx.train vmaps them over seeds, and nnx.loop runs them.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nnx import choices, model, probes
+from nnx.data import PIXEL_LEVELS, Split
+
+
+def make_loss(spec, product=model.times_transpose):
+    """C = mean over the mini-batch of C_x (no L2 term: the optimizer adds its gradient).
+
+    product(a, w) = a @ w.T, as model.feedforward takes it (epoch_fn passes choices.training_product).
+    loss(params, x, y, key=None): with a key, the net runs as in training (dropout draws its masks).
+    """
+
+    def loss(params, x, y, key=None):
+        z, a = model.feedforward(spec.net, params, x, product=product, key=key, train=key is not None)
+        return jnp.mean(spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)))
+
+    return loss
+
+
+# Two steps per loop iteration: XLA's CPU while loop costs ~2 us per trip, a tenth of a small
+# step ([784,30,10], mb 10: 0.103 -> 0.092 s per epoch); more unrolling gained nothing here.
+UNROLL = 2
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest c <= at_most that divides n: chunks of one shape, so nothing recompiles."""
+    return max(c for c in range(1, min(n, at_most) + 1) if n % c == 0)
+
+
+def steps_per_gather(n_batches: int, m: int, rows: int = 1024) -> int:
+    """How many mini-batches to gather at once: the largest divisor of n_batches whose rows fit
+    in `rows`. XLA's CPU gather costs about twice a [784,30] step when done 10 rows at a time;
+    gathered 1000 rows at a time it is cheap, and the steps then slice contiguous memory."""
+    return largest_divisor(n_batches, max(rows, m) // m)
+
+
+def epoch_fn(spec):
+    """epoch(params, opt_state, key, x, y, hyper=()) -> (params, opt_state), not yet jitted.
+
+    hyper: runtime_hyper(spec, dtype) where the spec has them (the book's fixed eta): eta and lmbda / n
+    as arguments, not constants, so one compiled epoch serves every eta and lmbda of a sweep (each
+    compiled its own, ~1 s apiece here). () trains with spec.optimizer's constants: the same numbers.
+
+    x: the training images, float or as nnx.data.encode stores them (uint8): gathered that way,
+    the rows cost less to gather (~7% of a [784,30,10] mb 10 epoch) and are decoded exactly after.
+
+    A fresh permutation of the training set (or, with spec.shuffle false, the set in file order,
+    as network3 trains) is cut into n // m mini-batches of one shape (a remainder smaller than m is
+    dropped, so nothing recompiles; the book's sizes divide evenly). Rows are gathered by index a
+    chunk of mini-batches at a time: the shuffled set is never copied whole, and no step waits on a
+    small gather. A net with dropout gets one key per step, split from the epoch's key.
+    """
+    grad = jax.grad(make_loss(spec, choices.training_product))
+    m = spec.mini_batch_size
+    random = spec.net.has_randomness
+
+    def epoch(params, opt_state, key, x, y, hyper=()):
+        optimizer = spec.optimizer_at(*hyper) if hyper else spec.optimizer
+
+        def step(carry, batch):
+            params, opt_state = carry
+            updates, opt_state = optimizer.update(grad(params, *batch), opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        n_batches = x.shape[0] // m
+        c = steps_per_gather(n_batches, m)
+        order, step_keys = epoch_plan(spec, key, x.shape[0])
+        order = order.reshape(n_batches // c, c * m)
+        chunks = (order, step_keys.reshape(n_batches // c, c, *step_keys.shape[1:])) if random else order
+
+        def chunk(carry, chunk_of):
+            idx, keys = chunk_of if random else (chunk_of, None)
+            rows = images(x[idx], jax.tree.leaves(carry[0])[0].dtype)
+            batches = (rows.reshape(c, m, -1), y[idx].reshape(c, m)) + ((keys,) if random else ())
+            return jax.lax.scan(step, carry, batches, unroll=UNROLL)[0], None
+
+        (params, opt_state), _ = jax.lax.scan(chunk, (params, opt_state), chunks)
+        return params, opt_state
+
+    return epoch
+
+
+def epoch_plan(spec, key, n: int):
+    """(the epoch's mini-batches as [n // m, m] row indices, one key per step or None): a fresh
+    permutation (or file order, spec.shuffle false) and, for a net with dropout, the steps' keys
+    from a fold of the epoch's key (the permutation used the key itself)."""
+    m = spec.mini_batch_size
+    order = permutation(key, n) if spec.shuffle else jnp.arange(n)
+    order = order[: n // m * m].reshape(n // m, m)
+    return order, jax.random.split(jax.random.fold_in(key, 1), n // m) if spec.net.has_randomness else None
+
+
+def permutation(key, n: int):
+    """jax.random.permutation(key, n), the same integers, in about a third of the time on XLA's CPU.
+
+    JAX shuffles by sorting positions by random 32-bit keys, stably, in rounds (two for 50,000),
+    and XLA's CPU sorts (key, position) pairs through a comparator: ~10 ms a round for 50,000, a
+    sixth of a [784,30,10] mb 10 epoch. Here each stable sort is a radix sort whose passes sort
+    single uint32 words, a key's digit above the position (plain integers, no comparator): the
+    positions break ties, so each pass is stable, and the passes from the lowest digit up sort by
+    the whole key. The keys are JAX's own (split, then 32 random bits a position).
+    """
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax.random's _shuffle
+    position_bits = max(1, (n - 1).bit_length())
+    if position_bits > 24:  # digits of fewer than 8 bits: more passes than the comparator's sort costs
+        return jax.random.permutation(key, n)
+    digit_bits, positions = 32 - position_bits, jnp.arange(n, dtype=jnp.uint32)
+    order = jnp.arange(n)
+    for _ in range(rounds):
+        key, subkey = jax.random.split(key)
+        bits, by = jax.random.bits(subkey, (n,), jnp.uint32), positions
+        for low in range(0, 32, digit_bits):
+            digit = (bits[by] >> low) & ((1 << min(digit_bits, 32 - low)) - 1)
+            by = by[jnp.sort((digit << position_bits) | positions) & ((1 << position_bits) - 1)]
+        order = order[by]
+    return order
+
+
+def block_fn(epoch, probe):
+    """block(params, opt_state, keys, x, y, probe_x, probe_y, hyper) -> (params, opt_state, measured): len(keys)
+    epochs in one program, each probed before its updates, the probes stacked over the epochs.
+
+    For full-batch runs that need nothing from the host between evaluations (nnx.loop decides where):
+    ch5's take one step an epoch, and a call, a fetch and a record per epoch cost more than the step
+    (ch5_speed's fit_many, 5 seeds of [784,30,30,30,10], 500 epochs: 12.4 s against 14.2 s for one call
+    an epoch, best of 7 alternated; medians 18 against 26 s, on 2 cores shared with other jobs).
+    """
+
+    def block(params, opt_state, keys, x, y, probe_x, probe_y, hyper=()):
+        def one(carry, key):
+            measured = probe(carry[0], probe_x, probe_y)
+            return epoch(*carry, key, x, y, hyper), measured
+
+        (params, opt_state), measured = jax.lax.scan(one, (params, opt_state), keys)
+        return params, opt_state, measured
+
+    return block
+
+
+def probe_fn(spec, kinds=()):
+    """probe(params, x, y) -> dict of chapter 5's gradient measurements (and `kinds`): nnx.probes."""
+    return probes.probe_fn(spec, kinds)
+
+
+# Images per evaluation pass; a split is cut into chunks of this size (the last one padded), so one
+# compiled program evaluates every split of every size, and a conv net's feature maps of a whole
+# split never have to fit at once. A program per split size took ~0.5 s each to compile here: three
+# a run, and every size a sweep or a test used its own (157 of the test suite's 1,667 programs).
+EVAL_CHUNK = 1000
+
+
+def evaluate_fn(spec):
+    """evaluate(params, x, y, valid, sums) -> sums plus this chunk's (summed C_x, correct count).
+
+    x holds EVAL_CHUNK images of which the first `valid` are real (the rest padding, left out of
+    both sums); summarize_fn turns a split's sums into the book's cost and accuracy.
+    """
+
+    def evaluate(params, x, y, valid, sums):
+        z, a = model.feedforward(spec.net, params, x)
+        real = jnp.arange(x.shape[0]) < valid
+        costs = spec.cost(z, a, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype))
+        correct = real & (jnp.argmax(z, axis=-1) == y)
+        return sums[0] + jnp.sum(jnp.where(real, costs, 0)), sums[1] + jnp.sum(correct)
+
+    return evaluate
+
+
+def summarize_fn(params, sums, n, l2_factor):
+    """(cost, accuracy) of a split of n images from evaluate's sums, as network2's total_cost and
+    accuracy: cost = mean C_x + (lmbda / 2n) sum_l ||w^l||^2 (the book divides by the evaluated
+    set's size; l2_factor is lmbda / 2n, a runtime value so that no lmbda or n compiles anew)."""
+    l2 = sum(jnp.sum(layer["w"] ** 2) for layer in params if "w" in layer)
+    return sums[0] / n + l2_factor * l2, sums[1] / n
+
+
+def eval_chunks(spec, split, dtype, device=None) -> tuple:
+    """(n, [(x, y, valid) per chunk of EVAL_CHUNK images]) on the device: a split as evaluate takes it,
+    the last chunk padded with zeros. Pixels go over as stored and are decoded there (to_device).
+
+    A net with batch normalisation takes the split as one chunk: its layers normalise by the batch
+    they are given, and the split's statistics are the ones the book's evaluation would use."""
+    x, y = np.asarray(split.x), np.asarray(split.y)
+    n = len(y)
+    c = n if spec.batch_norm else EVAL_CHUNK
+
+    def padded(a):
+        return a if len(a) == c else np.concatenate([a, np.zeros((c - len(a), *a.shape[1:]), a.dtype)])
+
+    return n, [(to_device(padded(x[i:i + c]), dtype, device), jax.device_put(padded(y[i:i + c]), device),
+                jax.device_put(np.int32(min(c, n - i)), device)) for i in range(0, n, c)]
+
+
+def split_evaluator(spec, evaluate, summarize, zeros):
+    """evaluate_split(params, (n, chunks)) -> (cost, accuracy): evaluate over a split's chunks, then
+    summarize. zeros(device) gives the starting sums where the chunks are."""
+
+    def evaluate_split(params, prepared):
+        n, chunks = prepared
+        sums = zeros(chunks[0][0].devices().pop())
+        for x, y, valid in chunks:
+            sums = evaluate(params, x, y, valid, sums)
+        return summarize(params, sums, np.float32(n), np.float32(0.5 * spec.lmbda / n))
+
+    return evaluate_split
+
+
+def zero_sums(device, shape=()):
+    """evaluate's starting sums (summed C_x, correct count) on `device`, one per network of `shape`."""
+    return jax.device_put((np.zeros(shape, np.float32), np.zeros(shape, np.int32)), device)
+
+
+def runtime_hyper(spec, dtype) -> tuple:
+    """spec.hyper as epoch_fn's `hyper`: arrays of the params' dtype (float32 rounds eta and lmbda / n
+    as the constants they replace would be; float64 keeps them)."""
+    return tuple(np.asarray(v, dtype) for v in spec.hyper)
+
+
+def make_epoch(spec):
+    """epoch(params, opt_state, key, x, y): epoch_fn jitted once, params and optimizer state donated
+    (updated in place), the spec's runtime_hyper passed in the params' dtype."""
+    jitted = jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
+
+    def epoch(params, opt_state, key, x, y):
+        return jitted(params, opt_state, key, x, y, runtime_hyper(spec, jax.tree.leaves(params)[0].dtype))
+
+    epoch.jitted = jitted  # the jitted program, one compilation per shape and dtype
+    return epoch
+
+
+def make_evaluate(spec):
+    """evaluate(params, x, y) -> (cost, accuracy) of the images x [n, ...] with labels y, as a run records them."""
+    evaluate_split = split_evaluator(spec, jax.jit(evaluate_fn(spec)), jax.jit(summarize_fn), zero_sums)
+    return lambda params, x, y: evaluate_split(params, eval_chunks(spec, Split(x, y), jax.tree.leaves(params)[0].dtype))
+
+
+def make_probe(spec, kinds=()):
+    return jax.jit(probe_fn(spec, kinds))
+
+
+def images(x, dtype):
+    """Images as dtype: pixels nnx.data.encode stored as uint8 decoded (exactly: a power of two
+    divides, as nnx.data.decode does), float ones as they are."""
+    return x.astype(dtype) / PIXEL_LEVELS if x.dtype == jnp.uint8 else x.astype(dtype)
+
+
+def to_device(x, dtype, device=None):
+    """Images on the device (the default one, or `device`) as dtype. uint8 pixels go over as they are
+    and are decoded there, so the host never holds their float copy (220 MB for MNIST, ~0.5 s to write)."""
+    if x.dtype == np.uint8:
+        return _decode(jax.device_put(x, device), dtype)
+    return jax.device_put(np.asarray(x, dtype) if isinstance(x, np.ndarray) else x.astype(dtype), device)
+
+
+_decode = jax.jit(images, static_argnums=1)
+
+
+@jax.jit
+def epoch_key(shuffle_key, epoch):
+    """The key epoch `epoch` shuffles with, fold_in(shuffle_key, epoch), jitted: eager, it costs
+    ~0.12 ms, a tenth of a full-batch epoch of 1,000 images."""
+    return jax.random.fold_in(shuffle_key, epoch)
+
+
+def init_state(spec, key, dtype=jnp.float32):
+    """(params, optimizer state) of a fresh network: nnx.model.init, then the optimizer's init."""
+    params = model.init(key, spec.net, dtype)
+    return params, spec.optimizer.init(params)
