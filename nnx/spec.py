@@ -6,6 +6,7 @@ The input is a plain dict (Hydra's resolved config, or one written by hand in a 
 """
 
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,7 @@ class Spec:
     # None with a schedule, whose eta lives in the optimizer's state.
     optimizer_at: Callable | None = None
     hyper: tuple[float, ...] = ()  # (eta, lmbda / n), as Python floats
+    structure: str = ""  # the config without the settings no program reads (program_structure); "": unknown
 
     @property
     def injects_eta(self) -> bool:
@@ -230,8 +232,31 @@ def build(cfg: dict) -> Spec:
         originals=train_size // per_image,
         validation_size=validation_size,
         conv_impl=model.get("conv_impl", "auto"),
+        structure=program_structure(cfg, hyper_at_runtime=sched["name"] == "constant"),
         **_backend(cfg),
     )
+
+
+# Settings that no compiled program reads: the seeds and the initialization (drawn before training),
+# the host's loop (epochs, evaluations, stopping, checkpoints, probing times), sizes (array shapes,
+# which jit tells apart itself) and where things are stored. With the book's fixed eta, eta and
+# lmbda / n reach the programs as arguments (Spec.hyper), so they join them.
+UNCOMPILED = ("seed", "seeds", "resume", "tracking", "init", "train.epochs", "train.eval_splits", "train.eval_every",
+              "train.early_stopping_n", "train.stop_on_divergence", "train.checkpoint_every", "probes.size", "probes.every",
+              "probes.jacobian_every", "data.path", "data.validation_size")
+AT_RUNTIME = ("optimizer.eta", "optimizer.lmbda", "data.train_size")
+
+
+def program_structure(cfg: dict, hyper_at_runtime: bool) -> str:
+    """The config without UNCOMPILED (and AT_RUNTIME where they are arguments), as canonical JSON:
+    two networks with the same structure run the same compiled programs (nnx.train keeps them).
+    A key not listed counts, so a new setting can only cost a compilation, never reuse a wrong one."""
+    dropped = UNCOMPILED + (AT_RUNTIME if hyper_at_runtime else ())
+
+    def kept(prefix: str, node: dict) -> dict:
+        return {k: kept(f"{prefix}{k}.", v) if isinstance(v, dict) else v for k, v in node.items() if f"{prefix}{k}" not in dropped}
+
+    return json.dumps(kept("", cfg), sort_keys=True, default=repr)
 
 
 def _at_runtime(factory, settings: dict) -> Callable:

@@ -6,6 +6,7 @@ vmapped) and hands them to nnx.loop, which runs the epochs, calling `on_epoch` a
 caller can record as it goes.
 """
 
+import collections
 import functools
 import operator
 
@@ -105,18 +106,48 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
         return loop.train(s, loop.start(spec, state, len(seeds)))
 
 
+# Programs kept per process by the networks' structure (Spec.structure): a sweep's runs that differ
+# only in seed, eta, lmbda or sizes reuse one run's jitted programs instead of tracing and lowering
+# their own (on the persistent cache's hit, too). The last KEPT structures stay.
+KEPT = 16
+programs_kept: collections.OrderedDict = collections.OrderedDict()  # (structure, kind, dtype) -> programs
+# The same for every network: jitted once per process.
+SUMMARIZE = jax.jit(summarize_fn)
+SUMMARIZE_MANY = jax.jit(jax.vmap(summarize_fn, in_axes=(0, 0, None, None)))
+EPOCH_KEYS = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))  # one network's keys for epochs e..e+k
+# Jitted: an eager vmap is traced anew at every call, ~20 ms an epoch (ch5_speed: 500 epochs a run).
+FOLD_MANY = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+EPOCH_KEYS_MANY = jax.jit(jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(None, 0)))  # [epochs, seeds]
+
+
+def kept(spec, kind: str, dtype, build):
+    """build()'s programs for networks of spec's structure: built at the first, then kept."""
+    if not spec.structure:
+        return build()
+    key = (spec.structure, kind, jnp.dtype(dtype).name)
+    if key not in programs_kept:
+        programs_kept[key] = build()
+        while len(programs_kept) > KEPT:
+            programs_kept.popitem(last=False)
+    programs_kept.move_to_end(key)
+    return programs_kept[key]
+
+
 def one_network(spec, shuffle_key, dtype) -> loop.Programs:
-    """fit's programs, each jitted once for the run; epoch e shuffles with epoch_key(shuffle_key, e)."""
+    """fit's programs; epoch e shuffles with epoch_key(shuffle_key, e)."""
     hyper = runtime_hyper(spec, dtype)
-    epoch = jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
-    block = jax.jit(block_fn(epoch_fn(spec), probe_fn(spec)), donate_argnums=(0, 1))
-    epoch_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))  # the keys epoch() is given one by one
+    epoch, block, evaluate, probe = kept(spec, "one", dtype, lambda: (
+        jax.jit(epoch_fn(spec), donate_argnums=(0, 1)),
+        jax.jit(block_fn(epoch_fn(spec), probe_fn(spec)), donate_argnums=(0, 1)),
+        jax.jit(evaluate_fn(spec)),
+        functools.cache(lambda kinds: make_probe(spec, kinds)),
+    ))
     return loop.Programs(
         count=1,
         run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y, hyper),
-        run_block=lambda p, s, e, k, *xy: block(p, s, epoch_keys(shuffle_key, jnp.arange(e, e + k)), *xy, hyper),
-        probe=functools.cache(lambda kinds: make_probe(spec, kinds)),
-        evaluate=split_evaluator(spec, jax.jit(evaluate_fn(spec)), jax.jit(summarize_fn), zero_sums),
+        run_block=lambda p, s, e, k, *xy: block(p, s, EPOCH_KEYS(shuffle_key, jnp.arange(e, e + k)), *xy, hyper),
+        probe=probe,
+        evaluate=split_evaluator(spec, evaluate, SUMMARIZE, zero_sums),
         split=lambda tree: [tree],
     )
 
@@ -124,20 +155,21 @@ def one_network(spec, shuffle_key, dtype) -> loop.Programs:
 def many_networks(spec, shuffle_keys, dtype) -> loop.Programs:
     """fit_many's programs: one's, vmapped over the seeds (the data and probe batch shared)."""
     hyper, count = runtime_hyper(spec, dtype), len(shuffle_keys)
-    seeds_epoch = jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None, None))
-    epoch = jax.jit(seeds_epoch, donate_argnums=(0, 1))
-    block = jax.jit(block_fn(seeds_epoch, jax.vmap(probe_fn(spec), in_axes=(0, None, None))), donate_argnums=(0, 1))
-    # Jitted: an eager vmap is traced anew at every call, ~20 ms an epoch (ch5_speed: 500 epochs a run).
-    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-    epoch_keys = jax.jit(jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(None, 0)))  # [epochs, seeds]
+
+    def build():
+        seeds_epoch = jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None, None))
+        return (jax.jit(seeds_epoch, donate_argnums=(0, 1)),
+                jax.jit(block_fn(seeds_epoch, jax.vmap(probe_fn(spec), in_axes=(0, None, None))), donate_argnums=(0, 1)),
+                jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None, None, 0))),
+                functools.cache(lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None)))))
+
+    epoch, block, evaluate, probe = kept(spec, "many", dtype, build)
     return loop.Programs(
         count=count,
-        run_epoch=lambda p, s, e, x, y: epoch(p, s, fold(shuffle_keys, e), x, y, hyper),
-        run_block=lambda p, s, e, k, *xy: block(p, s, epoch_keys(shuffle_keys, jnp.arange(e, e + k)), *xy, hyper),
-        probe=functools.cache(lambda kinds: jax.jit(jax.vmap(probe_fn(spec, kinds), in_axes=(0, None, None)))),
-        evaluate=split_evaluator(spec, jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None, None, 0))),
-                                 jax.jit(jax.vmap(summarize_fn, in_axes=(0, 0, None, None))),
-                                 lambda device: zero_sums(device, (count,))),
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, FOLD_MANY(shuffle_keys, e), x, y, hyper),
+        run_block=lambda p, s, e, k, *xy: block(p, s, EPOCH_KEYS_MANY(shuffle_keys, jnp.arange(e, e + k)), *xy, hyper),
+        probe=probe,
+        evaluate=split_evaluator(spec, evaluate, SUMMARIZE_MANY, lambda device: zero_sums(device, (count,))),
         split=functools.partial(cut, count),
     )
 

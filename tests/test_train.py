@@ -45,6 +45,38 @@ def test_one_compiled_epoch_serves_every_eta_and_lmbda_with_the_numbers_of_const
     assert len(texts) == 1
 
 
+def test_networks_of_one_structure_share_programs_and_train_to_the_numbers_of_their_own(small):
+    """nnx.train keeps each structure's programs: a network that differs only in what no program reads
+    (seed, init, eta and lmbda as arguments, epochs, the data's size) reuses them and trains to the bits
+    fresh programs give it; a setting a program reads makes another structure."""
+    from nnx import train
+
+    def cfg(**groups):
+        return tiny_cfg(**{"data": {"name": "mnist", "path": None, "train_size": 200}, **groups})
+
+    first = nnx.build(cfg())
+    second = nnx.build(cfg(seed=3, init={"name": "large"}, optimizer={"name": "sgd", "eta": 0.5, "lmbda": 2.0},
+                           train={"epochs": 3, "mini_batch_size": 10, "stop_on_divergence": True, "checkpoint_every": 0},
+                           data={"name": "mnist", "path": None, "train_size": 100}))
+    assert first.structure == second.structure
+    train.programs_kept.clear()
+    nnx.fit(first, small, key=jax.random.PRNGKey(0))
+    built = list(train.programs_kept.values())
+    shared = nnx.fit(second, small, key=jax.random.PRNGKey(3))
+    assert list(train.programs_kept.values()) == built  # nothing new was built
+    train.programs_kept.clear()
+    own = nnx.fit(second, small, key=jax.random.PRNGKey(3))
+    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(own)):
+        np.testing.assert_array_equal(a, b)
+    read = [cfg(activation={"name": "tanh"}), cfg(cost={"name": "quadratic"}), cfg(model={"depth": 2, "width": 8, "output_activation": "sigmoid"}),
+            cfg(train={"epochs": 2, "mini_batch_size": 20, "stop_on_divergence": True, "checkpoint_every": 1}),
+            cfg(probes={"size": 50, "kinds": ["activations"]}), cfg(optimizer={"name": "momentum", "eta": 0.1, "lmbda": 0.0, "mu": 0.9})]
+    assert len({first.structure} | {nnx.build(c).structure for c in read}) == 1 + len(read)
+    # with a schedule eta lives in the optimizer's state and lmbda / n is a constant: both count
+    halving = [nnx.build(cfg(schedule={"name": "halving"}, optimizer={"name": "sgd", "eta": eta, "lmbda": 1.0})) for eta in (0.1, 0.2)]
+    assert halving[0].structure != halving[1].structure
+
+
 @pytest.mark.cpu_only  # two programs (uint8 gathered, floats gathered) compared bit for bit
 def test_an_epoch_on_stored_uint8_pixels_is_the_epoch_on_their_floats(small):
     """fit trains from the pixels as stored (uint8 k, decoded to k/256 after the gather): the same bits."""
