@@ -21,12 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnx import records
-from nnx import train as training
+from nnx import programs, records, train
 
 # Bump whenever a change alters float rounding (an operation's order, a fused product, a new
 # kernel): runs recorded before it are then compared within tolerances(), not bit for bit.
-# 2: evaluation in fixed chunks (nnx.train.EVAL_CHUNK): costs summed chunk by chunk, and an
+# 2: evaluation in fixed chunks (nnx.programs.EVAL_CHUNK): costs summed chunk by chunk, and an
 # accuracy divided by the split's size at run time (the last ulp of both can differ from 1's).
 VERSION = 2
 
@@ -101,8 +100,8 @@ def metrics(history: dict) -> dict:
 def twin_history(spec, data, seed: int, nudge_seed: int) -> dict:
     """metrics() of seed's run trained from its initialization nudged (nudge) by nudge_seed."""
     key = jax.random.PRNGKey(seed)
-    params, opt_state = training.init_state(spec, jax.random.split(key)[0])
-    _, history = training.fit(spec, data, key=key, start=(0, nudge(params, jax.random.PRNGKey(nudge_seed)), opt_state))
+    params, opt_state = programs.init_state(spec, jax.random.split(key)[0])
+    _, history = train.fit(spec, data, key=key, start=(0, nudge(params, jax.random.PRNGKey(nudge_seed)), opt_state))
     return metrics(history)
 
 

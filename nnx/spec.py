@@ -71,7 +71,7 @@ class Spec:
     matmul_precision: str = "highest"  # jax.default_matmul_precision while training: true float32 products
     conv_impl: str = "auto"  # a conv net's convolution as asked (nnx.choices.conv_impl resolves auto)
     # The book's fixed eta: the optimizer with eta and the L2 coefficient lmbda / n given at run time
-    # (optimizer_at(*hyper), nnx.train.epoch_fn), so that a sweep over them compiles its epoch once.
+    # (optimizer_at(*hyper), nnx.programs.epoch_fn), so that a sweep over them compiles its epoch once.
     # None with a schedule, whose eta lives in the optimizer's state.
     optimizer_at: Callable | None = None
     hyper: tuple[float, ...] = ()  # (eta, lmbda / n), as Python floats

@@ -14,24 +14,17 @@ import jax
 import jax.numpy as jnp
 
 from nnx import loop
-
-# EVAL_CHUNK, images, steps_per_gather and to_device are here for the modules that take them from
-# nnx.train (nnx.edges' benches); they could import nnx.programs instead.
 from nnx.programs import (
-    EVAL_CHUNK,  # noqa: F401
     block_fn,
     epoch_fn,
     epoch_key,
     evaluate_fn,
-    images,  # noqa: F401
     init_state,
     make_probe,
     probe_fn,
     runtime_hyper,
     split_evaluator,
-    steps_per_gather,  # noqa: F401
     summarize_fn,
-    to_device,  # noqa: F401
     zero_sums,
 )
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from nnx import records
-from nnx import train as training
+from nnx import programs, records
 
 
 def save(path: Path, epoch: int, params, opt_state):
@@ -38,7 +37,7 @@ def load(path: Path, spec, seed: int):
     The shuffle keys need no saving: epoch e always uses fold_in(key(seed), e).
     """
     init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
-    template = training.init_state(spec, init_key)
+    template = programs.init_state(spec, init_key)
     with np.load(path) as saved:
         epoch, params, opt_state = records.checkpoint_from_arrays(dict(saved), template)
     to_device = lambda tree: jax.tree.map(jax.numpy.asarray, tree)

@@ -18,7 +18,7 @@ import numpy as np
 
 class Classifier(mlflow.pyfunc.PythonModel):
     """predict(images [n, 784] float32) -> digits [n] int64: argmax of the network's output layer,
-    the same rule as the accuracies a run logs (nnx.train.evaluate_fn)."""
+    the same rule as the accuracies a run logs (nnx.programs.evaluate_fn)."""
 
     def load_context(self, context):
         import jax

@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import nnx
-from nnx import choices
-from nnx import train as training
+from nnx import choices, programs, train
 from nnx.data import load_expanded
 
 BASE = {
@@ -58,9 +57,9 @@ def conv_cfg(train_size: int, impl: str, maps=(20, 40), fc=(100,), dropout=0.0, 
 def one_epoch(spec, x, y, device=None):
     """The params after one epoch from seed 0's initialization, on `device` (None: the default one)."""
     with jax.default_device(device) if device is not None else contextlib.nullcontext():
-        params, state = training.init_state(spec, jax.random.PRNGKey(0))
+        params, state = programs.init_state(spec, jax.random.PRNGKey(0))
         x, y = jax.device_put(x, device), jax.device_put(y, device)
-        params, _ = jax.jit(training.epoch_fn(spec))(params, state, jax.random.PRNGKey(1), x, y, training.runtime_hyper(spec, jnp.float32))
+        params, _ = jax.jit(programs.epoch_fn(spec))(params, state, jax.random.PRNGKey(1), x, y, programs.runtime_hyper(spec, jnp.float32))
     return [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
 
 
@@ -80,15 +79,15 @@ def _spec_and_data(cfg):
 
 def seconds_per_epoch(spec, x, y, seeds: int = 0, repeats: int = 2) -> float:
     """The fastest of `repeats` epochs after one that compiles (seeds > 0: that many vmapped networks)."""
-    hyper = training.runtime_hyper(spec, jnp.float32)
+    hyper = programs.runtime_hyper(spec, jnp.float32)
     if seeds:
         keys = jax.random.split(jax.random.PRNGKey(0), seeds)
-        params, state = jax.vmap(lambda k: training.init_state(spec, k))(keys)
-        epoch = jax.jit(jax.vmap(training.epoch_fn(spec), in_axes=(0, 0, 0, None, None, None)))
+        params, state = jax.vmap(lambda k: programs.init_state(spec, k))(keys)
+        epoch = jax.jit(jax.vmap(programs.epoch_fn(spec), in_axes=(0, 0, 0, None, None, None)))
         run = lambda p, s, e: epoch(p, s, jax.random.split(jax.random.PRNGKey(e), seeds), x, y, hyper)
     else:
-        params, state = training.init_state(spec, jax.random.PRNGKey(0))
-        epoch = jax.jit(training.epoch_fn(spec))
+        params, state = programs.init_state(spec, jax.random.PRNGKey(0))
+        epoch = jax.jit(programs.epoch_fn(spec))
         run = lambda p, s, e: epoch(p, s, jax.random.PRNGKey(e), x, y, hyper)
     best = float("inf")
     for e in range(repeats + 1):
@@ -126,14 +125,14 @@ def ensemble(sizes: dict, deadline: float, echo) -> None:
         per_epoch = (times[-1] - started) / len(times)
         return "the time limit" if time.perf_counter() + per_epoch > deadline else ""
 
-    params, histories = training.fit_many(spec, data, seeds=list(range(sizes["nets"])), should_stop=out_of_time)
+    params, histories = train.fit_many(spec, data, seeds=list(range(sizes["nets"])), should_stop=out_of_time)
     y = data.test.y
-    digits = jax.jit(lambda p, x: jnp.argmax(nnx.feedforward(spec.net, p, training.images(x, jnp.float32))[0], axis=-1))
+    digits = jax.jit(lambda p, x: jnp.argmax(nnx.feedforward(spec.net, p, programs.images(x, jnp.float32))[0], axis=-1))
     votes = np.zeros((len(y), 10), np.int64)
     for p in params:  # each net's digit for every test image, a chunk at a time (a conv net's maps of 10,000 are large)
         p = jax.tree.map(jnp.asarray, p)
-        for i in range(0, len(y), training.EVAL_CHUNK):
-            votes[np.arange(i, min(i + training.EVAL_CHUNK, len(y))), np.asarray(digits(p, data.test.x[i:i + training.EVAL_CHUNK]))] += 1
+        for i in range(0, len(y), programs.EVAL_CHUNK):
+            votes[np.arange(i, min(i + programs.EVAL_CHUNK, len(y))), np.asarray(digits(p, data.test.x[i:i + programs.EVAL_CHUNK]))] += 1
     errors = int(np.sum(np.argmax(votes, axis=1) != y))
     epochs = len(histories[0]["test_accuracy"])
     echo(f"ensemble: {sizes['nets']} nets, {epochs} of {sizes['epochs']} epochs of {len(data.train.y):,} images in "
@@ -172,7 +171,7 @@ def main(argv=None, echo=print) -> int:
         echo(f"seconds per epoch of {sizes['conv']:,} images: 6.conv2 mb 10, {impl} convolution "
              f"{seconds_per_epoch(spec, jax.device_put(data.train.x), jax.device_put(data.train.y), repeats=1):.3f}")
     expanded = load_expanded(train_size=sizes["originals"], encoded=True)
-    on_device = training.to_device(expanded.train.x, jnp.float32)
+    on_device = programs.to_device(expanded.train.x, jnp.float32)
     echo(f"the expanded set ({len(expanded.train.y):,} images) on the device: {on_device.nbytes / 2**20:.0f} MiB as float32 "
          f"({expanded.train.x.nbytes / 2**20:.0f} MiB as stored)")
     del on_device

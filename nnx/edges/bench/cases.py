@@ -94,7 +94,7 @@ def nnx_timer(spec, x, y, repeats, cap=None) -> Timer:
 
     The first call at a shape compiles (Timer.first_s keeps its time); a sample is one epoch, or
     the mean of epochs_per_sample epochs where one is short. With a cap, as baseline_timer: two
-    epochs of one gather chunk (nnx.train.steps_per_gather) estimate a whole epoch; if `repeats`
+    epochs of one gather chunk (nnx.programs.steps_per_gather) estimate a whole epoch; if `repeats`
     epochs would take longer than `cap` seconds, each sample trains the first `fraction` of the
     images, a whole number of the full epoch's chunks (so each step runs the same compiled code as
     in a full epoch), and its time is scaled by 1 / fraction. The shorter epoch compiles once more,
@@ -118,7 +118,7 @@ def nnx_timer(spec, x, y, repeats, cap=None) -> Timer:
         nonlocal params, opt_state
         if n_images not in on_device:  # on the device once, as fit does
             on_device[n_images] = jax.device_put(x[:n_images]), jax.device_put(y[:n_images])
-        start = time.perf_counter()  # the epoch's key as fit draws it (nnx.train.epoch_key), on the clock
+        start = time.perf_counter()  # the epoch's key as fit draws it (nnx.programs.epoch_key), on the clock
         params, opt_state = jax.block_until_ready(epoch(params, opt_state, epoch_key(shuffle_key, next(keys)), *on_device[n_images]))
         seconds = time.perf_counter() - start
         first_call.setdefault(n_images, seconds)
