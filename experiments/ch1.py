@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.ticker import NullFormatter
 
 from experiments.plots import band
-from experiments.report import row, save_figure
-from experiments.store import final_params, group, history, param, seconds, sweep_runs
+from experiments.report import at, row, save_figure
+from experiments.store import final_params, group, history, param, seconds, sweep_protocol, sweep_runs
 
 EXPERIMENT = "ch1"
 SWEEPS = ("ch1_accuracy", "ch1_eta", "ch1_online")
@@ -162,7 +162,11 @@ NOTES = [
 
 def build_report(client, out):
     """Every chapter 1 figure and table from the store; returns (rows, figure names)."""
+    def protocol(*presets):
+        return sweep_protocol(client, EXPERIMENT, *presets)
+
     rows, by_width = accuracy(client, out)
-    rows += learning_rates(client, out, by_width)
-    rows += online(client, out)
+    rows = at(protocol("ch1_accuracy"), rows)
+    rows += at(protocol("ch1_eta", "ch1_accuracy"), learning_rates(client, out, by_width))
+    rows += at(protocol("ch1_online"), online(client, out))
     return rows, sorted(p.stem for p in out.glob("fig_*.png"))

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.plots import band
-from experiments.report import row, save_figure
-from experiments.store import artifact_npz, group, history, latest_run, param, per_hidden_layer, record_analysis_run, sweep_runs
+from experiments.report import at, row, save_figure
+from experiments.store import artifact_npz, group, history, latest_run, param, per_hidden_layer, record_analysis_run, sweep_protocol, sweep_runs
 from nnx import meanfield, records, theory
 from nnx.activations import ACTIVATIONS
 from nnx.data import input_sq_norm
@@ -265,14 +265,16 @@ NOTES = [
 
 def build_report(client, out):
     """Every chapter 5 figure and table from the store; returns (rows, figure names)."""
-    rows = depth_accuracy(client, out)
+    def protocol(*presets):
+        return sweep_protocol(client, EXPERIMENT, *presets)
+
+    rows = at(protocol("ch5_depth"), depth_accuracy(client, out))
     speed = group(sweep_runs(client, EXPERIMENT, "ch5_speed"), "model.depth", int)
     sq_norm = input_sq_norm(1000)
-    rows += bias_gradients(client, out, speed)
-    rows += init_norms(client, out, speed, sq_norm)
-    rows += speed_of_learning(client, out, speed)
+    rows += at(protocol("ch5_speed"), bias_gradients(client, out, speed) + init_norms(client, out, speed, sq_norm)
+               + speed_of_learning(client, out, speed))
     rows += exploding(client, out)
     rows += allowed_range(client, out)
-    rows += beyond(client, out, sq_norm)
+    rows += at(protocol("ch5_activations"), beyond(client, out, sq_norm))
     figures = sorted(p.stem for p in out.glob("fig_*.png"))
     return rows, figures

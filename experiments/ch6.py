@@ -4,7 +4,9 @@ The reported number follows the book: the test accuracy at the epoch of best val
 (ties to the later epoch, network3's >=), over seeds, and "best of N": the test accuracy of the run
 whose best validation accuracy is highest. The ensemble votes with the five dropout nets' weights
 after their last epoch. nnx-reproduce ch6 runs a scaled protocol (SCALED) that fits a 2-core CPU in
-minutes; nnx-reproduce ch6 --book runs the presets as the book did (hours here).
+minutes; nnx-reproduce ch6 --book runs the presets as the book did (hours here). A row of the book's
+protocol is judged at the book's tolerance, 0.3 points; a scaled row shows its gap to the book, and
+where the store holds both, the report shows the book's protocol beside the latest scaled runs.
 """
 
 import ast
@@ -15,8 +17,8 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from experiments.plots import band
-from experiments.report import row, save_figure
-from experiments.store import final_params, history, param, per_hidden_layer, sweep_runs
+from experiments.report import BOOK, row, save_figure
+from experiments.store import final_params, history, param, per_hidden_layer, runs_by_protocol
 from nnx import records
 
 EXPERIMENT = "ch6"
@@ -35,11 +37,11 @@ SCALED = {
     "ch6_expanded": ["data.train_size=20000", "train.epochs=2", "seed=0", "probes.size=500"],
     "ch6_dropout": ["data.train_size=20000", "train.epochs=3", "seed=0,1,2,3,4", "probes.size=500"],
 }
-BOOK = {"6.fc": 97.80, "6.conv1": 98.78, "6.conv2": 99.06, "6.relu": 99.23, "6.expanded": 99.37, "6.fc300": 99.46,
+BOOK_ACCURACY = {"6.fc": 97.80, "6.conv1": 98.78, "6.conv2": 99.06, "6.relu": 99.23, "6.expanded": 99.37, "6.fc300": 99.46,
         "6.fc1000": 99.43, "6.fc2": 99.43, "6.dropout": 99.60, "6.ensemble": 99.67}
 ORDER = ("6.fc", "6.conv1", "6.conv2", "6.relu", "6.expanded", "6.dropout")  # each change helps, says the book
 BOOK_ERRORS = 33
-FULL_TOLERANCE = 0.3  # points, at the book's protocol
+TOLERANCE = 0.3  # points, at the book's protocol: its own best-of-3 moves about this much between runs
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
@@ -61,48 +63,62 @@ def case_of(run) -> str:
 
 
 def cases(client) -> dict:
-    """{row id: [runs]} for every network of the chapter that the store holds, in the book's order."""
+    """{protocol: {row id: [runs]}} for every network of the chapter that the store holds, in the
+    book's order: each preset's latest sweep and, where that one was scaled, its newest sweep at the
+    book's protocol (store.runs_by_protocol); the book's protocol first."""
     out = {}
     for preset in SWEEPS:
-        for run in sweep_runs(client, EXPERIMENT, preset):
-            out.setdefault(case_of(run), []).append(run)
-    return {k: sorted(out[k], key=lambda r: param(r, "seed", int)) for k in BOOK if k in out}
+        for protocol, runs in runs_by_protocol(client, EXPERIMENT, preset):
+            for run in runs:
+                out.setdefault(protocol, {}).setdefault(case_of(run), []).append(run)
+    return {p: {k: sorted(out[p][k], key=lambda r: param(r, "seed", int)) for k in BOOK_ACCURACY if k in out[p]}
+            for p in sorted(out, key=lambda p: p != BOOK)}
 
 
-def protocol(runs) -> tuple[bool, str]:
-    """(whether these runs followed the book's protocol, a description of what they did)."""
+def describe(runs) -> str:
+    """What these runs trained on, e.g. "the first 20,000 training images (x5 expanded), 2 epochs, 1 seed"."""
     size, epochs = param(runs[0], "data.train_size"), param(runs[0], "train.epochs", int)
-    book = size == "None"
-    images = "all 50,000" if book else f"the first {int(size):,}"
-    return book, f"{images} training images{' (x5 expanded)' if param(runs[0], 'data.name') == 'mnist_expanded' else ''}, {epochs} epochs, {len(runs)} seeds"
+    images = "all 50,000" if size == "None" else f"the first {int(size):,}"
+    expanded = " (x5 expanded)" if param(runs[0], "data.name") == "mnist_expanded" else ""
+    return f"{images} training images{expanded}, {epochs} epoch{'s' * (epochs != 1)}, {len(runs)} seed{'s' * (len(runs) != 1)}"
 
 
-def accuracy_rows(client, out, by_case):
-    """A row per network (mean over seeds and best of N), the ordering rows, and the accuracy figure."""
-    rows, table, means = [], [], {}
+def accuracy_rows(client, out, groups):
+    """Per protocol: a row per network (mean over seeds and best of N) and the ordering rows; the
+    accuracy figure with every protocol's networks."""
+    rows, table = [], []
+    names = [c for c in BOOK_ACCURACY if c != "6.ensemble" and any(c in by_case for by_case in groups.values())]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, (case, runs) in enumerate(by_case.items()):
-        if case == "6.ensemble":
-            continue
-        pairs = np.array([reported(client, r) for r in runs])  # [seeds, (val, test)]
-        book, described = protocol(runs)
-        tolerance = FULL_TOLERANCE if book else SCALED_TOLERANCE
-        rows.append(row(case, f"test accuracy % at the best validation epoch ({described})", BOOK[case], pairs[:, 1], tolerance, "abs"))
-        best = pairs[np.argmax(pairs[:, 0]), 1]  # the run with the best validation accuracy, as the book picks
-        rows.append(row(case, f"test accuracy %, best of {len(runs)} runs (by validation accuracy)", BOOK[case], [best], tolerance, "abs"))
-        means[case] = pairs[:, 1].mean()
-        ax.errorbar(i, pairs[:, 1].mean(), yerr=pairs[:, 1].std(), fmt="o", color=COLORS[0], capsize=3)
-        ax.plot(i, BOOK[case], "x", color="k", ms=8, mew=2)
-        table += [(case, param(r, "seed"), v, t) for r, (v, t) in zip(runs, pairs)]
-    names = [c for c in by_case if c != "6.ensemble"]
+    for g, (protocol, by_case) in enumerate(groups.items()):
+        means, spreads = {}, {}
+        label = "ours, the book's protocol" if protocol == BOOK else "ours, scaled"
+        for case, runs in by_case.items():
+            if case == "6.ensemble":
+                continue
+            pairs = np.array([reported(client, r) for r in runs])  # [seeds, (val, test)]
+            described = describe(runs)
+            rows.append(row(case, f"test accuracy % at the best validation epoch ({described})", BOOK_ACCURACY[case], pairs[:, 1],
+                            TOLERANCE, "abs", protocol))
+            best = pairs[np.argmax(pairs[:, 0]), 1]  # the run with the best validation accuracy, as the book picks
+            rows.append(row(case, f"test accuracy %, best of {len(runs)} runs by validation accuracy ({described})", BOOK_ACCURACY[case],
+                            [best], TOLERANCE, "abs", protocol))
+            means[case] = pairs[:, 1].mean()
+            spreads[case] = pairs[:, 1].std(ddof=1) if len(runs) > 1 else 0.0
+            ax.errorbar(names.index(case) + 0.15 * g, means[case], yerr=spreads[case], fmt="os"[g % 2], color=COLORS[g], capsize=3,
+                        label=label if case == next(iter(by_case)) else None)
+            table += [(case, protocol, param(r, "seed"), v, t) for r, (v, t) in zip(runs, pairs)]
+        chain = [c for c in ORDER if c in means]
+        for before, after in itertools.pairwise(chain):  # at a scaled protocol, what the rows can defend
+            spread = max(spreads[before], spreads[after])
+            rows.append(row("6.order", f"{after} minus {before}, mean test accuracy (points; the book: each change helps, here by "
+                            f"more than the larger seeds' sd, {spread:.2g})", round(BOOK_ACCURACY[after] - BOOK_ACCURACY[before], 2),
+                            [means[after] - means[before]], spread, "greater", protocol))
+    ax.plot([names.index(c) for c in names], [BOOK_ACCURACY[c] for c in names], "x", color="k", ms=8, mew=2, ls="none", label="the book")
     ax.set_xticks(range(len(names)), names, rotation=30)
     ax.set(ylabel="test accuracy % (at best validation epoch)",
-           title="Chapter 6: each network's test accuracy (dots: ours, mean ± sd over seeds; x: the book)")
-    save_figure(out, "fig_6_accuracy", fig, ("case", "seed", "best_val_accuracy", "test_accuracy_at_best_val"), table)
-    chain = [c for c in ORDER if c in means]
-    for before, after in itertools.pairwise(chain):
-        rows.append(row("6.order", f"{after} minus {before}, mean test accuracy (points; the book: each change helps)",
-                        round(BOOK[after] - BOOK[before], 2), [means[after] - means[before]], 0.0, "greater"))
+           title="Chapter 6: each network's test accuracy (ours: mean ± sd over seeds; x: the book)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    save_figure(out, "fig_6_accuracy", fig, ("case", "protocol", "seed", "best_val_accuracy", "test_accuracy_at_best_val"), table)
     return rows
 
 
@@ -126,8 +142,8 @@ def predict(client, run, images) -> np.ndarray:
                            for i in range(0, len(images), 1000)])
 
 
-def ensemble(client, out, runs):
-    """The dropout nets' plurality vote: accuracy, error count, and the misclassified digits."""
+def ensemble(client, out, runs, protocol: str, draw: bool = True):
+    """The dropout nets' plurality vote: accuracy, error count, and (draw) the misclassified digits."""
     from nnx import load
 
     test = load(train_size=1).test
@@ -135,6 +151,12 @@ def ensemble(client, out, runs):
     answer = vote(predictions)
     wrong = np.flatnonzero(answer != test.y)
     accuracy = 100 * (1 - len(wrong) / len(test.y))
+    described = describe(runs)
+    rows = [row("6.ensemble", f"test accuracy % of the plurality vote of {len(runs)} dropout nets ({described})",
+                BOOK_ACCURACY["6.ensemble"], [accuracy], TOLERANCE, "abs", protocol),
+            row("6.ensemble", f"test errors of the vote (of 10,000; {described})", BOOK_ERRORS, [len(wrong)], 0.5, "rel", protocol)]
+    if not draw:
+        return rows
     shown = wrong[:40]
     fig, axes = plt.subplots(5, 8, figsize=(8, 5.6))
     for ax in axes.ravel():
@@ -146,10 +168,7 @@ def ensemble(client, out, runs):
     fig.suptitle(f"The ensemble's {len(wrong)} errors ({len(shown)} shown; blue: true digit, red: the vote)")
     save_figure(out, "fig_6_misclassified", fig, ("test_index", "true", "vote", *[f"net_{k}" for k in range(len(runs))]),
                 [(i, test.y[i], answer[i], *predictions[:, i]) for i in wrong])
-    _, described = protocol(runs)
-    return [row("6.ensemble", f"test accuracy % of the plurality vote of {len(runs)} dropout nets ({described})",
-                BOOK["6.ensemble"], [accuracy], FULL_TOLERANCE if protocol(runs)[0] else SCALED_TOLERANCE, "abs"),
-            row("6.ensemble", "test errors of the vote (of 10,000)", BOOK_ERRORS, [len(wrong)], 0.5, "rel")]
+    return rows
 
 
 def filters(client, out, run):
@@ -165,7 +184,7 @@ def filters(client, out, run):
                 [(m, i, j, w[m, 0, i, j]) for m in range(w.shape[0]) for i in range(w.shape[2]) for j in range(w.shape[3])])
 
 
-def gradients(client, out, by_case):
+def gradients(client, out, by_case, protocol: str):
     """Beyond the book: chapter 5's per-layer ||mean dC/db|| in chapter 6's nets, sigmoid against
     ReLU, with and without dropout. Is the first layer still far slower than the last?"""
     picks = {"6.conv2": "sigmoid", "6.relu": "ReLU", "6.dropout": "ReLU + dropout"}
@@ -188,9 +207,9 @@ def gradients(client, out, by_case):
         # network3's softmax layer starts at zero, so no gradient reaches a hidden layer at init (step 0):
         # the ratio is read from step 1 (after the first epoch) on.
         ratio = norms[:, -1, 1:] / norms[:, 0, 1:]  # last hidden (the FC layer) over the first conv layer
-        rows.append(row("6.gradients", f"{case} ({label}): last / first hidden layer ||dC/db|| after epoch 1", None, ratio[:, 0], 0.0, "none"))
+        rows.append(row("6.gradients", f"{case} ({label}): last / first hidden layer ||dC/db|| after epoch 1", None, ratio[:, 0], 0.0, "none", protocol))
         rows.append(row("6.gradients", f"{case} ({label}): last / first hidden layer ||dC/db||, median over training",
-                        None, np.median(ratio, axis=1), 0.0, "none"))
+                        None, np.median(ratio, axis=1), 0.0, "none", protocol))
     axes[0, 0].set_ylabel("||mean dC/db|| per hidden layer")
     fig.suptitle("Beyond the book: chapter 5's gradient norms in chapter 6's nets (conv layers 1-2, then FC), measured "
                  "before each epoch's updates;\nat init (epoch 0) they are all 0: network3's softmax layer starts at 0", fontsize=10)
@@ -220,11 +239,6 @@ def _config(overrides):
         return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
 
 
-# The scaled protocol's tolerance: its nets see 20,000 images (100,000 expanded) for 2-8 epochs, not
-# 50,000 (250,000) for 40-60, so they land a few points below the book; a row agrees within 3 points,
-# and the ordering rows carry the chapter's claim that each change helps.
-SCALED_TOLERANCE = 3.0
-
 NOTES = [
     ("network3's conventions (conf/experiment/ch6_network3.yaml): valid 5x5 convolutions, a 2x2 max-pool before the bias "
     "and activation, N(0, 1/n_out) weights with the pooled fan-out, a zero-initialised softmax layer, log-likelihood, "
@@ -234,9 +248,11 @@ NOTES = [
     ("Reported number: test accuracy at the best validation epoch (ties to the later epoch); 'best of N' picks the run "
     "with the best validation accuracy, as the book's 'best of three runs'. The ensemble votes with the last-epoch "
     "weights of the dropout nets; a tie goes to the smallest tied digit."),
-    (f"Tolerances: {FULL_TOLERANCE} points at the book's protocol (`nnx-reproduce ch6 --book`); {SCALED_TOLERANCE} points at the "
-    "scaled default, whose nets see far fewer images and epochs (each row's quantity says what it trained on). The "
-    "6.order rows check the chapter's claim that each change helps (ours must be > 0)."),
+    (f"Verdicts: a row of the book's protocol (`nnx-reproduce ch6 --book`: all images, 60 epochs, 3 seeds; 40 epochs and 5 "
+    f"seeds for dropout) agrees within {TOLERANCE} points of the book. A row of the scaled default, whose nets see far fewer "
+    "images and epochs (each row's quantity says what it trained on), lands a few points below the book by design: its "
+    "verdict says 'scaled' and the gap, and what it can defend is the 6.order rows: each change the book makes helps, by "
+    "more than the seeds' spread. Where the store holds runs of both protocols, both are shown (the figure too)."),
     ("Beyond the book (6.gradients): chapter 5's norm of the mean dC/db per hidden layer (conv layers first) over "
     "training, for the sigmoid conv net, the ReLU one and the ReLU + dropout one. network3 starts the softmax layer at "
     "zero, so at initialization no gradient reaches any hidden layer: the ratios start after the first epoch."),
@@ -244,14 +260,18 @@ NOTES = [
 
 
 def build_report(client, out):
-    """Every chapter 6 figure and row from the store; returns (rows, figure names, notes)."""
-    by_case = cases(client)
-    rows = accuracy_rows(client, out, by_case)
-    if "6.dropout" in by_case:
-        rows += ensemble(client, out, by_case["6.dropout"])
-        filters(client, out, by_case["6.dropout"][0])
-    rows += gradients(client, out, by_case)
+    """Every chapter 6 figure and row from the store; returns (rows, figure names, notes). The figures
+    of one protocol's nets (misclassified digits, filters, gradients) show the book's where the store has it."""
+    groups = cases(client)
+    rows = accuracy_rows(client, out, groups)
+    drawn = False
+    for protocol, by_case in groups.items():
+        if "6.dropout" in by_case:
+            rows += ensemble(client, out, by_case["6.dropout"], protocol, draw=not drawn)
+            if not drawn:
+                filters(client, out, by_case["6.dropout"][0])
+            drawn = True
+    protocol, first = next(iter(groups.items()))
+    rows += gradients(client, out, first, protocol)
     rows += parameter_counts()
-    scaled = sorted({protocol(runs)[1] for runs in by_case.values()})
-    notes = NOTES + [f"Protocol of the stored runs: {'; '.join(scaled)}."]
-    return rows, sorted(p.stem for p in out.glob("fig_*.png")), notes
+    return rows, sorted(p.stem for p in out.glob("fig_*.png")), NOTES

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.plots import band
-from experiments.report import row, save_figure
-from experiments.store import group, history, param, sweep_runs
+from experiments.report import at, combine, row, save_figure
+from experiments.store import group, history, param, sweep_protocol, sweep_runs
 from nnx import records, theory
 from nnx.activations import ACTIVATIONS
 from nnx.data import input_sq_norm
@@ -37,6 +37,9 @@ PUBLISHED_TRAINS = {30: {"glorot_normal": False, "he_normal": True}, 22: {"gloro
 SECONDARY = {22: " (secondary)"}  # claims papers.md has from others' summaries, not the paper itself
 CHANCE = 10.0  # % accuracy of a net that has learnt nothing (10 balanced classes)
 STALL_MARGIN = 5.0  # a stalled net ends within this many points of chance
+# The paper trained ImageNet conv nets: the training rows here are a scaled-down stand-in; the
+# gradient rows at init measure what the paper derives, at any width.
+SCALED_DOWN = "scaled: MLPs of 256 ReLU units, 4000 MNIST images, 800 SGD steps (the paper: ImageNet conv nets)"
 TRAINS_ABOVE = 50.0  # a net that trains ends above this % training accuracy within the budget
 
 
@@ -179,7 +182,7 @@ def training(client, out, cells):
                             f"agrees if above {TRAINS_ABOVE:g}%)", None, final, TRAINS_ABOVE, "greater"))
         else:
             rows.append(row("he.train", f"{depth} layers, {name}: final training accuracy % (paper: stalls; "
-                            f"agrees if within {STALL_MARGIN:g} points of chance)", CHANCE, final, STALL_MARGIN, "abs"))
+                            f"agrees if at most {STALL_MARGIN:g} points above chance)", CHANCE, final, CHANCE + STALL_MARGIN, "less"))
     axes[0, 0].set_ylabel("training accuracy (%)")
     axes[1, 0].set_ylabel("training cost (log-likelihood)")
     axes[0, 0].legend(fontsize=8)
@@ -213,8 +216,8 @@ def build_report(client, out):
     """The He 2015 figures and rows from the store; returns (rows, figure names)."""
     cells = _by_init_and_depth(sweep_runs(client, EXPERIMENT, "he2015"))
     probe_size = min(min(param(r, "probes.size", int), param(r, "data.train_size", int)) for runs in cells.values() for r in runs)
-    rows = init_gradients(client, out, cells, input_sq_norm(probe_size))
-    rows += gradient_scale(client, cells)
-    rows += training(client, out, cells)
+    protocol = sweep_protocol(client, EXPERIMENT, "he2015")
+    rows = at(protocol, init_gradients(client, out, cells, input_sq_norm(probe_size)) + gradient_scale(client, cells))
+    rows += at(combine(SCALED_DOWN, protocol), training(client, out, cells))
     rows.sort(key=lambda r: ("he.slope", "he.weight_slope", "he.scale", "he.train").index(r["id"]))
     return rows, sorted(p.stem for p in out.glob("fig_*.png"))

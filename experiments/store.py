@@ -3,10 +3,13 @@
 Every read goes through nnx.edges.tracking's verbs; metric and file names come from nnx.records.
 """
 
+import functools
 import io
+import re
 
 import numpy as np
 
+from experiments.report import BOOK, combine
 from nnx import records
 from nnx.edges import tracking
 
@@ -39,6 +42,87 @@ def sweep_runs(client, experiment: str, preset: str) -> list:
     """The child runs of the latest FINISHED sweep of `preset` (e.g. ch5_depth) in `experiment`."""
     experiment_id, parent = _latest(client, experiment, preset, "sweep")
     return tracking.find_runs(client, [experiment_id], tags={"mlflow.parentRunId": parent.info.run_id})
+
+
+# Overrides that change how a run is kept, not what it measures: a sweep with no other override
+# than these ran its preset as written (the book's protocol, where the preset holds it).
+BOOKKEEPING = ("experiment", "seed", "seeds", "device", "resume", "train.checkpoint_every", "model.conv_impl",
+               "train.matmul_precision", "tracking.*", "hydra.*", "hydra/*")
+
+
+def _values(override: str) -> tuple[str, frozenset[str]]:
+    """(key as Hydra reads it, the values an override gives it); a range or interval counts as its text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(override)
+    if parsed.is_discrete_sweep():
+        return parsed.get_key_element(), frozenset(parsed.sweep_string_iterator())
+    if parsed.is_sweep_override():
+        return parsed.get_key_element(), frozenset([override.partition("=")[2]])
+    return parsed.get_key_element(), frozenset([parsed.get_value_element_as_str()])
+
+
+@functools.cache
+def own_sweep(preset: str) -> dict:
+    """{key: its values} that the preset's own sweep runs (its hydra.sweeper.params; {} for none)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from nnx.edges import paths
+
+    try:
+        with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
+            sweeper = compose("train", overrides=[f"experiment={preset}"], return_hydra_config=True).hydra.sweeper
+        return dict(_values(f"{k}={v}") for k, v in (OmegaConf.to_container(sweeper, resolve=False).get("params") or {}).items())
+    except Exception:  # HydraException, OmegaConfBaseException: a preset this checkout no longer has
+        return {}
+
+
+def departures(overrides: str, own: dict | None = None) -> list[str]:
+    """The overrides of a sweep (its nnx.overrides tag: the command line's, space-joined) that change
+    its preset's protocol: all but BOOKKEEPING and those that pick some of the values of the preset's
+    own sweep (`own`: own_sweep's {key: values}, e.g. model.conv_maps=[] of ch6_basic's three nets), in
+    the order given, a key given twice once (its last)."""
+    changed = {}
+    for override in re.split(r" (?=[+~]*[\w./@-]+=)", overrides.strip()) if overrides.strip() else []:
+        key = override.partition("=")[0].lstrip("+~")
+        changed.pop(key, None)
+        if any(key == k or (k.endswith("*") and key.startswith(k[:-1])) for k in BOOKKEEPING):
+            continue
+        try:
+            name, values = _values(override)
+        except Exception:  # HydraException: not an override Hydra reads; it changed something
+            name, values = key, None
+        if values is None or not values <= (own or {}).get(name, frozenset()):
+            changed[key] = override
+    return list(changed.values())
+
+
+def protocol(parent) -> str:
+    """BOOK where the sweep ran its preset as written (or some of its own sweep's values), else
+    "scaled: <the overrides that changed it>"."""
+    tags = parent.data.tags
+    changed = departures(tags.get("nnx.overrides", ""), own_sweep(tags.get("nnx.experiment", "")))
+    return "scaled: " + " ".join(changed) if changed else BOOK
+
+
+def sweep_protocol(client, experiment: str, *presets: str) -> str:
+    """The protocol of the latest finished sweep of each preset, combined (report.combine)."""
+    return combine(*(protocol(latest_sweep(client, experiment, preset)) for preset in presets))
+
+
+def runs_by_protocol(client, experiment: str, preset: str) -> list[tuple[str, list]]:
+    """[(protocol, child runs)] of the latest FINISHED sweep of `preset`, and, where that one was
+    scaled, of the newest FINISHED sweep at the book's protocol too if the store holds one (the report
+    shows the two side by side)."""
+    experiment_id, latest = _latest(client, experiment, preset, "sweep")
+    shown = [(protocol(latest), latest)]
+    if shown[0][0] != BOOK:
+        sweeps = tracking.find_runs(client, [experiment_id], tags={"nnx.role": "sweep", "nnx.experiment": preset},
+                                    status="FINISHED", newest_first=True)
+        shown += [(BOOK, p) for p in sweeps if protocol(p) == BOOK][:1]
+    found = [(p, tracking.find_runs(client, [experiment_id], tags={"mlflow.parentRunId": parent.info.run_id})) for p, parent in shown]
+    return [(p, runs) for p, runs in found if runs]
 
 
 def latest_run(client, experiment: str, preset: str):

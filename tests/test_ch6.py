@@ -2,6 +2,7 @@
 ensemble's vote against a hand count."""
 
 import json
+import time
 
 import mlflow
 import numpy as np
@@ -35,8 +36,13 @@ def test_every_figure_and_row_exists_and_is_finite(pipeline):
     rows = check_report(folder / "report", FIGURES, IDS, printed)
     assert {r["book"] for r in rows if r["id"] == "6.params"} == {520, 23_550}
     assert all(r["verdict"] == "agrees" for r in rows if r["id"] == "6.params")
-    notes = (folder / "report" / "report.md").read_text()
-    assert "the first 50 training images (x5 expanded), 1 epochs, 1 seeds" in notes
+    text = (folder / "report" / "report.md").read_text()
+    assert "the first 50 training images (x5 expanded), 1 epoch, 1 seed" in text
+    # Shrunk, the runs are not the book's protocol: each accuracy row says so, with its gap to the book.
+    accuracies = [r for r in rows if r["tolerance_kind"] == "abs" and r["id"] != "6.params"]
+    assert accuracies and all(r["verdict"] == f"scaled ({r['ours_mean'] - r['book']:+.3g} points)" for r in accuracies)
+    assert {r["protocol"] for r in accuracies} == {"scaled: " + " ".join(o for o in SHRUNK if not o.startswith(("seed=", "train.checkpoint")))}
+    assert "Protocol of each row: scaled (" in text
 
 
 def test_the_runs_follow_network3(pipeline):
@@ -93,3 +99,45 @@ def test_the_reported_epoch_is_the_best_validation_one_with_ties_to_the_later():
     finally:
         ch6.history = original
     json.dumps(ch6.SCALED)  # plain overrides: the report quotes them
+
+
+def test_the_books_protocol_is_shown_beside_the_latest_scaled_runs_and_judged_at_its_tolerance(store, tmp_path):
+    """A store with a 6.fc sweep at the book's protocol, then a scaled one: the report judges the book's
+    runs at 0.3 points and gives the scaled runs their gap, each row saying its protocol."""
+    from experiments.store import runs_by_protocol
+    from nnx.edges import tracking
+
+    _, client = store
+    experiment_id = tracking.open_experiment(client.tracking_uri, "ch6")[1]
+    sweeps = {"book": ("experiment=ch6_basic seed=0,1 model.conv_maps=[]", None, [97.9, 97.6]),
+              "scaled": ("experiment=ch6_basic data.train_size=20000 train.epochs=8 model.conv_maps=[]", "20000", [96.5, 96.2])}
+    for overrides, size, accuracies in sweeps.values():  # the book's first, the scaled one latest
+        parent = tracking.Run.start(client, experiment_id, name="sweep", params={},
+                                    tags={"nnx.role": "sweep", "nnx.experiment": "ch6_basic", "nnx.overrides": overrides})
+        for seed, accuracy in enumerate(accuracies):
+            run = tracking.Run.start(client, experiment_id, name=f"seed={seed}", parent_run_id=parent.run_id,
+                                     tags={"nnx.experiment": "ch6_basic"},
+                                     params={"model.conv_maps": "[]", "model.fc": "[100]", "seed": seed, "data.train_size": size,
+                                             "train.epochs": 2, "data.name": "mnist"})
+            for step, acc in enumerate((accuracy - 1, accuracy)):
+                run.log_metrics(step, {"val_accuracy": acc / 100, "test_accuracy": acc / 100})
+            run.end("FINISHED")
+        parent.end("FINISHED")
+        time.sleep(0.01)  # distinct start times: the scaled sweep is the latest
+
+    found = runs_by_protocol(client, "ch6", "ch6_basic")
+    # model.conv_maps=[]: one of ch6_basic's own nets, picked from its sweep (not a change of protocol)
+    assert [p for p, _ in found] == ["scaled: data.train_size=20000 train.epochs=8", "book"]
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(ch6, "SWEEPS", ("ch6_basic",))
+    try:
+        groups = ch6.cases(client)
+    finally:
+        monkeypatch.undo()
+    assert list(groups) == ["book", found[0][0]]
+    rows = ch6.accuracy_rows(client, tmp_path, groups)
+    mean = {r["protocol"]: r for r in rows if "best of" not in r["quantity"]}
+    assert mean["book"]["verdict"] == "agrees" and mean["book"]["tolerance"] == 0.3  # 97.75 against 97.80
+    assert "all 50,000 training images, 2 epochs, 2 seeds" in mean["book"]["quantity"]
+    assert mean["scaled: data.train_size=20000 train.epochs=8"]["verdict"] == "scaled (-1.45 points)"
+    assert (tmp_path / "fig_6_accuracy.png").exists()

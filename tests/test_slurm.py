@@ -1,27 +1,35 @@
 """SLURM for real: a one-node cluster (munged, slurmctld, slurmd from Debian's slurm-wlm and munge)
 that the module starts in a temporary folder, and sweeps sent to it through hydra/launcher=slurm."""
 
+import itertools
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, train_in_process
+from conftest import free_port, reproduce, train_in_process
+from experiments import ch6
 from nnx.edges import tracking
 
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "squeue", "sinfo", "scancel")
+CLIENTS = ("sbatch", "squeue", "sinfo", "scancel", "scontrol")
 PARTITION = "nnx"
 # Two jobs at a time on the one node (CPUs=2, one CPU each), five minutes and 1 GB each.
 LAUNCHER = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}", "hydra.launcher.timeout_min=5",
             "hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1"]
 TINY = ["model.width=8", "data.train_size=100", "probes.size=50", "data.validation_size=100", "train.eval_splits=[validation,test]"]
+# Chapter 6 at the book's protocol (--book: none of ch6.SCALED) shrunk hard: each of its four sweeps one job,
+# a net of 2 and 3 maps and FC 8 on 50 images (250 expanded) for one epoch, 100 validation images.
+CH6_TINY = ["data.train_size=50", "train.epochs=1", "seed=0", "probes.size=20", "train.checkpoint_every=0", "model.conv_maps=[2,3]",
+            "model.fc=[8]", "data.validation_size=100"]
 
 SLURM_CONF = """\
 ClusterName=nnxtest
@@ -237,3 +245,46 @@ def test_slurms_stop_signals_end_runs_killed_and_the_relaunched_sweep_resumes_th
         assert r.info.status == "FINISHED" and r.data.tags["nnx.resumed_from_epoch"] == str(stopped_at[seed])
         assert r.data.tags["mlflow.parentRunId"] == latest.info.run_id
         assert steps(client, r.info.run_id, "val_accuracy") == list(range(epochs))  # each epoch once
+
+
+def slurm_jobs(cluster, under: Path) -> list[dict]:
+    """The jobs slurmctld still knows (it keeps finished ones MinJobAge, 300 s) whose log is under `under`:
+    scontrol's fields, SubmitTime, StartTime and EndTime as datetimes (whole seconds)."""
+    jobs = []
+    for line in slurm(cluster["scontrol"], "-o", "show", "job").splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("StdOut", "").startswith(str(under)):
+            jobs.append({**fields, **{k: datetime.fromisoformat(fields[k]) for k in ("SubmitTime", "StartTime", "EndTime")}})
+    return jobs
+
+
+def test_a_book_reproduction_submits_every_sweep_at_once_and_writes_its_report(cluster, store, tmp_path):
+    """`nnx-reproduce ch6 --book hydra/launcher=slurm ...`: each of the chapter's four sweeps is its own
+    nnx-train, submitting its array job at once; every job was submitted before any ended, and the
+    report's rows say what protocol ran (here the shrunken one: scaled, with the gap to the book)."""
+    uri, client = store
+    done = reproduce("ch6", "--book", "--out", tmp_path / "report", *LAUNCHER, *CH6_TINY, uri=uri, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = runs(client, "ch6")
+    parents = {r.data.tags["nnx.experiment"]: r for r in found if r.data.tags.get("nnx.role") == "sweep"}
+    children = [r for r in found if r.data.tags.get("nnx.role") not in ("sweep", "report")]
+    assert sorted(parents) == sorted(ch6.SWEEPS) and {p.info.status for p in parents.values()} == {"FINISHED"}
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    for p in parents.values():  # --book: the scaled default's overrides are not on any command line
+        assert not any(o in p.data.tags["nnx.overrides"] for o in ch6.SCALED[p.data.tags["nnx.experiment"]] if o != "seed=0")
+
+    jobs = slurm_jobs(cluster, tmp_path)
+    assert len({j.get("ArrayJobId", j["JobId"]) for j in jobs}) == 4, jobs  # one (array) job per sweep
+    # Submitted together: the last sweep's job was submitted before the first job ended (one after
+    # another, each sweep would wait for the one before it to end), and jobs of two sweeps ran at once.
+    assert max(j["SubmitTime"] for j in jobs) <= min(j["EndTime"] for j in jobs), jobs
+    spans = sorted((r.info.start_time, r.info.end_time) for r in children)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)), spans
+
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
+    accuracies = [r for r in report if r["id"] in ("6.conv2", "6.relu", "6.expanded", "6.dropout", "6.ensemble") and r["tolerance_kind"] == "abs"]
+    assert accuracies and all(r["protocol"].startswith("scaled: data.train_size=50 train.epochs=1") for r in accuracies)
+    assert all(r["verdict"].startswith("scaled (") and r["verdict"].endswith(" points)") for r in accuracies)
+    notes = (tmp_path / "report" / "report.md").read_text()
+    assert "Protocol of each row: scaled (data.train_size=50" in notes and "the book's protocol: 6.params." in notes
+    assert "queued" in done.stdout and "ch6_dropout done" in done.stdout
