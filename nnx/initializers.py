@@ -7,8 +7,38 @@ A conv layer passes its kernel's shape [maps, channels, k, k] as `shape`, its fa
 as n_in and n_out (network3 counts a pooled fan-out); b then has one entry per map.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def _drawn(sample, key, shape, dtype, scale=None):
+    """sample(key, shape, dtype) (times scale), the same bits, from a program per power of two of the
+    size instead of one per shape: with threefry's partitionable bits (JAX's default) entry i of a draw
+    depends on the key and i alone, so the first n entries of a longer draw are the draw of n
+    (tests/test_initializers.py). Each shape compiled its own sampler (~0.27 s; ~200 in the test suite)."""
+    if not jax.config.jax_threefry_partitionable:
+        out = sample(key, shape, dtype)
+        return out if scale is None else out * scale
+    n = math.prod(shape)
+    drawn = sample(key, (1 << max(n - 1, 0).bit_length(),), dtype)
+    drawn = drawn if scale is None else drawn * scale  # elementwise: each entry rounds as in a draw of n
+    try:
+        return jnp.asarray(np.asarray(drawn)[:n].reshape(shape))  # cut on the host: no program per shape
+    except jax.errors.TracerArrayConversionError:  # traced (seeds vmapped, eval_shape): cut in the trace
+        return drawn[:n].reshape(shape)
+
+
+def normal(key, shape, dtype=jnp.float32, scale=None):
+    """jax.random.normal(key, shape, dtype) * scale, bit for bit (_drawn)."""
+    return _drawn(jax.random.normal, key, tuple(shape), dtype, scale)
+
+
+def uniform(key, shape, dtype, low, high):
+    """jax.random.uniform(key, shape, dtype, low, high), bit for bit (_drawn)."""
+    return _drawn(lambda k, s, d: jax.random.uniform(k, s, d, low, high), key, tuple(shape), dtype)
 
 
 def large():
@@ -17,7 +47,7 @@ def large():
     def init(key, n_in, n_out, dtype=jnp.float32, shape=None):
         shape = shape or (n_out, n_in)
         kw, kb = jax.random.split(key)
-        return (jax.random.normal(kw, shape, dtype), jax.random.normal(kb, shape[:1], dtype))
+        return normal(kw, shape, dtype), normal(kb, shape[:1], dtype)
 
     return init
 
@@ -28,8 +58,8 @@ def default():
     def init(key, n_in, n_out, dtype=jnp.float32, shape=None):
         shape = shape or (n_out, n_in)
         kw, kb = jax.random.split(key)
-        w = jax.random.normal(kw, shape, dtype) / jnp.sqrt(jnp.asarray(n_in, dtype))
-        return w, jax.random.normal(kb, shape[:1], dtype)
+        w = _drawn(lambda k, s, d: jax.random.normal(k, s, d) / jnp.sqrt(jnp.asarray(n_in, dtype)), kw, shape, dtype)
+        return w, normal(kb, shape[:1], dtype)
 
     return init
 
@@ -48,7 +78,7 @@ def glorot_normal():
     """Glorot & Bengio (2010): w ~ N(0, 2/(n_in + n_out)), b = 0."""
 
     def weights(key, n_in, n_out, dtype, shape):
-        return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / (n_in + n_out)).astype(dtype)
+        return normal(key, shape, dtype, jnp.sqrt(2.0 / (n_in + n_out)).astype(dtype))
 
     return _zero_bias(weights)
 
@@ -58,7 +88,7 @@ def glorot_uniform():
 
     def weights(key, n_in, n_out, dtype, shape):
         r = (6.0 / (n_in + n_out)) ** 0.5
-        return jax.random.uniform(key, shape, dtype, -r, r)
+        return uniform(key, shape, dtype, -r, r)
 
     return _zero_bias(weights)
 
@@ -68,7 +98,7 @@ def standard_uniform():
 
     def weights(key, n_in, n_out, dtype, shape):
         r = n_in**-0.5
-        return jax.random.uniform(key, shape, dtype, -r, r)
+        return uniform(key, shape, dtype, -r, r)
 
     return _zero_bias(weights)
 
@@ -77,7 +107,7 @@ def he_normal():
     """He et al. (2015): w ~ N(0, 2/n_in), b = 0, which keeps ReLU activations' variance fixed."""
 
     def weights(key, n_in, n_out, dtype, shape):
-        return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / n_in).astype(dtype)
+        return normal(key, shape, dtype, jnp.sqrt(2.0 / n_in).astype(dtype))
 
     return _zero_bias(weights)
 
@@ -90,7 +120,7 @@ def orthogonal(gain: float = 1.0, sigma_b2: float = 0.0):
         kw, kb = jax.random.split(key)
         # A kernel [maps, c, k, k] is a [maps, c k^2] matrix: its maps' flattened kernels are the rows.
         w = jax.nn.initializers.orthogonal(scale=gain, column_axis=0 if len(shape) > 2 else -1)(kw, shape, dtype)
-        return w, jax.random.normal(kb, shape[:1], dtype) * jnp.sqrt(jnp.asarray(sigma_b2, dtype))
+        return w, normal(kb, shape[:1], dtype, jnp.sqrt(jnp.asarray(sigma_b2, dtype)))
 
     return init
 
@@ -102,8 +132,8 @@ def gaussian(sigma_w2: float = 1.0, sigma_b2: float = 0.0):
     def init(key, n_in, n_out, dtype=jnp.float32, shape=None):
         shape = shape or (n_out, n_in)
         kw, kb = jax.random.split(key)
-        w = jax.random.normal(kw, shape, dtype) * jnp.sqrt(jnp.asarray(sigma_w2 / n_in, dtype))
-        return w, jax.random.normal(kb, shape[:1], dtype) * jnp.sqrt(jnp.asarray(sigma_b2, dtype))
+        w = normal(kw, shape, dtype, jnp.sqrt(jnp.asarray(sigma_w2 / n_in, dtype)))
+        return w, normal(kb, shape[:1], dtype, jnp.sqrt(jnp.asarray(sigma_b2, dtype)))
 
     return init
 
@@ -116,8 +146,8 @@ def network3():
     def init(key, n_in, n_out, dtype=jnp.float32, shape=None):
         shape = shape or (n_out, n_in)
         kw, kb = jax.random.split(key)
-        w = jax.random.normal(kw, shape, dtype) * jnp.sqrt(jnp.asarray(1.0 / n_out, dtype))
-        return w, jax.random.normal(kb, shape[:1], dtype)
+        w = normal(kw, shape, dtype, jnp.sqrt(jnp.asarray(1.0 / n_out, dtype)))
+        return w, normal(kb, shape[:1], dtype)
 
     return init
 

@@ -74,3 +74,21 @@ def test_a_conv_kernel_gets_its_shape_and_one_bias_per_map(name):
     assert w.shape == (20, 1, 5, 5) and b.shape == (20,)
     if name == "network3":
         np.testing.assert_allclose(np.var(np.asarray(w)), 4 / (20 * 25), rtol=0.2)
+
+
+@pytest.mark.parametrize("shape", [(30, 784), (20, 1, 5, 5), (7,)])
+def test_draws_are_jax_randoms_bits_for_every_shape_eager_and_vmapped(shape):
+    """nnx.initializers draws from one program per power of two of the size and cuts the draw to the
+    shape: the bits of jax.random's own draw of that shape, scaled or not, eagerly and under vmap."""
+    from nnx import initializers
+
+    key = jax.random.PRNGKey(7)
+    scale = np.float32(0.3)
+    pairs = [(initializers.normal(key, shape, np.float32, scale), jax.random.normal(key, shape) * scale),
+             (initializers.uniform(key, shape, np.float32, -0.2, 0.2), jax.random.uniform(key, shape, np.float32, -0.2, 0.2))]
+    keys = jax.random.split(key, 3)
+    pairs.append((jax.vmap(lambda k: initializers.normal(k, shape, np.float32, scale))(keys),
+                  jax.vmap(lambda k: jax.random.normal(k, shape) * scale)(keys)))
+    for ours, theirs in pairs:
+        assert ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs)
