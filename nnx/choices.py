@@ -15,6 +15,8 @@ there; elsewhere nnx leaves the work to XLA's own kernels (cuDNN's convolutions,
                 (evaluation_device).
 """
 
+import os
+
 import jax
 
 CONV_IMPLS = ("auto", "im2col", "xla")
@@ -94,4 +96,6 @@ def tags(spec) -> dict:
     out = {"nnx.dense_grad": dense_grad(), "nnx.evaluation": "beside" if evaluation_device() is not None else "inline"}
     if spec.model_name == "conv":
         out["nnx.conv_impl"] = conv_impl(spec.conv_impl)
+    if platform() == "gpu":  # nnx.edges.devices asks for XLA's deterministic GPU ops unless XLA_FLAGS says otherwise
+        out["nnx.xla_flags"] = os.environ.get("XLA_FLAGS", "")
     return out

@@ -138,6 +138,27 @@ def test_an_accelerator_jax_cannot_use_fails_before_any_run_saying_how_to_get_it
     assert all_runs(client) == []
 
 
+@pytest.mark.parametrize("given,expected", [(None, "--xla_gpu_deterministic_ops=true"),
+                                             ("--xla_cpu_enable_fast_math=false", "--xla_cpu_enable_fast_math=false --xla_gpu_deterministic_ops=true"),
+                                             ("--xla_gpu_deterministic_ops=false", "--xla_gpu_deterministic_ops=false")])
+def test_every_command_asks_xla_for_deterministic_gpu_ops_unless_told_otherwise(given, expected, monkeypatch):
+    """nnx's commands set their process up with nnx.edges.devices, which adds the flag to XLA_FLAGS,
+    keeping the user's own flags and the user's own setting of it."""
+    from nnx.edges import devices
+
+    monkeypatch.delenv("XLA_FLAGS") if given is None else monkeypatch.setenv("XLA_FLAGS", given)
+    devices.use_two_cpu_devices()  # JAX is up in this process: only the environment changes
+    assert os.environ["XLA_FLAGS"] == expected
+
+
+def test_the_cpu_build_of_xla_knows_the_deterministic_gpu_flag():
+    """XLA stops a process at start on a flag it does not know: every nnx command would."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_gpu_deterministic_ops=true"}
+    done = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert (done.returncode, done.stdout) == (0, "3.0\n"), done.stderr
+
+
 def test_a_damaged_data_file_fails_before_any_run(nnx_train, store, tmp_path):
     _, client = store
     bad = tmp_path / "mnist.pkl.gz"

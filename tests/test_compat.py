@@ -117,3 +117,13 @@ def test_no_other_module_reaches_past_a_librarys_public_names():
     found = [f"{p.relative_to(ROOT)}:{n}" for folder in ("nnx", "experiments", "hydra_plugins") for p in sorted((ROOT / folder).rglob("*.py"))
              if p.name != "compat.py" for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert found == []
+
+
+def test_every_lock_pins_versions_only():
+    """requirements.lock and the accelerators' locks (make install ACCEL=...): comments and name==version
+    lines, no URL, path or range, so an install takes exactly these versions from whatever index is configured."""
+    locks = sorted(ROOT.glob("requirements*.lock"))
+    assert {p.name for p in locks} >= {"requirements.lock", "requirements-cuda13.lock", "requirements-cuda12.lock", "requirements-tpu.lock"}
+    for lock in locks:
+        for line in lock.read_text().splitlines():
+            assert line.startswith("#") or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[0-9][0-9A-Za-z.+!-]*", line), (lock.name, line)

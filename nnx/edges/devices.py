@@ -3,6 +3,8 @@ epoch's evaluation runs on the second beside the next epoch (nnx.choices.evaluat
 
 import os
 
+DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
+
 
 def use_two_cpu_devices():
     """Two JAX CPU devices instead of one, where this process may use two cores or more.
@@ -21,6 +23,12 @@ def use_two_cpu_devices():
     # (nnx-reproduce's, a joblib sweep's) could not start: memory is taken as it is needed instead.
     # A user's own setting wins. Read when the GPU backend starts, so set before any computation.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # The same config and seed give the same numbers on a GPU too: XLA's GPU backend may otherwise
+    # sum with atomics (scatter-adds, some reductions) in an order that varies from run to run. A GPU
+    # flag, known to the CPU build too, where it changes nothing; a user's own setting of it wins.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC}".strip()
     if len(os.sched_getaffinity(0)) < 2:
         return
     try:
