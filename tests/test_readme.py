@@ -25,6 +25,7 @@ COVERED_ELSEWHERE = {
     "nnx-train experiment=ch6_basic": "test_ch6.py (the ch6 pipeline trains the ch6_basic preset, shrunk)",
     "nnx-rerun": "test_reliability.py::test_rerun_reproduces_a_finished_run",
     "nnx-runs": "test_liveness.py::test_nnx_runs_resumes_a_killed_run_and_says_what_is_wrong (and the sweep test beside it)",
+    "nnx-train -m experiment=<preset>": "test_slurm.py::test_a_book_reproduction_submits_every_sweep_at_once_and_writes_its_report (what nnx-reproduce starts per sweep on a cluster)",
     "nnx-reproduce ch6 --book hydra/launcher=slurm": "test_slurm.py::test_a_book_reproduction_submits_every_sweep_at_once_and_writes_its_report",
     "nnx-reproduce": "test_ch5.py (the pipeline, --plot-only, overrides), test_chapters.py, test_ch3hp.py, test_ch4.py, test_ch6.py, test_papers_*.py",
     "nnx-bench": "test_bench_stats.py, test_baselines.py and test_bench_conv.py (its parts: a whole bench takes minutes)",
