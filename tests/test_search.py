@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nnx.edges import search
+from nnx.edges import search, search_space
 
 TINY = ["model.width=8", "data.train_size=100", "probes.size=50", "train.mini_batch_size=10", "tracking.experiment=search"]
 
@@ -53,10 +53,10 @@ def test_a_bad_search_is_refused_before_any_trial(args, message, capsys):
 def test_the_space_follows_hydras_sweep_syntax_and_the_command_line_wins():
     import optuna.distributions as d
 
-    dims, fixed = search.space(["model.width=100", "optimizer.eta=tag(log, interval(0.05, 5))", "train.mini_batch_size=range(10, 40, 10)"],
+    dims, fixed = search_space.space(["model.width=100", "optimizer.eta=tag(log, interval(0.05, 5))", "train.mini_batch_size=range(10, 40, 10)"],
                                {"optimizer.eta": "interval(0.01, 1.0)", "model.width": "choice(30, 100)", "optimizer.lmbda": "tag(int, interval(1, 9))"})
     assert dims == {"optimizer.eta": d.FloatDistribution(0.05, 5.0, log=True), "optimizer.lmbda": d.IntDistribution(1, 9),
                     "train.mini_batch_size": d.IntDistribution(10, 30, step=10)}
     assert fixed == ["model.width=100"]
-    assert search.corner_jobs({"a": d.FloatDistribution(0.1, 1.0), "b": d.CategoricalDistribution([1, 2, 3])}, ["x=1"]) == [
+    assert search_space.corner_jobs({"a": d.FloatDistribution(0.1, 1.0), "b": d.CategoricalDistribution([1, 2, 3])}, ["x=1"]) == [
         ["x=1", "a=0.1", "b=1"], ["x=1", "a=1", "b=1"], ["x=1", "a=0.1", "b=2"], ["x=1", "a=0.1", "b=3"]]

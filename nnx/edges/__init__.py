@@ -9,7 +9,8 @@ modules turn a command line into those values and what comes back into stored ru
   cli         nnx-train (Hydra), with preflight (every job of a sweep checked before any runs)
   sweeps      a sweep's shared file and MLflow parent run (the multirun's process and its jobs)
   search      hydra/sweeper=search: optuna's TPE over a config's settings, trials pruned per epoch
-              (its Hydra class lives in hydra_plugins/nnx_search/, where Hydra takes plugins from)
+              (its Hydra class lives in hydra_plugins/nnx_search/, where Hydra takes plugins from);
+              search_space its space and settings, read and checked (what preflight needs)
   job         one job: its runs' identity, started or found to skip or heal
   lifecycle   the runs from their first epoch to their end; checkpoint (the files a run writes), stop (signals)
   resume      a killed run continued in place; rerun (nnx-rerun)

@@ -97,7 +97,7 @@ def _jobs(argv: list[str], config_name: str) -> list[list[str]] | None:
 
 def _search_space(overrides, config_name: str) -> list[list[str]] | None:
     """The jobs to check when the sweeper is nnx's search (hydra/sweeper=search), else None."""
-    from nnx.edges import search
+    from nnx.edges import search_space
 
     try:
         cfg = compose(config_name, overrides=[o.input_line for o in overrides if not o.is_sweep_override()], return_hydra_config=True)
@@ -106,17 +106,17 @@ def _search_space(overrides, config_name: str) -> list[list[str]] | None:
     if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("nnx_search.search_sweeper.SearchSweeper"):
         return None
     settings = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
-    search.check_settings(settings)
-    dims, fixed = search.space([o.input_line for o in overrides], settings.get("params"))
-    search.check_space(dims, OmegaConf.to_container(cfg.train, resolve=True))
-    return search.corner_jobs(dims, fixed)
+    search_space.check_settings(settings)
+    dims, fixed = search_space.space([o.input_line for o in overrides], settings.get("params"))
+    search_space.check_space(dims, OmegaConf.to_container(cfg.train, resolve=True))
+    return search_space.corner_jobs(dims, fixed)
 
 
 def preflight(argv: list[str], config_dir: str, config_name: str) -> bool:
     """Composes and builds each job; on the first bad one prints why and exits with status 2.
     Returns whether it checked the command's jobs (for a search, the corners of its space, which
     use every key and value kind its trials can); False where Hydra decides alone (--help, --cfg)."""
-    from nnx.edges.search import SearchError
+    from nnx.edges.search_space import SearchError
 
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         try:

@@ -13,7 +13,8 @@ finds it clearly behind the finished trials: it ends FINISHED, tagged nnx.stoppe
 When the search ends, every trial's run is tagged nnx.search_state (COMPLETE, PRUNED, FAIL), the
 best one nnx.best_trial=true, and the parent carries the study's summary (nnx.search.*).
 
-The study lives in Hydra's sweep folder; MLflow holds everything a figure needs.
+The study lives in Hydra's sweep folder; MLflow holds everything a figure needs. The space and the
+settings' checks, which preflight needs without the study, are in nnx.edges.search_space.
 """
 
 import json
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from nnx.edges import sweeps, tracking
+from nnx.edges.search_space import PRUNERS, SearchError, check_settings, check_space, format_value, space  # noqa: F401 (callers catch search.SearchError)
 from nnx.errors import UserError
 
 SEARCH_FILE = "nnx_search.json"  # in the sweep folder: the study's storage and which job is which trial
@@ -30,83 +32,6 @@ PRUNED = "pruned"  # how a pruned trial's nnx.stopped tag begins
 BEST_TAG = "nnx.best_trial"
 STATE_TAG = "nnx.search_state"
 TRIAL_TAG = "nnx.search_trial"
-SAMPLERS = ("tpe", "random")
-# median: behind the median of the finished trials at the same epoch (optuna's MedianPruner); asha: not in
-# the best third of the trials that reached the same rung, epochs w, 3w, 9w ... (w = warmup_epochs, epochs
-# counted from 0; SuccessiveHalvingPruner, asynchronous successive halving: it needs no finished trials, so
-# it suits a small budget); none.
-PRUNERS = {"median": "behind the median of the finished trials at that epoch",
-           "asha": "not in the best third of the trials at that epoch (successive halving)", "none": ""}
-
-
-class SearchError(UserError, ValueError):
-    """A search that cannot run: a bad setting or search space. The message says the fix."""
-
-
-# ---- the search space ----
-
-def _distribution(key: str, sweep):
-    """optuna's distribution for one Hydra sweep value (ChoiceSweep, RangeSweep or IntervalSweep)."""
-    import optuna.distributions as d
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
-    tags = set(sweep.tags or ())
-    if isinstance(sweep, IntervalSweep):
-        low, high = sweep.start, sweep.end
-        if not low < high or ("log" in tags and low <= 0):
-            raise SearchError(f"{key}=interval({low:g}, {high:g}) is empty{' or not positive (log scale)' if 'log' in tags else ''}. "
-                              f"Use e.g. {key}='tag(log, interval(0.01, 1.0))'.")
-        if "int" in tags:
-            return d.IntDistribution(int(low), int(high), log="log" in tags)
-        return d.FloatDistribution(low, high, log="log" in tags)
-    if isinstance(sweep, RangeSweep):
-        values = list(sweep.range())
-        if all(isinstance(v, int) for v in values) and len(values) > 1:
-            return d.IntDistribution(values[0], values[-1], step=values[1] - values[0], log=False)
-        return d.CategoricalDistribution(values)
-    if isinstance(sweep, ChoiceSweep):
-        return d.CategoricalDistribution(list(sweep.list))
-    raise SearchError(f"{key}: the search cannot sweep {sweep!r}")
-
-
-def space(arguments, params) -> tuple[dict, list[str]]:
-    """({key: optuna distribution}, [fixed overrides]) from the config's params and the command line
-    (the command line wins: a plain value there fixes a setting the config would search)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
-    dims, fixed = {}, {}
-    for override in parser.parse_overrides(lines):
-        key = override.get_key_element()
-        if override.is_hydra_override():
-            if override.is_sweep_override():
-                raise SearchError(f"{override.input_line}: hydra settings cannot be searched")
-            continue  # the launcher's and sweeper's own settings: Hydra applies them
-        dims.pop(key, None)
-        fixed.pop(key, None)
-        if override.is_sweep_override():
-            dims[key] = _distribution(key, override.value())
-        else:
-            fixed[key] = override.input_line
-    return dims, list(fixed.values())
-
-
-def _format(value) -> str:
-    """A sampled value as an override: floats to 4 significant digits (what the run trains and records)."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def corner_jobs(dims: dict, fixed: list[str]) -> list[list[str]]:
-    """The settings preflight builds before any trial runs: every choice and both ends of every range."""
-    import optuna.distributions as d
-
-    ends = {}
-    for key, dist in dims.items():
-        ends[key] = list(dist.choices) if isinstance(dist, d.CategoricalDistribution) else [dist.low, dist.high]
-    base = {key: values[0] for key, values in ends.items()}
-    jobs = [dict(base)] + [{**base, key: v} for key, values in ends.items() for v in values[1:]]
-    return [fixed + [f"{key}={_format(v)}" for key, v in job.items()] for job in jobs]
 
 
 # ---- the study: the sweeper and each trial's job open the same one ----
@@ -167,35 +92,6 @@ def trial_stopper(sweep_dir, job_num: int, epochs: int) -> TrialStopper | None:
 
 # ---- the sweep ----
 
-def check_settings(settings: dict):
-    def need(ok, key, rule, fix):
-        if not ok:
-            raise SearchError(f"hydra.sweeper.{key}={settings.get(key)!r} is invalid: {rule}. {fix}")
-
-    count = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    need(count(settings["n_trials"]) and settings["n_trials"] >= 1, "n_trials", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_trials=20.")
-    need(settings["budget"] is None or (count(settings["budget"]) and settings["budget"] >= 1), "budget",
-         "must be an integer >= 1 (epochs over all trials, in full trials of train.epochs) or null",
-         "Use e.g. hydra.sweeper.budget=3 (as many epochs as 3 full trials), or null for none.")
-    need(count(settings["n_jobs"]) and settings["n_jobs"] >= 1, "n_jobs", "must be an integer >= 1", "Use e.g. hydra.sweeper.n_jobs=2.")
-    need(settings["sampler"] in SAMPLERS, "sampler", f"must be one of {list(SAMPLERS)}", "Use hydra.sweeper.sampler=tpe.")
-    need(settings["pruner"] in PRUNERS, "pruner", f"must be one of {list(PRUNERS)}", "Use hydra.sweeper.pruner=median, asha or none.")
-    need(count(settings["startup_trials"]) and settings["startup_trials"] >= 0, "startup_trials", "must be an integer >= 0",
-         "Use e.g. hydra.sweeper.startup_trials=4.")
-    need(count(settings["warmup_epochs"]) and settings["warmup_epochs"] >= 0, "warmup_epochs", "must be an integer >= 0",
-         "Use e.g. hydra.sweeper.warmup_epochs=2.")
-    need(count(settings["seed"]), "seed", "must be an integer", "Use e.g. hydra.sweeper.seed=0.")
-
-
-def check_space(dims: dict, train: dict):
-    if not dims:
-        raise SearchError("nothing to search: give hydra.sweeper.params, or a range on the command line such as "
-                          "optimizer.eta='tag(log, interval(0.01, 10))'")
-    if "validation" not in train.get("eval_splits", ["validation"]):
-        raise SearchError(f"train.eval_splits={train['eval_splits']} is invalid for a search: trials are judged and pruned by "
-                          f"their validation accuracy. Add validation, e.g. 'train.eval_splits=[validation,test]'.")
-
-
 def _sampler(settings: dict):
     import optuna
 
@@ -246,7 +142,7 @@ def sweep(sweeper, arguments: list[str]) -> list:
             if left is not None and left <= 0:
                 break
             trial = study.ask(dims)
-            overrides = fixed + [f"{key}={_format(trial.params[key])}" for key in dims]
+            overrides = fixed + [f"{key}={format_value(trial.params[key])}" for key in dims]
             wanted = int(trial.params.get("train.epochs", epochs))
             if left is not None and left < wanted:  # the last trials get what is left of the budget
                 overrides, wanted = _epochs_override(overrides, left), left
@@ -304,7 +200,7 @@ def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, 
     line = f"nnx-search: {len(outcomes)} trials {json.dumps(counts)}, {used} epochs, {seconds:.0f} s"
     if best is not None:
         line += f"; best: trial {best.number}, validation accuracy {best.value:.2%}, " + " ".join(
-            f"{k}={_format(v)}" for k, v in best.params.items())
+            f"{k}={format_value(v)}" for k, v in best.params.items())
     print(line, flush=True)
     if "parent_run_id" not in sweep:
         return
@@ -322,7 +218,7 @@ def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, 
                "nnx.search.budget_epochs": budget, "nnx.search.sampler": settings["sampler"],
                "nnx.search.pruner": settings["pruner"], "nnx.search.space": json.dumps({k: repr(v) for k, v in dims.items()})}
     if best is not None:
-        trained = {k: float(_format(v)) if isinstance(v, float) else v for k, v in best.params.items()}  # as the run trained them
+        trained = {k: float(format_value(v)) if isinstance(v, float) else v for k, v in best.params.items()}  # as the run trained them
         summary.update({"nnx.search.best_trial": best.number, "nnx.search.best_value": best.value,
                         "nnx.search.best_params": json.dumps(trained)})
     tracking.Run(client, sweep["parent_run_id"]).set_tags(summary)
