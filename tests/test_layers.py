@@ -183,7 +183,8 @@ def test_conv_gradient_norms_are_the_norm_of_the_mean_bias_gradient_per_layer():
         _, z = model.trace(spec.net, params, x, shifts=shifts)
         return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
 
-    deltas = jax.grad(summed)([jnp.zeros_like(z) for z, _ in model.trace(spec.net, params, x)[0]])
+    shapes = jax.eval_shape(lambda: model.trace(spec.net, params, x))[0]  # traced, not run: one program below, not one per operation
+    deltas = jax.jit(jax.grad(summed))([jnp.zeros(z.shape, z.dtype) for z, _ in shapes])
     for l, i in enumerate(hidden):
         d = np.abs(np.asarray(deltas[l], np.float64)) / len(x)  # the mean's terms
         terms = d.size // d.shape[-1]  # images times positions per map (or unit)
@@ -257,8 +258,9 @@ def test_conv_nets_with_dropout_train_as_vmapped_seeds_with_the_steps_of_separat
     # Accuracies count images: one whose top two outputs are within the two runs' difference (another CPU's
     # draw of it: ELSEWHERE times the one measured after that epoch) can count either way; usually none.
     val = jnp.asarray(data.validation.x)
+    outputs = jax.jit(lambda params: nnx.feedforward(spec.net, params, val)[0])  # one program, not one per operation
     for e, (got, want) in enumerate(zip(histories[1]["val_accuracy"], alone_history["val_accuracy"])):
-        z_together, z_alone = (np.asarray(nnx.feedforward(spec.net, states[k][e], val)[0], np.float64) for k in ("together", "alone"))
+        z_together, z_alone = (np.asarray(outputs(states[k][e]), np.float64) for k in ("together", "alone"))
         differ = roundoff.ELSEWHERE * max(np.max(np.abs(z_together - z_alone)), roundoff.U32 * np.max(np.abs(z_alone)))  # >= 1 rounding
         either_way = int(roundoff.ambiguous(z_alone, np.full_like(z_alone, differ)).sum())
         assert abs(round(float(got) * len(val)) - round(float(want) * len(val))) <= either_way, (e, got, want, either_way)
