@@ -15,6 +15,7 @@ import numpy as np
 from experiments import backprop_numpy
 from experiments.report import row, save_figure
 from experiments.store import history, latest_run, record_analysis_run
+from nnx import choices
 
 EXPERIMENT = "ch2"
 SWEEPS = ()  # chapter 2 trains nothing
@@ -61,7 +62,7 @@ def compare(case, x, labels, rng) -> dict:
     sizes = case[0]
     params = [{"w": rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), "b": rng.normal(size=n_out)}
               for n_in, n_out in itertools.pairwise(sizes)]
-    with jax.enable_x64(True):
+    with choices.float64():
         grads = jax.grad(make_loss(_spec(case)))(params, x, labels)
     expected = backprop_numpy.mean_gradient([(p["w"], p["b"]) for p in params], x, labels, *case[1:])
     diff = max(float(np.max(np.abs(np.asarray(g[k]) - e))) for g, pair in zip(grads, expected) for k, e in zip("bw", pair))

@@ -15,6 +15,7 @@ there; elsewhere nnx leaves the work to XLA's own kernels (cuDNN's convolutions,
                 (evaluation_device).
 """
 
+import contextlib
 import os
 
 import jax
@@ -99,3 +100,12 @@ def tags(spec) -> dict:
     if platform() == "gpu":  # nnx.edges.devices asks for XLA's deterministic GPU ops unless XLA_FLAGS says otherwise
         out["nnx.xla_flags"] = os.environ.get("XLA_FLAGS", "")
     return out
+
+
+@contextlib.contextmanager
+def float64():
+    """Float64 arithmetic on the CPU, whatever the default device, for the small float64 checks
+    (chapter 2's backprop against jax.grad to 1e-12, chapter 5's analytic curves): a TPU has no
+    float64, and a GPU's would only be slower at these sizes. On the CPU: the same bits as before."""
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        yield

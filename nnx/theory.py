@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nnx import choices
+
 # Gauss-Hermite nodes for E_{z ~ N(0, 1)}[f(z)] (probabilists' weights, normalised).
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(100)  # even: no node at 0, where relu' jumps
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
@@ -90,7 +92,7 @@ def exploding_chain(depth: int, w: float = 100.0, a0: float = 0.5):
             a = jax.nn.sigmoid(w * a + b)
         return 0.5 * a**2
 
-    with jax.enable_x64(True):
+    with choices.float64():
         a, biases = a0, []
         for _ in range(depth):
             biases.append(-w * a)

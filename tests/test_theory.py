@@ -80,3 +80,15 @@ def test_allowed_width_peaks_near_the_books_numbers():
     # the book's 6.9 and 0.45, to the digits it prints
     assert w[np.argmax(width)] == pytest.approx(6.9, abs=0.1) and width.max() == pytest.approx(0.45, abs=0.01)
     assert theory.allowed_width(np.array([3.9]))[0] == 0.0  # |w| < 4: sigma' <= 1/4 never reaches 1/|w|
+
+
+def test_float64_checks_run_on_the_cpu_in_float64_whatever_the_default_device():
+    """chapter 2's backprop check and these curves compute in float64, which a TPU lacks: on the CPU."""
+    import jax
+    import jax.numpy as jnp
+
+    from nnx import choices
+
+    with choices.float64():
+        x = jnp.ones(3, jnp.float64) / 3
+    assert x.dtype == jnp.float64 and x.devices() == {jax.devices("cpu")[0]}
