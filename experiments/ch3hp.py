@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from experiments.plots import band
 from experiments.report import at, row, save_figure
 from experiments.store import group, history, latest_sweep, param, sweep_protocol, sweep_runs
+from nnx import records
 from nnx.edges import search
 
 EXPERIMENT = "ch3hp"
@@ -151,7 +152,7 @@ def stopping(client, out):
             label = RULES[rule]
             rows.append(row("3hp.stopping", f"{name}, {label}: {what}", book, [value], TOLERANCE, "abs"))
             rows.append(row("3hp.stopping", f"{name}, {label}: epochs trained (the fixed run: {fixed_epochs}; "
-                            f"{by_rule[rule][case].data.tags.get('nnx.stopped', 'reached the cap')})", None, [epochs], 0.0, "none"))
+                            f"{by_rule[rule][case].data.tags.get(records.TAG_STOPPED, 'reached the cap')})", None, [epochs], 0.0, "none"))
             rows.append(row("3hp.stopping", f"{name}, {label} minus the fixed run: {what.split(' at')[0]}, points", None,
                             [value - fixed_value], 0.0, "none"))
         top, bottom = axes[0, col], axes[1, col]
@@ -192,7 +193,7 @@ def _trials(client):
             "best": r.data.tags.get(search.BEST_TAG) == "true", "eta": param(r, "optimizer.eta", float),
             "lmbda": param(r, "optimizer.lmbda", float), "mini_batch_size": param(r, "train.mini_batch_size", int),
             "epochs": len(val), "val": 100 * float(val.max()) if len(val) else np.nan,
-            "test": 100 * r.data.metrics.get("test_accuracy_at_best_val", np.nan), "run": r,
+            "test": 100 * r.data.metrics.get(records.TEST_AT_BEST_VAL, np.nan), "run": r,
         })
     return parent, sorted(trials, key=lambda t: t["number"])
 
@@ -203,14 +204,15 @@ def automatic_search(client, out):
     hand = sweep_runs(client, EXPERIMENT, "ch3hp_fixed")
     hand = {(param(r, "model.width", int), param(r, "optimizer.eta", float)): r for r in hand}
     hand_100 = [hand[c] for c in BOOK_RUNS if c[0] == 100 and c in hand]
-    hand_best = max(hand_100, key=lambda r: r.data.metrics["best_val_accuracy"])
-    hand_val, hand_test = 100 * hand_best.data.metrics["best_val_accuracy"], 100 * hand_best.data.metrics["test_accuracy_at_best_val"]
+    hand_best = max(hand_100, key=lambda r: r.data.metrics[records.BEST_VAL_ACCURACY])
+    hand_val, hand_test = 100 * hand_best.data.metrics[records.BEST_VAL_ACCURACY], 100 * hand_best.data.metrics[records.TEST_AT_BEST_VAL]
     done = [t for t in trials if t["state"] == "COMPLETE"]
     best = next((t for t in trials if t["best"]), max(done, key=lambda t: t["val"]) if done else None)
     scaled = _scaled([t["run"] for t in trials])
     tags = parent.data.tags
-    counts = json.loads(tags.get("nnx.search.trials", "{}"))
-    budget, used = tags.get("nnx.search.budget_epochs"), int(tags.get("nnx.search.epochs", sum(t["epochs"] for t in trials)))
+    named = records.TAG_SEARCH
+    counts = json.loads(tags.get(named["trials"], "{}"))
+    budget, used = tags.get(named["budget_epochs"]), int(tags.get(named["epochs"], sum(t["epochs"] for t in trials)))
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.9), sharey=True)
     styles = {"COMPLETE": ("o", COLORS[0]), "PRUNED": ("v", COLORS[1]), "FAIL": ("s", COLORS[3])}
@@ -253,7 +255,7 @@ def automatic_search(client, out):
         row("3hp.search", f"best trial's test accuracy % at its best validation epoch, minus the hand-tuned run's ({hand_test:.2f}%)",
             None, [best["test"] - hand_test], 0.0, "none"),
         row("3hp.search", f"trials run ({', '.join(f'{v} {k.lower()}' for k, v in counts.items())}) in "
-            f"{float(tags.get('nnx.search.seconds', 'nan')):.0f} s", None, [len(trials)], 0.0, "none"),
+            f"{float(tags.get(named['seconds'], 'nan')):.0f} s", None, [len(trials)], 0.0, "none"),
         row("3hp.search", f"epochs trained by all trials (budget {budget})", None, [used], 0.0, "none"),
         row("3hp.search", "best trial's eta (the book's hand-tuned: 0.1)", 0.1, [best["eta"]], 0.0, "none"),
         row("3hp.search", f"best trial's lmbda (the book's: 5.0{', 1.0 at this scale' if scaled else ''})", 1.0 if scaled else 5.0,

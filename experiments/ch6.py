@@ -54,7 +54,7 @@ def reported(client, run) -> tuple[float, float]:
 
 def case_of(run) -> str:
     """The row a stored run belongs to: by preset, then by its architecture (conv layers, FC widths)."""
-    preset, maps, fc = run.data.tags["nnx.experiment"], ast.literal_eval(param(run, "model.conv_maps")), ast.literal_eval(param(run, "model.fc"))
+    preset, maps, fc = run.data.tags[records.TAG_EXPERIMENT], ast.literal_eval(param(run, "model.conv_maps")), ast.literal_eval(param(run, "model.fc"))
     if preset == "ch6_basic":
         return ("6.fc", "6.conv1", "6.conv2")[min(len(maps), 2)]
     if preset == "ch6_expanded":

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnx import records
+
 FIELDS = ("id", "quantity", "book", "ours_mean", "ours_sd", "n_seeds", "tolerance", "tolerance_kind", "verdict", "protocol")
 BOOK, PAPER = "book", "paper"  # a row's protocol: the book's, the paper's, or "scaled: <what the runs changed>"
 COMPARED = ("abs", "rel", "factor")  # the kinds that compare with the book's number (a scaled row shows its gap instead)
@@ -149,8 +151,8 @@ def log_report_run(client, experiment_id: str, chapter: str, out: Path, sources:
 
     run = tracking.Run.start(
         client, experiment_id, name=f"report {chapter}", params={},
-        tags={"nnx.report": chapter, "nnx.role": "report", **tracking.environment_tags(),
-              **{f"nnx.source.{k}": v for k, v in sources.items()}},
+        tags={records.TAG_REPORT: chapter, records.TAG_ROLE: records.ROLE_REPORT, **tracking.environment_tags(),
+              **{records.source_tag(k): v for k, v in sources.items()}},
     )
     run.log_artifacts(out)
     run.end("FINISHED")

@@ -22,10 +22,10 @@ def _latest(client, experiment: str, preset: str, role: str):
     """(experiment id, the latest FINISHED run with tags nnx.role=role and nnx.experiment=preset)."""
     experiment_id = tracking.experiment_id(client, experiment)
     runs = [] if experiment_id is None else tracking.find_runs(
-        client, [experiment_id], tags={"nnx.role": role, "nnx.experiment": preset}, status="FINISHED",
+        client, [experiment_id], tags={records.TAG_ROLE: role, records.TAG_EXPERIMENT: preset}, status="FINISHED",
         newest_first=True, max_results=1)
     if not runs:
-        what = "sweep" if role == "sweep" else "run"
+        what = "sweep" if role == records.ROLE_SWEEP else "run"
         raise MissingRuns(
             f"no finished {preset} {what} in MLflow experiment {experiment!r} at {client.tracking_uri}. "
             f"Run `nnx-reproduce {experiment}` without --plot-only first."
@@ -35,12 +35,12 @@ def _latest(client, experiment: str, preset: str, role: str):
 
 def latest_sweep(client, experiment: str, preset: str):
     """The parent run of the latest FINISHED sweep of `preset` (its tags hold a search's summary)."""
-    return _latest(client, experiment, preset, "sweep")[1]
+    return _latest(client, experiment, preset, records.ROLE_SWEEP)[1]
 
 
 def sweep_runs(client, experiment: str, preset: str) -> list:
     """The child runs of the latest FINISHED sweep of `preset` (e.g. ch5_depth) in `experiment`."""
-    experiment_id, parent = _latest(client, experiment, preset, "sweep")
+    experiment_id, parent = _latest(client, experiment, preset, records.ROLE_SWEEP)
     return tracking.find_runs(client, [experiment_id], tags={"mlflow.parentRunId": parent.info.run_id})
 
 
@@ -102,7 +102,7 @@ def protocol(parent) -> str:
     """BOOK where the sweep ran its preset as written (or some of its own sweep's values), else
     "scaled: <the overrides that changed it>"."""
     tags = parent.data.tags
-    changed = departures(tags.get("nnx.overrides", ""), own_sweep(tags.get("nnx.experiment", "")))
+    changed = departures(tags.get(records.TAG_OVERRIDES, ""), own_sweep(tags.get(records.TAG_EXPERIMENT, "")))
     return "scaled: " + " ".join(changed) if changed else BOOK
 
 
@@ -115,10 +115,10 @@ def runs_by_protocol(client, experiment: str, preset: str) -> list[tuple[str, li
     """[(protocol, child runs)] of the latest FINISHED sweep of `preset`, and, where that one was
     scaled, of the newest FINISHED sweep at the book's protocol too if the store holds one (the report
     shows the two side by side)."""
-    experiment_id, latest = _latest(client, experiment, preset, "sweep")
+    experiment_id, latest = _latest(client, experiment, preset, records.ROLE_SWEEP)
     shown = [(protocol(latest), latest)]
     if shown[0][0] != BOOK:
-        sweeps = tracking.find_runs(client, [experiment_id], tags={"nnx.role": "sweep", "nnx.experiment": preset},
+        sweeps = tracking.find_runs(client, [experiment_id], tags={records.TAG_ROLE: records.ROLE_SWEEP, records.TAG_EXPERIMENT: preset},
                                     status="FINISHED", newest_first=True)
         shown += [(BOOK, p) for p in sweeps if protocol(p) == BOOK][:1]
     found = [(p, tracking.find_runs(client, [experiment_id], tags={"mlflow.parentRunId": parent.info.run_id})) for p, parent in shown]
@@ -127,7 +127,7 @@ def runs_by_protocol(client, experiment: str, preset: str) -> list[tuple[str, li
 
 def latest_run(client, experiment: str, preset: str):
     """The latest FINISHED analysis run (a computation, not a sweep) tagged nnx.experiment=preset."""
-    return _latest(client, experiment, preset, "analysis")[1]
+    return _latest(client, experiment, preset, records.ROLE_ANALYSIS)[1]
 
 
 def history(client, run, key: str) -> np.ndarray:
@@ -181,7 +181,7 @@ def record_analysis_run(client, experiment_id, preset: str, series: dict, *, par
     (series may differ in length); arrays {name: ndarray}, too large or too many-dimensional for
     metrics (a curve on a fine grid, a surface), as one artifact, ANALYSIS_ARRAYS."""
     run = tracking.Run.start(client, experiment_id, name=preset, params=params or {},
-                             tags={"nnx.experiment": preset, "nnx.role": "analysis", **tracking.environment_tags()})
+                             tags={records.TAG_EXPERIMENT: preset, records.TAG_ROLE: records.ROLE_ANALYSIS, **tracking.environment_tags()})
     for i in range(max(map(len, series.values()))):
         run.log_metrics(first_step + i, {k: float(v[i]) for k, v in series.items() if i < len(v)})
     if arrays:

@@ -2,6 +2,7 @@
 message says: the same whether the sweeps run one after another (experiments.reproduce) or all at
 once (experiments.together)."""
 
+from nnx import records
 from nnx.edges import tracking
 
 # The reports read metrics and params.npz, never a logged model, and a model costs ~0.2-0.5 s a run
@@ -19,8 +20,8 @@ def sweep_argv(module, preset: str, overrides: list[str], book: bool, launcher=(
 def runs_since(client, preset: str, since_ms: int) -> int:
     """How many runs of the preset (not sweep parents; in any experiment) started at or after since_ms."""
     experiments = [e.experiment_id for e in tracking.retry(client.search_experiments)]
-    found = tracking.find_runs(client, experiments, tags={"nnx.experiment": preset}) if experiments else []
-    return sum(r.info.start_time >= since_ms and r.data.tags.get("nnx.role") != "sweep" for r in found)
+    found = tracking.find_runs(client, experiments, tags={records.TAG_EXPERIMENT: preset}) if experiments else []
+    return sum(r.info.start_time >= since_ms and r.data.tags.get(records.TAG_ROLE) != records.ROLE_SWEEP for r in found)
 
 
 def failure(preset: str, status: int, started: int | None) -> str:

@@ -20,6 +20,8 @@ import os
 
 import jax
 
+from nnx import records
+
 CONV_IMPLS = ("auto", "im2col", "xla")
 
 
@@ -94,11 +96,11 @@ def evaluation_device():
 
 def tags(spec) -> dict:
     """The resolved choices a run records (a conv net's convolution; every net's gradient and evaluation)."""
-    out = {"nnx.dense_grad": dense_grad(), "nnx.evaluation": "beside" if evaluation_device() is not None else "inline"}
+    out = {records.TAG_DENSE_GRAD: dense_grad(), records.TAG_EVALUATION: "beside" if evaluation_device() is not None else "inline"}
     if spec.model_name == "conv":
-        out["nnx.conv_impl"] = conv_impl(spec.conv_impl)
+        out[records.TAG_CONV_IMPL] = conv_impl(spec.conv_impl)
     if platform() == "gpu":  # nnx.edges.devices asks for XLA's deterministic GPU ops unless XLA_FLAGS says otherwise
-        out["nnx.xla_flags"] = os.environ.get("XLA_FLAGS", "")
+        out[records.TAG_XLA_FLAGS] = os.environ.get("XLA_FLAGS", "")
     return out
 
 

@@ -29,10 +29,11 @@ from nnx import programs, records, train
 # accuracy divided by the split's size at run time (the last ulp of both can differ from 1's).
 VERSION = 2
 
-NUMERICS_TAG, CPU_TAG, ISA_TAG, FLAGS_TAG = "nnx.numerics", "nnx.cpu", "nnx.cpu_isa", "nnx.xla_flags"
+NUMERICS_TAG, CPU_TAG, ISA_TAG, FLAGS_TAG = records.TAG_NUMERICS, records.TAG_CPU, records.TAG_CPU_ISA, records.TAG_XLA_FLAGS
 # The run tags that decide the bits. XLA's flags too: --xla_backend_optimization_level=0 alone
 # changed the bits of a trained net here.
-DECIDING = (NUMERICS_TAG, "nnx.jax_backend", "nnx.device", CPU_TAG, ISA_TAG, FLAGS_TAG, "nnx.version.jax", "nnx.version.jaxlib")
+DECIDING = (NUMERICS_TAG, records.TAG_JAX_BACKEND, records.TAG_DEVICE, CPU_TAG, ISA_TAG, FLAGS_TAG,
+            records.version_tag("jax"), records.version_tag("jaxlib"))
 
 # The twin's nudge perturbs each initial weight once; another CPU rounds every partial sum of
 # every product. Runs recorded on another machine differed by up to 2.2 times the nudge's spread
@@ -72,8 +73,9 @@ def cpu() -> tuple[str, str]:
 def fingerprint() -> dict:
     """The run tags that decide its bits, as this process computes."""
     model, isa = cpu()
-    return {NUMERICS_TAG: str(VERSION), "nnx.jax_backend": jax.default_backend(), "nnx.device": str(jax.devices()[0].device_kind),
-            CPU_TAG: model, ISA_TAG: isa, FLAGS_TAG: os.environ.get("XLA_FLAGS", "").strip() or "none", "nnx.version.jax": metadata.version("jax"), "nnx.version.jaxlib": metadata.version("jaxlib")}
+    return {NUMERICS_TAG: str(VERSION), records.TAG_JAX_BACKEND: jax.default_backend(), records.TAG_DEVICE: str(jax.devices()[0].device_kind),
+            CPU_TAG: model, ISA_TAG: isa, FLAGS_TAG: os.environ.get("XLA_FLAGS", "").strip() or "none",
+            **{records.version_tag(p): metadata.version(p) for p in ("jax", "jaxlib")}}
 
 
 def differences(recorded: dict, now: dict) -> list[str]:

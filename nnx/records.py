@@ -11,6 +11,11 @@ the probes' arrays ("hist/...", "spectrum/...") with the steps they were taken a
 params.npz and checkpoints key each array by its path in the params pytree ("0/w" is params[0]["w"]),
 so any layer kind saves and loads the same way; files written before that ("layer_<l>/<k>" and
 "leaf_<i>") still load.
+
+Tags (MLflow run tags, "nnx.<name>"): what a run is (its experiment, role, sweep, seed), how it ended,
+where its process lives, and what decides its float bits. The edges write and read them, and
+experiments/ finds runs by them, all through the TAG_ constants below; tests spell the stored names
+out, so a renamed constant that would change them fails there.
 """
 
 import re
@@ -29,9 +34,66 @@ STOP_REASON = "stop_reason"  # history: why it stopped, e.g. "no improvement in 
 ETA = "eta"  # the learning rate of each epoch (logged with a schedule or early stopping)
 EVAL_STEPS = "eval_steps"  # history, with train.eval_every > 1: the epochs whose costs and accuracies were measured
 SPLIT_PREFIX = {"train": "train", "validation": "val", "test": "test"}
-SUMMARY = ("best_val_accuracy", "best_epoch", "test_accuracy_at_best_val", "best_test_accuracy", "final_val_accuracy",
+BEST_VAL_ACCURACY = "best_val_accuracy"  # summary: the highest validation accuracy, the runs tables' and searches' score
+BEST_EPOCH = "best_epoch"  # summary: the earliest epoch that reached it
+TEST_AT_BEST_VAL = "test_accuracy_at_best_val"  # summary: the test accuracy at that epoch
+SUMMARY = (BEST_VAL_ACCURACY, BEST_EPOCH, TEST_AT_BEST_VAL, "best_test_accuracy", "final_val_accuracy",
            "final_test_accuracy", "final_train_accuracy", "grad_ratio_first_last_init", "grad_ratio_first_last_final")
 _LEGACY_PARAM = re.compile(r"layer_(\d+)/(.+)")  # params.npz before tree paths: layer_<l from 1>/<leaf>
+
+# ---- tags: the names stored runs carry, so never renamed (a store's runs are found by them) ----
+
+# What a run is. Finding a sweep's or an analysis's runs filters on role and experiment.
+TAG_EXPERIMENT = "nnx.experiment"  # the preset (conf/experiment/<name>), "none" without one
+TAG_OVERRIDES = "nnx.overrides"  # the command line's overrides, space separated
+TAG_ROLE = "nnx.role"  # absent on a trained run; one of the ROLE_ values on the others
+ROLE_SWEEP, ROLE_SEEDS = "sweep", "seeds"  # a sweep's parent; a seeds=[...] group's parent
+ROLE_ANALYSIS, ROLE_REPORT = "analysis", "report"  # an experiment's figures; a chapter's report
+TAG_SWEEP_ID = "nnx.sweep_id"  # every run of one sweep, its parent's included
+TAG_CHILDREN = "nnx.children"  # a sweep's parent when it ends: its children's statuses counted
+TAG_PREVIOUS_PARENT = "nnx.previous_parent"  # a relaunched sweep's child: the parent run it had before
+TAG_CONFIG_HASH = "nnx.config_hash"  # the resolved config's digest: a finished twin is skipped
+TAG_SEED = "nnx.seed"
+TAG_BATCH_SEEDS = "nnx.batch_seeds"  # a run trained in one vmapped program with these seeds
+TAG_RERUN_OF = "nnx.rerun_of"  # nnx-rerun's runs: the run repeated
+TAG_RERUN_MATCHES, TAG_RERUN_COMPARED = "nnx.rerun_matches", "nnx.rerun_compared"  # "true"/"false"; bit for bit or within tolerances
+TAG_RESUMED_FROM_EPOCH = "nnx.resumed_from_epoch"
+TAG_REPORT = "nnx.report"  # a report run: its chapter
+TAG_SPLIT, TAG_TRAIN_SIZE, TAG_IMAGES, TAG_SHA256 = "nnx.split", "nnx.train_size", "nnx.images", "nnx.sha256"  # the dataset input's
+
+# How it ended, other than FINISHED after its last epoch.
+TAG_ERROR, TAG_MODEL_ERROR = "nnx.error", "nnx.model_error"  # the exception; the LoggedModel's, the run kept
+TAG_FAILURE, TAG_FAILURE_EPOCH = "nnx.failure", "nnx.failure_epoch"  # "diverged" or "tracking"; where it diverged
+TAG_STOPPED, TAG_STOPPED_EPOCH = "nnx.stopped", "nnx.stopped_epoch"  # why it stopped early (early stopping, a schedule, a pruner)
+TAG_KILLED_REASON = "nnx.killed_reason"  # why another process ended it KILLED: its own gone, or its sweep ended
+
+# Where its process lives (nnx.edges.liveness), updated with each epoch's metrics.
+TAG_HOST, TAG_PID, TAG_PID_START = "nnx.host", "nnx.pid", "nnx.pid_start"
+TAG_HEARTBEAT, TAG_LAST_EPOCH, TAG_EPOCH_SECONDS = "nnx.heartbeat", "nnx.last_epoch", "nnx.epoch_seconds"
+
+# A search (nnx.edges.search): each trial's number and state, the best trial, the parent's summary.
+TAG_SEARCH_TRIAL, TAG_SEARCH_STATE, TAG_BEST_TRIAL = "nnx.search_trial", "nnx.search_state", "nnx.best_trial"
+TAG_PRUNED_EPOCH = "nnx.pruned_epoch"  # an optuna trial's user attribute, not a run tag
+TAG_SEARCH = {name: f"nnx.search.{name}" for name in ("trials", "epochs", "seconds", "budget_epochs", "sampler", "pruner",
+                                                       "space", "best_trial", "best_value", "best_params")}
+
+# What decides the float bits (nnx.numerics, nnx.choices, nnx.edges.backend) and the code's version.
+TAG_NUMERICS, TAG_JAX_BACKEND, TAG_DEVICE = "nnx.numerics", "nnx.jax_backend", "nnx.device"
+TAG_CPU, TAG_CPU_ISA, TAG_XLA_FLAGS = "nnx.cpu", "nnx.cpu_isa", "nnx.xla_flags"
+TAG_DENSE_GRAD, TAG_EVALUATION, TAG_CONV_IMPL = "nnx.dense_grad", "nnx.evaluation", "nnx.conv_impl"
+TAG_DEVICE_REQUESTED, TAG_BACKEND = "nnx.device_requested", "nnx.backend"
+TAG_MATMUL_PRECISION, TAG_PLATFORM_VERSION = "nnx.matmul_precision", "nnx.platform_version"
+TAG_GIT_COMMIT, TAG_GIT_DIRTY = "nnx.git_commit", "nnx.git_dirty"
+
+
+def version_tag(package: str) -> str:
+    """The tag of a package's version: version_tag("jax") = "nnx.version.jax"."""
+    return f"nnx.version.{package}"
+
+
+def source_tag(name: str) -> str:
+    """A report run's tag naming one of its sources: "nnx.source.<name>"."""
+    return f"nnx.source.{name}"
 
 
 def hidden(name: str, l: int) -> str:
@@ -96,12 +158,12 @@ def summary(history) -> dict:
     if "val_accuracy" in history:
         best = int(np.argmax(history["val_accuracy"]))
         out.update({
-            "best_val_accuracy": history["val_accuracy"][best],
-            "best_epoch": history[EVAL_STEPS][best] if EVAL_STEPS in history else best,
+            BEST_VAL_ACCURACY: history["val_accuracy"][best],
+            BEST_EPOCH: history[EVAL_STEPS][best] if EVAL_STEPS in history else best,
             "final_val_accuracy": history["val_accuracy"][-1],
         })
         if "test_accuracy" in history:
-            out["test_accuracy_at_best_val"] = history["test_accuracy"][best]
+            out[TEST_AT_BEST_VAL] = history["test_accuracy"][best]
     if "test_accuracy" in history:  # train.eval_splits may leave out any split
         out.update({"best_test_accuracy": np.max(history["test_accuracy"]), "final_test_accuracy": history["test_accuracy"][-1]})
     if "train_accuracy" in history:

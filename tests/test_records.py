@@ -1,7 +1,9 @@
 """nnx.records: one layout for what a run records; params and checkpoints keyed by tree path,
 and files written before that (tests/data, by nnx at 242f746) still load."""
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -15,6 +17,7 @@ from nnx import records
 from nnx.edges import checkpoint
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[1]
 LEGACY = json.loads((DATA / "legacy.json").read_text())
 CASES = {"mlp": {}, "batch_norm": {"model": {"depth": 2, "width": 8, "output_activation": "sigmoid", "batch_norm": True}}}
 
@@ -112,3 +115,53 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     checkpoint.save(tmp_path / "last.npz", 0, params, small.optimizer.init(params))
     with pytest.raises(KeyError, match="params/2/b"):
         checkpoint.load(tmp_path / "last.npz", deep, seed=0)
+
+
+# The names stored runs carry: a store's runs are found by them, so a constant's value never changes.
+STORED_TAGS = {
+    "nnx.experiment", "nnx.overrides", "nnx.role", "nnx.sweep_id", "nnx.children", "nnx.previous_parent", "nnx.config_hash",
+    "nnx.seed", "nnx.batch_seeds", "nnx.rerun_of", "nnx.rerun_matches", "nnx.rerun_compared", "nnx.resumed_from_epoch",
+    "nnx.report", "nnx.split", "nnx.train_size", "nnx.images", "nnx.sha256", "nnx.error", "nnx.model_error", "nnx.failure",
+    "nnx.failure_epoch", "nnx.stopped", "nnx.stopped_epoch", "nnx.killed_reason", "nnx.host", "nnx.pid", "nnx.pid_start",
+    "nnx.heartbeat", "nnx.last_epoch", "nnx.epoch_seconds", "nnx.search_trial", "nnx.search_state", "nnx.best_trial",
+    "nnx.pruned_epoch", "nnx.numerics", "nnx.jax_backend", "nnx.device", "nnx.cpu", "nnx.cpu_isa", "nnx.xla_flags",
+    "nnx.dense_grad", "nnx.evaluation", "nnx.conv_impl", "nnx.device_requested", "nnx.backend", "nnx.matmul_precision",
+    "nnx.platform_version", "nnx.git_commit", "nnx.git_dirty"}
+
+
+def test_the_tag_constants_hold_the_stored_names():
+    constants = {name: value for name, value in vars(records).items() if name.startswith("TAG_") and isinstance(value, str)}
+    assert set(constants.values()) == STORED_TAGS and len(constants) == len(STORED_TAGS)
+    assert (records.ROLE_SWEEP, records.ROLE_SEEDS, records.ROLE_ANALYSIS, records.ROLE_REPORT) == ("sweep", "seeds", "analysis", "report")
+    assert records.TAG_SEARCH["budget_epochs"] == "nnx.search.budget_epochs" and len(records.TAG_SEARCH) == 10
+    assert records.version_tag("jax") == "nnx.version.jax" and records.source_tag("x") == "nnx.source.x"
+    assert records.BEST_VAL_ACCURACY == "best_val_accuracy" and records.SUMMARY[0] == records.BEST_VAL_ACCURACY
+
+
+def tag_literals(path: Path, root: Path = ROOT) -> list[str]:
+    """Strings in a module that spell a tag name ("nnx.seed", or f"nnx.version.{x}"'s "nnx.version.")
+    rather than taking it from nnx.records. A module's own dotted path (`python -m nnx.edges.bench.accel`)
+    is not a tag; a one-dot name is, even where a module has it too ("nnx.numerics")."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"nnx\.[a-z0-9_.]*", node.value):
+            parts = node.value.split(".")
+            if len(parts) > 2 and root.joinpath(*parts).with_suffix(".py").exists():
+                continue
+            found.append((node.lineno, node.col_offset, f"{path.relative_to(root)}:{node.lineno} {node.value!r}"))
+    return [text for *_, text in sorted(found)]
+
+
+def test_tag_names_are_spelt_only_in_records(tmp_path):
+    """nnx/ and experiments/ name every tag through nnx.records, so a name is spelt once (tests spell them
+    out: they check the stored names from outside)."""
+    modules = [p for p in sorted((ROOT / "nnx").rglob("*.py")) + sorted((ROOT / "experiments").glob("*.py")) if p != ROOT / "nnx" / "records.py"]
+    assert len(modules) > 50 and ROOT / "experiments" / "store.py" in modules
+    assert [found for p in modules for found in tag_literals(p)] == []
+    # The check finds each way of spelling one: a key, a filter's value, an f-string's prefix; not a module's path.
+    (tmp_path / "nnx" / "edges" / "bench").mkdir(parents=True)
+    (tmp_path / "nnx" / "edges" / "bench" / "accel.py").write_text("")
+    planted = tmp_path / "nnx" / "a.py"
+    planted.write_text('tags = {"nnx.seed": 1}\nfound = tags.get(\'nnx.role\') == f"nnx.version.{tags}"\n'
+                       'argv = ["-m", "nnx.edges.bench.accel", "not nnx.seed here"]\n')
+    assert tag_literals(planted, tmp_path) == ["nnx/a.py:1 'nnx.seed'", "nnx/a.py:2 'nnx.role'", "nnx/a.py:2 'nnx.version.'"]

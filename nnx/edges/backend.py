@@ -11,6 +11,7 @@ get one, never a silent fall-back to the CPU. Matrix products run at train.matmu
 import functools
 from importlib import metadata
 
+from nnx import records
 from nnx.errors import UserError
 
 # What installs each accelerator's JAX, and what it needs (the values device= takes: nnx.spec.DEVICES).
@@ -54,8 +55,8 @@ def tags(device: str, precision: str) -> dict:
     """What a run records of its backend: what was asked and what it got, the matrix-product
     precision, the device's platform version (the CUDA or TPU runtime) and the plugins' versions."""
     chosen = default_device(device)
-    out = {"nnx.device_requested": device, "nnx.backend": chosen.platform, "nnx.matmul_precision": precision,
-           "nnx.platform_version": str(getattr(chosen.client, "platform_version", "unknown"))}
+    out = {records.TAG_DEVICE_REQUESTED: device, records.TAG_BACKEND: chosen.platform, records.TAG_MATMUL_PRECISION: precision,
+           records.TAG_PLATFORM_VERSION: str(getattr(chosen.client, "platform_version", "unknown"))}
     return {**out, **plugin_versions()}
 
 
@@ -66,7 +67,7 @@ def plugin_versions() -> dict:
     out = {}
     for name in PLUGINS:
         try:
-            out[f"nnx.version.{name}"] = metadata.version(name)
+            out[records.version_tag(name)] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
     return out

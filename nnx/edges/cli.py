@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from nnx import records
 from nnx.edges import compat, devices, job, paths, search, sweeps
 from nnx.edges.resume import resume
 from nnx.errors import UserError
@@ -53,7 +54,7 @@ def train(cfg) -> dict:
         return resume(plain["resume"], tracking_cfg=plain["tracking"], echo=_echo, progress=_progress())
     hc = HydraConfig.get()
     preset = hc.runtime.choices.get("experiment") or "none"
-    tags = {"nnx.overrides": " ".join(hc.overrides.task), "nnx.experiment": preset}
+    tags = {records.TAG_OVERRIDES: " ".join(hc.overrides.task), records.TAG_EXPERIMENT: preset}
     multirun = hc.mode == RunMode.MULTIRUN
     parent = (lambda client, experiment_id: sweeps.sweep_parent(client, experiment_id, hc.sweep.dir, preset)) if multirun else None
     name = run_name(hc.overrides.task, None if plain["seeds"] else plain["seed"])

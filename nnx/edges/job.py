@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import yaml
 
-from nnx import choices
+from nnx import choices, records
 from nnx import data as nnx_data
 from nnx.edges import backend, tracking
 from nnx.edges.lifecycle import Member, model_params, train_and_end
@@ -49,12 +49,12 @@ def seed_config(cfg: dict, seed: int) -> dict:
 
 # A run trained in one vmapped program with other seeds: their list. Its numbers are those of that
 # batch (a batched product sums in its own order), so nnx-rerun trains the same batch again.
-BATCH_TAG = "nnx.batch_seeds"
+BATCH_TAG = records.TAG_BATCH_SEEDS
 
 
 def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, parent, batch):
     cfg = seed_config(cfg, seed)
-    tags = {**tags, "nnx.config_hash": config_hash(cfg), "nnx.seed": str(seed), **({BATCH_TAG: ",".join(map(str, batch))} if batch else {})}
+    tags = {**tags, records.TAG_CONFIG_HASH: config_hash(cfg), records.TAG_SEED: str(seed), **({BATCH_TAG: ",".join(map(str, batch))} if batch else {})}
     run = tracking.Run.start(client, experiment_id, name=name, params=model_params(cfg, spec), parent_run_id=parent, tags=tags)
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
     run.log_files({"config.yaml": lambda p: p.write_text(tracking.redact(yaml.safe_dump(cfg, sort_keys=False)))})
@@ -71,15 +71,15 @@ def log_dataset(run, data_cfg: dict, spec):
     sourced from the book's file; which images (split, data.train_size, their number) in the input's tags."""
     path, sha256 = spec.data_path or nnx_data.default_path(), nnx_data.digest(data_cfg["name"])
     run.log_dataset(data_cfg["name"], sha256, str(Path(path).expanduser().resolve()),
-                    {"nnx.split": "train", "nnx.train_size": "all" if data_cfg["train_size"] is None else data_cfg["train_size"],
-                     "nnx.images": spec.train_size, "nnx.sha256": sha256})
+                    {records.TAG_SPLIT: "train", records.TAG_TRAIN_SIZE: "all" if data_cfg["train_size"] is None else data_cfg["train_size"],
+                     records.TAG_IMAGES: spec.train_size, records.TAG_SHA256: sha256})
 
 
 def _twin(client, experiment_id, cfg, preset, status="FINISHED"):
     """The newest run of the same preset with the same config in `status`: a FINISHED one is the job a
     relaunched sweep skips (_twin_to_heal finds the one it resumes). (Same preset only: two presets
     that happen to share a config each keep their own runs.)"""
-    found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
+    found = tracking.find_runs(client, [experiment_id], tags={records.TAG_CONFIG_HASH: config_hash(cfg), records.TAG_EXPERIMENT: preset},
                                status=status, newest_first=True, max_results=1)
     return found[0] if found else None
 
@@ -89,10 +89,10 @@ def _twin_to_heal(client, experiment_id, cfg, preset, *, killed_too, echo, look_
     a new one: one left RUNNING by a process that is gone (marked KILLED here, saying why, unless
     look_only) or, with killed_too (a relaunched sweep), one that ended KILLED. A RUNNING twin whose
     process lives (another command training it now) is left alone."""
-    found = tracking.find_runs(client, [experiment_id], tags={"nnx.config_hash": config_hash(cfg), "nnx.experiment": preset},
+    found = tracking.find_runs(client, [experiment_id], tags={records.TAG_CONFIG_HASH: config_hash(cfg), records.TAG_EXPERIMENT: preset},
                                newest_first=True, max_results=20)
     for twin in found:
-        if twin.data.tags.get("nnx.rerun_of") or twin.info.status not in ("RUNNING", "KILLED"):
+        if twin.data.tags.get(records.TAG_RERUN_OF) or twin.info.status not in ("RUNNING", "KILLED"):
             continue
         if twin.info.status == "RUNNING":
             reason = tracking.stale_reason(twin, cfg["tracking"].get("stale_after"))
@@ -157,14 +157,14 @@ def _run(cfg, spec, *, name, tags, parent, skip_finished, heal, echo, progress, 
     found = parent(client, experiment_id) if parent else None
     parent_id = None
     if found:
-        parent_id, tags["nnx.sweep_id"] = found
-    preset = tags.get("nnx.experiment", "none")
+        parent_id, tags[records.TAG_SWEEP_ID] = found
+    preset = tags.get(records.TAG_EXPERIMENT, "none")
     twins = {s: _twin(client, experiment_id, seed_config(cfg, s), preset) for s in seeds} if skip_finished else {}
     for seed, twin in twins.items():
         if twin is not None:
             echo(f"nnx: seed {seed} skipped: the same config FINISHED as run {twin.info.run_id}")
             if parent_id:
-                tracking.join_parent(client, twin, parent_id, tags["nnx.sweep_id"])
+                tracking.join_parent(client, twin, parent_id, tags[records.TAG_SWEEP_ID])
     seeds = [s for s in seeds if twins.get(s) is None]
     summaries = []
     for seed in list(seeds) if heal or skip_finished else []:
@@ -172,7 +172,7 @@ def _run(cfg, spec, *, name, tags, parent, skip_finished, heal, echo, progress, 
         if twin is None:
             continue
         # It goes on from its last checkpoint in its own run, as `nnx-train resume=RUN_ID` would.
-        joined = tracking.parent_tags(twin, parent_id, tags["nnx.sweep_id"]) if parent_id else {}
+        joined = tracking.parent_tags(twin, parent_id, tags[records.TAG_SWEEP_ID]) if parent_id else {}
         try:
             summaries.append(resume(twin.info.run_id, tracking_cfg=cfg["tracking"], echo=echo, progress=progress, tags=joined))
         except ResumeError as err:
@@ -192,7 +192,7 @@ def _start_runs(client, experiment_id, uri, cfg, spec, seeds, *, name, tags, par
     group = None
     if len(seeds) > 1 and parent_id is None:
         group = tracking.Run.start(client, experiment_id, name=f"{name} seeds={seeds}", params={},
-                                   tags={**tags, "nnx.role": "seeds"})
+                                   tags={**tags, records.TAG_ROLE: records.ROLE_SEEDS})
         parent_id = group.run_id
     members = [
         _start_member(client, experiment_id, uri, cfg, spec, s, name=name if len(seeds) == 1 else f"{name} seed={s}",
@@ -216,7 +216,7 @@ def _fresh_runs(cfg, spec, uri, seeds, *, name, tags, skip_finished, heal):
     """(members, group, their intro lines) of a job outside a sweep, opening the store; raises
     NotFresh, writing nothing, where run()'s own path would skip or resume a seed's run."""
     client, experiment_id = tracking.open_experiment(uri, cfg["tracking"]["experiment"])
-    preset = tags.get("nnx.experiment", "none")
+    preset = tags.get(records.TAG_EXPERIMENT, "none")
     for seed in seeds:
         same = seed_config(cfg, seed)
         if (skip_finished and _twin(client, experiment_id, same, preset)) or ((heal or skip_finished) and _twin_to_heal(

@@ -47,7 +47,7 @@ class Member:
 
     def end_with_error(self, err):
         self.run.drain()  # the newest checkpoint is written once its epoch's metrics are in the store
-        self.run.set_tags({"nnx.error": f"{type(err).__name__}: {err}"})
+        self.run.set_tags({records.TAG_ERROR: f"{type(err).__name__}: {err}"})
         files = {"error.txt": lambda p: p.write_text(traceback.format_exc())}
         if self.checkpoint.exists():
             files["checkpoint/last.npz"] = lambda p: p.write_bytes(self.checkpoint.read_bytes())
@@ -76,7 +76,7 @@ def log_summary(member, spec, params, result: dict, step: int, echo):
                 member.run.log_model(params_file, member.cfg, result, step, model_params(member.cfg, spec))
             return
         except Exception as err:  # MlflowException, OSError: the store refused it
-            member.run.set_tags({"nnx.model_error": f"{type(err).__name__}: {err}"})
+            member.run.set_tags({records.TAG_MODEL_ERROR: f"{type(err).__name__}: {err}"})
             echo(f"nnx: run {member.run.run_id}: its model was not logged ({type(err).__name__}: {err}); params.npz holds the network.")
     member.run.log_metrics(step, result)
 
@@ -191,8 +191,8 @@ def _end_runs(spec, members, group, results, echo, progress, started) -> tuple[l
         m.run.log_files(files)
         if records.DIVERGED_AT in history:
             step = int(history[records.DIVERGED_AT])
-            m.run.set_tags({"nnx.failure": "diverged", "nnx.failure_epoch": step,
-                            "nnx.error": f"Diverged: NaN or inf at epoch {step}"})
+            m.run.set_tags({records.TAG_FAILURE: "diverged", records.TAG_FAILURE_EPOCH: step,
+                            records.TAG_ERROR: f"Diverged: NaN or inf at epoch {step}"})
             m.run.end("FAILED")
             diverged.append((m.seed, step))
         else:
@@ -200,7 +200,7 @@ def _end_runs(spec, members, group, results, echo, progress, started) -> tuple[l
             stopped = records.STOPPED_AT in history
             last = int(history[records.STOPPED_AT]) + 1 if stopped else spec.epochs  # the step after the last epoch
             if stopped:
-                m.run.set_tags({"nnx.stopped": str(history[records.STOP_REASON]), "nnx.stopped_epoch": last - 1})
+                m.run.set_tags({records.TAG_STOPPED: str(history[records.STOP_REASON]), records.TAG_STOPPED_EPOCH: last - 1})
             log_summary(m, spec, params, result, last, echo)
             m.run.end("FINISHED")
             shutil.rmtree(m.checkpoint.parent, ignore_errors=True)  # the artifact keeps it
@@ -215,8 +215,8 @@ def _end_runs(spec, members, group, results, echo, progress, started) -> tuple[l
 
 def _outcome(result: dict, epochs: int) -> str:
     """What a FINISHED line says of the run: its best validation accuracy, else what it evaluated."""
-    if "best_val_accuracy" in result:
-        return f": best validation accuracy {result['best_val_accuracy']:.2%} at epoch {result['best_epoch']:.0f}"
+    if records.BEST_VAL_ACCURACY in result:
+        return f": best validation accuracy {result[records.BEST_VAL_ACCURACY]:.2%} at epoch {result[records.BEST_EPOCH]:.0f}"
     for split, key in (("test", "final_test_accuracy"), ("training", "final_train_accuracy")):
         if key in result:
             return f": {split} accuracy {result[key]:.2%} after the last epoch"

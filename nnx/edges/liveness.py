@@ -12,9 +12,11 @@ import socket
 import time
 from pathlib import Path
 
-HOST, PID, PID_START = "nnx.host", "nnx.pid", "nnx.pid_start"
-HEARTBEAT, LAST_EPOCH, EPOCH_SECONDS = "nnx.heartbeat", "nnx.last_epoch", "nnx.epoch_seconds"
-KILLED_REASON = "nnx.killed_reason"
+from nnx import records
+
+HOST, PID, PID_START = records.TAG_HOST, records.TAG_PID, records.TAG_PID_START
+HEARTBEAT, LAST_EPOCH, EPOCH_SECONDS = records.TAG_HEARTBEAT, records.TAG_LAST_EPOCH, records.TAG_EPOCH_SECONDS
+KILLED_REASON = records.TAG_KILLED_REASON
 
 # From another host a run is stale when its heartbeat is older than STALE_EPOCHS epochs, and never
 # sooner than STALE_MIN_S (a busy store delays a heartbeat; the two machines' clocks differ a little).

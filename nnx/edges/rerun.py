@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from nnx import numerics
+from nnx import numerics, records
 from nnx.edges import devices, job, paths, tracking
 from nnx.errors import UserError
 from nnx.spec import build
@@ -60,7 +60,7 @@ def judge(client, source, rerun_id: str, cfg: dict) -> tuple[list[str], str]:
               f"{len(numerics.NUDGES)} twins nudged by one unit in the last place, plus {numerics.ULPS} units in the last place)", flush=True)
     problems = compare(client, source.info.run_id, rerun_id, rerun_tolerances(client, rerun_id, cfg) if changed else None)
     how = WITHIN if changed else BIT_FOR_BIT
-    tracking.Run(client, rerun_id).set_tags({"nnx.rerun_matches": str(not problems).lower(), "nnx.rerun_compared": how})
+    tracking.Run(client, rerun_id).set_tags({records.TAG_RERUN_MATCHES: str(not problems).lower(), records.TAG_RERUN_COMPARED: how})
     return problems, how
 
 
@@ -88,12 +88,13 @@ def main(argv=None):
     batch = source.data.tags.get(job.BATCH_TAG)
     if batch:  # the same vmapped batch: the other seeds' runs are trained (and tagged) alongside
         cfg["seeds"] = [int(s) for s in batch.split(",")]
-    tags = {"nnx.rerun_of": args.run_id, **{k: v for k, v in source.data.tags.items() if k in ("nnx.experiment", "nnx.overrides")}}
+    kept = (records.TAG_EXPERIMENT, records.TAG_OVERRIDES)
+    tags = {records.TAG_RERUN_OF: args.run_id, **{k: v for k, v in source.data.tags.items() if k in kept}}
     try:
         job.run(cfg, name=f"rerun of {source.info.run_name}", tags=tags)
     except UserError as err:
         sys.exit(f"nnx-rerun: error: {err}")
-    (rerun,) = tracking.find_runs(client, [source.info.experiment_id], tags={"nnx.rerun_of": args.run_id, "nnx.seed": str(cfg["seed"])},
+    (rerun,) = tracking.find_runs(client, [source.info.experiment_id], tags={records.TAG_RERUN_OF: args.run_id, records.TAG_SEED: str(cfg["seed"])},
                                   newest_first=True, max_results=1)
     problems, how = judge(client, source, rerun.info.run_id, cfg)
     if problems:

@@ -7,6 +7,7 @@ covers the whole run, and the steps already logged are not logged twice.
 
 from pathlib import Path
 
+from nnx import records
 from nnx.edges import checkpoint, tracking
 from nnx.edges.lifecycle import Member, train_and_end
 from nnx.errors import UserError
@@ -34,7 +35,7 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None, tags: 
         reason = tracking.stale_reason(stored, tracking_cfg.get("stale_after"))
         if reason is None:
             tags = stored.data.tags
-            raise ResumeError(f"run {run_id} is RUNNING in process {tags.get('nnx.pid', '?')} on host {tags.get('nnx.host', '?')}, "
+            raise ResumeError(f"run {run_id} is RUNNING in process {tags.get(records.TAG_PID, '?')} on host {tags.get(records.TAG_HOST, '?')}, "
                               f"which is still alive (or its heartbeat is recent): stop it first, or wait. "
                               f"`nnx-runs` lists the runs whose process is gone.")
         tracking.Run(client, run_id).kill(reason)
@@ -60,7 +61,7 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None, tags: 
     run = tracking.Run(client, run_id)
     run.reopen()
     member = Member(run, cfg["seed"], cfg, path, logged_until=max(logged), earlier=earlier)
-    run.set_tags({**(tags or {}), "nnx.resumed_from_epoch": str(start[0] if start else 0)})
+    run.set_tags({**(tags or {}), records.TAG_RESUMED_FROM_EPOCH: str(start[0] if start else 0)})
     echo(f"nnx: resuming run {run_id} at epoch {start[0]} of {spec.epochs}" if start else
          f"nnx: run {run_id} left no checkpoint: training it again from epoch 0 in the same run")
     return train_and_end(spec, data, [member], None, echo, start=start, progress=progress)

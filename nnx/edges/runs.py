@@ -15,11 +15,12 @@ import argparse
 import sys
 import time
 
+from nnx import records
 from nnx.edges import devices, liveness, paths, tracking
 from nnx.edges.resume import resume
 from nnx.errors import UserError
 
-CONTAINERS = ("sweep", "seeds")  # nnx.role of a run that only holds others (a sweep's parent, a seeds=[...] group)
+CONTAINERS = (records.ROLE_SWEEP, records.ROLE_SEEDS)  # nnx.role of a run that only holds others (a sweep's parent, a seeds=[...] group)
 
 
 def stale_runs(client, experiment_ids, stale_after=None) -> list:
@@ -29,7 +30,7 @@ def stale_runs(client, experiment_ids, stale_after=None) -> list:
     gone when no child still runs and none has beaten within the limit."""
     found, parents = [], []
     for run in tracking.find_runs(client, experiment_ids, status="RUNNING"):
-        if run.data.tags.get("nnx.role") not in CONTAINERS:
+        if run.data.tags.get(records.TAG_ROLE) not in CONTAINERS:
             reason = tracking.stale_reason(run, stale_after)
             if reason:
                 found.append((run, reason))
@@ -52,7 +53,7 @@ def _age(tags) -> str:
 def table(client, uri, stale, names) -> str:
     rows = [("run id", "experiment", "name", "host", "pid", "heartbeat", "last epoch", "checkpoint", "why")]
     for run, reason in stale:
-        tags, leaf = run.data.tags, run.data.tags.get("nnx.role") not in CONTAINERS
+        tags, leaf = run.data.tags, run.data.tags.get(records.TAG_ROLE) not in CONTAINERS
         rows.append((run.info.run_id, names[run.info.experiment_id], run.info.run_name or "", tags.get(liveness.HOST, "?"),
                      tags.get(liveness.PID, "?"), _age(tags), tags.get(liveness.LAST_EPOCH, "-") if leaf else "-",
                      ("yes" if tracking.has_checkpoint(client, uri, run.info.run_id) else "no") if leaf else "-", reason))
@@ -64,7 +65,7 @@ def heal(client, uri, stale, names, *, resume_them: bool, stale_after=None) -> l
     """Ends every stale run KILLED (and, resume_them, continues each from its checkpoint, or its start),
     then closes the stale parents (tracking.end_sweep). Returns what could not be done."""
     problems = []
-    leaves = [(r, why) for r, why in stale if r.data.tags.get("nnx.role") not in CONTAINERS]
+    leaves = [(r, why) for r, why in stale if r.data.tags.get(records.TAG_ROLE) not in CONTAINERS]
     for run, reason in leaves:
         run_id = run.info.run_id
         if not resume_them:
@@ -77,7 +78,7 @@ def heal(client, uri, stale, names, *, resume_them: bool, stale_after=None) -> l
         except UserError as err:
             problems.append(f"run {run_id}: {err}")
     for run, reason in stale:
-        if run.data.tags.get("nnx.role") in CONTAINERS:
+        if run.data.tags.get(records.TAG_ROLE) in CONTAINERS:
             tracking.Run(client, run.info.run_id).set_tags({liveness.KILLED_REASON: reason})
             status, rows = tracking.end_sweep(client, run.info.run_id)
             print(f"nnx-runs: parent run {run.info.run_id} ended {status}: {len(rows)} runs under it")

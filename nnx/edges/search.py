@@ -22,6 +22,7 @@ import math
 import time
 from pathlib import Path
 
+from nnx import records
 from nnx.edges import sweeps, tracking
 from nnx.edges.search_space import PRUNERS, SearchError, check_settings, check_space, format_value, space  # noqa: F401 (callers catch search.SearchError)
 from nnx.errors import UserError
@@ -29,9 +30,7 @@ from nnx.errors import UserError
 SEARCH_FILE = "nnx_search.json"  # in the sweep folder: the study's storage and which job is which trial
 STORAGE = "optuna.journal"
 PRUNED = "pruned"  # how a pruned trial's nnx.stopped tag begins
-BEST_TAG = "nnx.best_trial"
-STATE_TAG = "nnx.search_state"
-TRIAL_TAG = "nnx.search_trial"
+BEST_TAG, STATE_TAG, TRIAL_TAG = records.TAG_BEST_TRIAL, records.TAG_SEARCH_STATE, records.TAG_SEARCH_TRIAL
 
 
 # ---- the study: the sweeper and each trial's job open the same one ----
@@ -65,7 +64,7 @@ class TrialStopper:
             return self.reason  # other seeds of a multi-seed trial follow the first
         self.trial.report(values["val_accuracy"], step)
         if step < self.epochs - 1 and self.trial.should_prune():  # after its last epoch a trial is complete
-            self.trial.set_user_attr("nnx.pruned_epoch", step)
+            self.trial.set_user_attr(records.TAG_PRUNED_EPOCH, step)
             self.reason = f"{PRUNED} by the search after epoch {step}: validation accuracy {values['val_accuracy']:.2%} is {self.why}"
         return self.reason
 
@@ -169,12 +168,12 @@ def sweep(sweeper, arguments: list[str]) -> list:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 outcomes[trial.number] = "FAIL"
                 print(f"nnx-search: trial {trial.number} {shown}: FAILED after {trained} epochs ({message})", flush=True)
-            elif "nnx.pruned_epoch" in frozen[trial.number].user_attrs:
+            elif records.TAG_PRUNED_EPOCH in frozen[trial.number].user_attrs:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 outcomes[trial.number] = "PRUNED"
                 print(f"nnx-search: trial {trial.number} {shown}: PRUNED after epoch {trained - 1}", flush=True)
             else:
-                value = result.return_value.get("best_val_accuracy", math.nan)
+                value = result.return_value.get(records.BEST_VAL_ACCURACY, math.nan)
                 if math.isfinite(value):
                     study.tell(trial, value)
                 else:
@@ -214,11 +213,12 @@ def _record(study, sweep_dir: Path, dims: dict, settings: dict, outcomes: dict, 
             if best is not None and int(number) == best.number:
                 tags[BEST_TAG] = "true"
             tracking.Run(client, child.info.run_id).set_tags(tags)
-    summary = {"nnx.search.trials": json.dumps(counts), "nnx.search.epochs": used, "nnx.search.seconds": f"{seconds:.1f}",
-               "nnx.search.budget_epochs": budget, "nnx.search.sampler": settings["sampler"],
-               "nnx.search.pruner": settings["pruner"], "nnx.search.space": json.dumps({k: repr(v) for k, v in dims.items()})}
+    named = records.TAG_SEARCH
+    summary = {named["trials"]: json.dumps(counts), named["epochs"]: used, named["seconds"]: f"{seconds:.1f}",
+               named["budget_epochs"]: budget, named["sampler"]: settings["sampler"],
+               named["pruner"]: settings["pruner"], named["space"]: json.dumps({k: repr(v) for k, v in dims.items()})}
     if best is not None:
         trained = {k: float(format_value(v)) if isinstance(v, float) else v for k, v in best.params.items()}  # as the run trained them
-        summary.update({"nnx.search.best_trial": best.number, "nnx.search.best_value": best.value,
-                        "nnx.search.best_params": json.dumps(trained)})
+        summary.update({named["best_trial"]: best.number, named["best_value"]: best.value,
+                        named["best_params"]: json.dumps(trained)})
     tracking.Run(client, sweep["parent_run_id"]).set_tags(summary)

@@ -14,6 +14,7 @@ from pathlib import Path
 from filelock import FileLock
 from hydra.experimental.callback import Callback
 
+from nnx import records
 from nnx.edges import liveness, tracking
 
 OPEN_SWEEPS: list[Path] = []  # sweep folders this process started, to close their parent runs
@@ -37,8 +38,8 @@ def sweep_parent(client, experiment_id, sweep_dir, preset: str) -> tuple[str, st
         if "parent_run_id" not in sweep:
             parent = tracking.Run.start(
                 client, experiment_id, name=f"sweep {preset} {' '.join(sweep['overrides'])}".strip(), params={},
-                tags={"nnx.sweep_id": sweep["sweep_id"], "nnx.role": "sweep", "nnx.experiment": preset,
-                      "nnx.overrides": " ".join(sweep["overrides"]), **sweep.get("where", {})},
+                tags={records.TAG_SWEEP_ID: sweep["sweep_id"], records.TAG_ROLE: records.ROLE_SWEEP, records.TAG_EXPERIMENT: preset,
+                      records.TAG_OVERRIDES: " ".join(sweep["overrides"]), **sweep.get("where", {})},
             )
             sweep.update(parent_run_id=parent.run_id, tracking_uri=client.tracking_uri)
             path.write_text(json.dumps(sweep))

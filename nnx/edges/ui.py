@@ -24,6 +24,7 @@ import shutil
 import sys
 import webbrowser
 
+from nnx import records
 from nnx.edges import compat, paths, server, tracking
 
 # The defaults (compat.UI_DEFAULTS: MLflow's own localStorage keys) set for a browser that has not chosen.
@@ -71,7 +72,7 @@ UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
 # experiment tag mlflow.sharedViewState.<key> and opens it from ?viewStateShareKey=<key>.
 SHARE_TAG, SHARE_PARAM, RUNS_VIEW = "mlflow.sharedViewState.", "viewStateShareKey", "nnx-runs"
 UI_DEFAULT_COLUMNS = ["attributes.`Source`", "attributes.`Models`", "attributes.`Dataset`"]  # the UI's own defaults
-BEST = "best_val_accuracy"
+BEST = records.BEST_VAL_ACCURACY
 DERIVED = ("model.layers", "model.sizes", "model.num_params")  # nnx logs these from the swept ones
 
 

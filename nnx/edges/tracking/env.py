@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from nnx import records
 from nnx.edges.paths import ROOT
 
 PACKAGES = ("jax", "jaxlib", "optax", "hydra-core", "mlflow", "numpy")
@@ -29,13 +30,13 @@ def environment_tags() -> dict:
     status = git("status", "--porcelain", "--untracked-files=no")
     tags = {
         "mlflow.source.git.commit": commit,
-        "nnx.git_commit": commit,
-        "nnx.git_dirty": "unknown" if status is None else str(bool(status)).lower(),
-        "nnx.version.python": sys.version.split()[0],
+        records.TAG_GIT_COMMIT: commit,
+        records.TAG_GIT_DIRTY: "unknown" if status is None else str(bool(status)).lower(),
+        records.version_tag("python"): sys.version.split()[0],
         **numerics.fingerprint(),  # what decides the run's float bits: nnx-rerun reads them
     }
     for package in PACKAGES:
-        tags[f"nnx.version.{package}"] = metadata.version(package)
+        tags[records.version_tag(package)] = metadata.version(package)
     return tags
 
 

@@ -4,19 +4,20 @@ file, Hydra's callback) is nnx.edges.sweeps."""
 
 import json
 
+from nnx import records
 from nnx.edges import liveness
 from nnx.edges.tracking.reading import find_runs, get_run, stale_reason
 from nnx.edges.tracking.store import retry
 from nnx.edges.tracking.writer import Run
 
-PREVIOUS_PARENT = "nnx.previous_parent"  # a relaunched sweep's child: the parent run it had before
+PREVIOUS_PARENT = records.TAG_PREVIOUS_PARENT  # a relaunched sweep's child: the parent run it had before
 
 
 def parent_tags(run, parent_run_id: str, sweep_id: str) -> dict:
     """The tags that move a run under a relaunched sweep's parent, remembering the one it leaves
     (end_sweep closes that one if its process is gone: a sweep killed with its jobs leaves its parent RUNNING)."""
     old = run.data.tags.get("mlflow.parentRunId")
-    tags = {"mlflow.parentRunId": parent_run_id, "nnx.sweep_id": sweep_id}
+    tags = {"mlflow.parentRunId": parent_run_id, records.TAG_SWEEP_ID: sweep_id}
     if old and old != parent_run_id:
         tags[PREVIOUS_PARENT] = old
     return tags
@@ -52,14 +53,14 @@ def end_sweep(client, parent_run_id: str, failed_ok: bool = False) -> tuple[str,
     statuses = []
     for child in children:
         if child.info.status == "RUNNING":
-            Run(client, child.info.run_id).set_tags({"nnx.error": "the sweep ended before this job did"})
+            Run(client, child.info.run_id).set_tags({records.TAG_ERROR: "the sweep ended before this job did"})
             Run(client, child.info.run_id).kill(stale_reason(child) or "the sweep ended before this job did")
         statuses.append("KILLED" if child.info.status == "RUNNING" else child.info.status)
-    Run(client, parent_run_id).set_tags({"nnx.children": json.dumps({s: statuses.count(s) for s in sorted(set(statuses))})})
+    Run(client, parent_run_id).set_tags({records.TAG_CHILDREN: json.dumps({s: statuses.count(s) for s in sorted(set(statuses))})})
     for old in {c.data.tags.get(PREVIOUS_PARENT) for c in children} - {None, parent_run_id}:
-        _close_dead_parent(client, old, parent.data.tags.get("nnx.sweep_id", parent_run_id))
+        _close_dead_parent(client, old, parent.data.tags.get(records.TAG_SWEEP_ID, parent_run_id))
     finished = {"FINISHED", "FAILED"} if failed_ok else {"FINISHED"}
     status = "FINISHED" if statuses and set(statuses) <= finished else "KILLED" if "KILLED" in statuses else "FAILED"
     retry(client.set_terminated, parent_run_id, status)
-    rows = sorted((c.info.run_name, s, c.data.metrics.get("best_val_accuracy")) for c, s in zip(children, statuses))
+    rows = sorted((c.info.run_name, s, c.data.metrics.get(records.BEST_VAL_ACCURACY)) for c, s in zip(children, statuses))
     return status, rows

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from nnx import records
 from nnx.edges import liveness
 from nnx.edges.tracking import model
 from nnx.edges.tracking.env import redact
@@ -248,5 +249,5 @@ class Run:
                 self._writer = None
             if self._error is not None:
                 status = "FAILED"
-                self.set_tags({"nnx.failure": "tracking", "nnx.error": str(lost or self._failure())})
+                self.set_tags({records.TAG_FAILURE: "tracking", records.TAG_ERROR: str(lost or self._failure())})
             retry(self.client.set_terminated, self.run_id, status)
