@@ -114,7 +114,8 @@ EPOCH_KEYS_MANY = jax.jit(jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None
 
 
 def kept(spec, kind: str, dtype, build):
-    """build()'s programs for networks of spec's structure: built at the first, then kept."""
+    """build()'s programs for networks of spec's structure: built at the first, then kept. A Spec is
+    made by nnx.build, which sets its structure; one changed in place of a new config would need its own."""
     if not spec.structure:
         return build()
     key = (spec.structure, kind, jnp.dtype(dtype).name)

@@ -85,7 +85,9 @@ def names(message: str, field: str) -> bool:
     return f"{key}=" in message or f"unknown {key}" in message
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same 40 examples on every run, so that the suite's verdict does not depend on the draw
+# and a warm run finds their programs in the compilation cache (drawn afresh: 15-44 s a run here).
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(configs())
 def test_a_config_is_rejected_clearly_or_trains(v):
     """Rejected exactly when the oracle finds a wrong field, naming one of those fields and a fix;
@@ -107,7 +109,7 @@ def test_a_config_is_rejected_clearly_or_trains(v):
     assert not wrong, f"accepted a config with wrong {sorted(wrong)}: {v}"
     # Accepted: it trains one epoch on a 64-image slice, without an error from inside JAX.
     data = DATA._replace(train=nnx.Split(DATA.train.x[:64], DATA.train.y[:64]))
-    spec = spec.__class__(**{**spec.__dict__, "epochs": 1, "mini_batch_size": min(spec.mini_batch_size, 64)})
+    spec = nnx.build({**cfg, "train": {**cfg["train"], "epochs": 1, "mini_batch_size": min(spec.mini_batch_size, 64)}})
     if spec.seeds:
         _, histories = nnx.fit_many(spec, data, seeds=spec.seeds)
     else:
