@@ -186,6 +186,9 @@ def summarize_fn(params, sums, n, l2_factor):
     return sums[0] / n + l2_factor * l2, sums[1] / n
 
 
+SUMMARIZE = jax.jit(summarize_fn)  # the same for every network: jitted once per process
+
+
 def eval_chunks(spec, split, dtype, device=None) -> tuple:
     """(n, [(x, y, valid) per chunk of EVAL_CHUNK images]) on the device: a split as evaluate takes it,
     the last chunk padded with zeros. Pixels go over as stored and are decoded there (to_device).
@@ -242,7 +245,7 @@ def make_epoch(spec):
 
 def make_evaluate(spec):
     """evaluate(params, x, y) -> (cost, accuracy) of the images x [n, ...] with labels y, as a run records them."""
-    evaluate_split = split_evaluator(spec, jax.jit(evaluate_fn(spec)), jax.jit(summarize_fn), zero_sums)
+    evaluate_split = split_evaluator(spec, jax.jit(evaluate_fn(spec)), SUMMARIZE, zero_sums)
     return lambda params, x, y: evaluate_split(params, eval_chunks(spec, Split(x, y), jax.tree.leaves(params)[0].dtype))
 
 

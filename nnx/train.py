@@ -1,8 +1,8 @@
 """Training, as network2.SGD: fit() trains one network and returns its params and history; fit_many()
 trains several seeds as one compiled program, vmapped over them.
 
-Each builds its Programs (nnx.programs' pure functions, jitted once for this run, for one network or
-vmapped) and hands them to nnx.loop, which runs the epochs, calling `on_epoch` and `on_state` so the
+Each builds its Programs (nnx.programs' pure functions jitted for one network or vmapped, kept per
+process for every network of the same structure: kept()) and hands them to nnx.loop, which runs the epochs, calling `on_epoch` and `on_state` so the
 caller can record as it goes.
 """
 
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from nnx import loop
 from nnx.programs import (
+    SUMMARIZE,
     block_fn,
     epoch_fn,
     epoch_key,
@@ -104,8 +105,7 @@ def fit_many(spec, data, *, seeds, on_epoch=None, on_state=None, should_stop=Non
 # their own (on the persistent cache's hit, too). The last KEPT structures stay.
 KEPT = 16
 programs_kept: collections.OrderedDict = collections.OrderedDict()  # (structure, kind, dtype) -> programs
-# The same for every network: jitted once per process.
-SUMMARIZE = jax.jit(summarize_fn)
+# The same for every network: jitted once per process (one network's summarize: nnx.programs.SUMMARIZE).
 SUMMARIZE_MANY = jax.jit(jax.vmap(summarize_fn, in_axes=(0, 0, None, None)))
 EPOCH_KEYS = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))  # one network's keys for epochs e..e+k
 # Jitted: an eager vmap is traced anew at every call, ~20 ms an epoch (ch5_speed: 500 epochs a run).
