@@ -40,19 +40,15 @@ def describe(case) -> str:
 
 def _spec(case):
     """nnx's own config (conf/train.yaml) for the case: the loss jax.grad differentiates."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
     from nnx import build
-    from nnx.edges import paths
+    from nnx.edges import configs
 
     sizes, act, cost, out = case
     overrides = [f"model.depth={len(sizes) - 2}", f"model.width={sizes[1]}", f"activation={act}", f"cost={cost}",
                  f"model.output_activation={out}", "optimizer.lmbda=0.0"]
     if act == "leaky_relu":
         overrides.append(f"activation.negative_slope={backprop_numpy.LEAKY_SLOPE}")
-    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
-        return build(OmegaConf.to_container(compose("train", overrides=overrides), resolve=True))
+    return build(configs.compose(overrides))
 
 
 def compare(case, x, labels, rng) -> dict:

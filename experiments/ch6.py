@@ -220,23 +220,14 @@ def gradients(client, out, by_case, protocol: str):
 def parameter_counts():
     """The book's count: 20 shared 5x5 filters are 520 parameters; an FC layer 784 -> 30 has 23,550."""
     import nnx
+    from nnx.edges import configs
 
-    conv = nnx.build(_config(["model=conv", "model.conv_maps=[20]", "cost=log_likelihood"]))
-    fc = nnx.build(_config(["model=mlp", "model.width=30"]))
+    conv = nnx.build(configs.compose(["model=conv", "model.conv_maps=[20]", "cost=log_likelihood"]))
+    fc = nnx.build(configs.compose(["model=mlp", "model.width=30"]))
     first_conv = nnx.model.layer_shapes(conv.net)[0][1]
     first_fc = nnx.model.layer_shapes(fc.net)[0][1]
     return [row("6.params", "parameters of 20 shared 5x5 filters (+ biases)", 520, [sum(np.prod(s) for s in first_conv.values())], 0.0, "abs"),
             row("6.params", "parameters of a fully connected 784 -> 30 layer", 23_550, [sum(np.prod(s) for s in first_fc.values())], 0.0, "abs")]
-
-
-def _config(overrides):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from nnx.edges import paths
-
-    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
 
 
 NOTES = [

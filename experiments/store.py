@@ -65,14 +65,12 @@ def _values(override: str) -> tuple[str, frozenset[str]]:
 @functools.cache
 def own_sweep(preset: str) -> dict:
     """{key: its values} that the preset's own sweep runs (its hydra.sweeper.params; {} for none)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from nnx.edges import paths
+    from nnx.edges import configs
 
     try:
-        with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
-            sweeper = compose("train", overrides=[f"experiment={preset}"], return_hydra_config=True).hydra.sweeper
+        sweeper = configs.compose([f"experiment={preset}"], hydra=True).hydra.sweeper
         return dict(_values(f"{k}={v}") for k, v in (OmegaConf.to_container(sweeper, resolve=False).get("params") or {}).items())
     except Exception:  # HydraException, OmegaConfBaseException: a preset this checkout no longer has
         return {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.sweep_command import failure, runs_since, sweep_argv
-from nnx.edges import paths, sweeps, tracking
+from nnx.edges import configs, sweeps, tracking
 
 PROGRESS_SECONDS = 30  # between two progress lines of sweeps run at once (none while nothing changed)
 
@@ -42,15 +42,13 @@ def planned(argv: list[str]) -> tuple[str, int | None]:
     """(the MLflow experiment a sweep writes to, how many runs it will have) from its config: Hydra's
     basic sweeper runs the product of its params' values (the command line's replace the preset's
     for a key), each job one run per seed of `seeds` (one without); None for another sweeper."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     parser = OverridesParser.create()
     given = [o for o in parser.parse_overrides([a for a in argv if not a.startswith("-")])
              if not o.get_key_element().lstrip("+~").startswith("hydra")]
-    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[o.input_line for o in given if not o.is_sweep_override()], return_hydra_config=True)
+    cfg = configs.compose([o.input_line for o in given if not o.is_sweep_override()], hydra=True)
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return cfg.tracking.experiment, None

@@ -3,10 +3,9 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 import nnx
+from nnx.edges import configs
 from nnx.edges.cli import CONF
 
 GROUPS = {
@@ -23,14 +22,8 @@ def options(group):
     return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def hydra_conf():
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        yield
-
-
 def build(*overrides):
-    return nnx.build(OmegaConf.to_container(compose("train", overrides=list(overrides)), resolve=True))
+    return nnx.build(configs.compose(overrides))
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -39,35 +32,35 @@ def test_each_registry_key_has_its_config_file_and_back(group):
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in sorted(GROUPS) for o in options(g)])
-def test_each_option_composes_and_builds(hydra_conf, group, option):
+def test_each_option_composes_and_builds(group, option):
     overrides = [f"{group}={option}"]
     if option == "log_likelihood":
         overrides.append("model.output_activation=softmax")
-    cfg = compose("train", overrides=overrides)
-    assert cfg[group].name == option
+    cfg = configs.compose(overrides)
+    assert cfg[group]["name"] == option
     build(*overrides)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_each_experiment_composes_and_builds(hydra_conf, experiment):
+def test_each_experiment_composes_and_builds(experiment):
     build(f"experiment={experiment}")
 
 
-def test_chapter_1_preset_is_the_books_network(hydra_conf):
-    cfg = compose("train", overrides=["experiment=ch1_30"])
-    assert (cfg.init.name, cfg.cost.name, cfg.optimizer.eta, cfg.optimizer.lmbda) == ("large", "quadratic", 3.0, 0.0)
-    assert (cfg.train.epochs, cfg.train.mini_batch_size, cfg.model.width) == (30, 10, 30)
-    assert compose("train", overrides=["experiment=ch1_100"]).model.width == 100
+def test_chapter_1_preset_is_the_books_network():
+    cfg = configs.compose(["experiment=ch1_30"])
+    assert (cfg["init"]["name"], cfg["cost"]["name"], cfg["optimizer"]["eta"], cfg["optimizer"]["lmbda"]) == ("large", "quadratic", 3.0, 0.0)
+    assert (cfg["train"]["epochs"], cfg["train"]["mini_batch_size"], cfg["model"]["width"]) == (30, 10, 30)
+    assert configs.compose(["experiment=ch1_100"])["model"]["width"] == 100
 
 
-def test_defaults_are_chapter_5s(hydra_conf):
+def test_defaults_are_chapter_5s():
     spec = build()
     assert spec.sizes == (784, 30, 10) and spec.lmbda == 5.0 and spec.train_size == 50_000
 
 
-def test_struct_mode_rejects_a_misspelt_key(hydra_conf):
+def test_struct_mode_rejects_a_misspelt_key():
     with pytest.raises(Exception, match="dept"):
-        compose("train", overrides=["model.dept=3"])
+        configs.compose(["model.dept=3"])
 
 
 @pytest.mark.parametrize(
@@ -84,7 +77,7 @@ def test_struct_mode_rejects_a_misspelt_key(hydra_conf):
         (["model.output_activation=softplus"], "valid model.output_activations: identity, leaky_relu, relu, sigmoid, softmax"),
     ],
 )
-def test_impossible_values_are_named(hydra_conf, overrides, named):
+def test_impossible_values_are_named(overrides, named):
     with pytest.raises(nnx.ConfigError) as err:
         build(*overrides)
     assert named in str(err.value)

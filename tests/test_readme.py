@@ -123,12 +123,11 @@ def test_the_readme_recipe_for_a_new_activation_works_as_written(tmp_path, monke
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     import nnx
     from nnx import probes
     from nnx.activations import ACTIVATIONS, Activation
+    from nnx.edges import configs
 
     section = (ROOT / "docs" / "extending.md").read_text().split("## A new activation")[1].split("\n## ")[0]
     definition = next(c for c in re.findall(r"`([^`]+)`", section) if c.startswith("def swish"))
@@ -143,8 +142,7 @@ def test_the_readme_recipe_for_a_new_activation_works_as_written(tmp_path, monke
 
     overrides = ["activation=swish", "activation.beta=2.0", "model.depth=2", "model.width=8", "data.train_size=100",
                  "probes.size=50", "train.epochs=1", "probes.kinds=[activations,histograms]"]
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("train", overrides=overrides), resolve=True)
+    cfg = configs.compose(overrides, conf=conf)
     spec = nnx.build(cfg)
     data = nnx.load(train_size=100)
     _, history = nnx.fit(spec, data, key=jax.random.PRNGKey(0))

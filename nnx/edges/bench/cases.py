@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from nnx.data import encode
-from nnx.edges import paths
+from nnx.edges import configs
 from nnx.edges.bench import baselines
 from nnx.edges.bench.machine import peak_rss_mb, torch_installed
 from nnx.edges.bench.stats import Timer, alternate, ratio_summary
@@ -59,19 +59,9 @@ CONV_CASES = {
 CASES = {**MLP_CASES, **CONV_CASES}  # what nnx-bench --cases offers
 
 
-def compose(overrides) -> dict:
-    """nnx-train's own config (conf/) with these overrides, resolved, as nnx.build takes it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
-        return OmegaConf.to_container(hydra_compose(config_name="train", overrides=list(overrides)), resolve=True)
-
-
 def config(depth, width, mini_batch_size, train_size, epochs=1, extra=()) -> dict:
     """nnx-train's own config with chapter 1's network.py hyperparameters, and `extra` overrides."""
-    return compose([
+    return configs.compose([
         f"model.depth={depth}", f"model.width={width}", "activation=sigmoid", "init=large", "cost=quadratic",
         "optimizer=sgd", f"optimizer.eta={ETA}", "optimizer.lmbda=0.0", f"data.train_size={train_size}",
         f"train.epochs={epochs}", f"train.mini_batch_size={mini_batch_size}", "seed=0", *extra,
@@ -81,7 +71,7 @@ def config(depth, width, mini_batch_size, train_size, epochs=1, extra=()) -> dic
 def conv_config(case: ConvCase, train_size, epochs=1, extra=()) -> dict:
     """nnx-train's own config with network3.py's training of a chapter 6 net, and `extra` overrides."""
     as_list = lambda values: "[" + ",".join(map(str, values)) + "]"
-    return compose([
+    return configs.compose([
         "model=conv", f"model.conv_maps={as_list(case.conv_maps)}", f"model.fc={as_list(case.fc)}",
         f"model.dropout={case.dropout}", "activation=relu", "init=network3", "cost=log_likelihood",
         "optimizer=sgd", f"optimizer.eta={case.eta}", f"optimizer.lmbda={case.lmbda}", f"data.train_size={train_size}",
