@@ -1,4 +1,6 @@
 import contextlib
+import copy
+import functools
 import os
 import shutil
 import socket
@@ -11,7 +13,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from nnx.edges import devices, paths, server
+from nnx.edges import configs, devices, paths, server
 
 # Silent broadcasting (a row where a column was meant) fails loudly in tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -60,23 +62,31 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+# The tests' small config: conf/'s defaults (chapter 5's sigmoid net, cross-entropy, sgd) at width 8 and
+# without L2, on 100 images for 2 epochs, 50 probe images, one seed, a checkpoint after every epoch.
+TINY = ("seed=0", "seeds=null", "model.depth=1", "model.width=8", "optimizer.lmbda=0.0", "data.train_size=100",
+        "train.epochs=2", "train.mini_batch_size=10", "train.checkpoint_every=1", "probes.size=50")
+
+
+@functools.cache
+def composed(overrides: tuple[str, ...]) -> dict:
+    """conf/'s config with these overrides, composed once per process (~0.1-0.3 s each): copy it to change it."""
+    return configs.compose(overrides)
+
+
 def tiny_cfg(**overrides) -> dict:
-    """The plain config nnx.build takes, shrunk for tests; keyword groups update their group."""
-    cfg = {
-        "seed": 0,
-        "seeds": None,
-        "model": {"depth": 1, "width": 8, "output_activation": "sigmoid"},
-        "activation": {"name": "sigmoid"},
-        "init": {"name": "default"},
-        "cost": {"name": "cross_entropy"},
-        "optimizer": {"name": "sgd", "eta": 0.1, "lmbda": 0.0},
-        "schedule": {"name": "constant"},
-        "data": {"name": "mnist", "path": None, "train_size": 100},
-        "train": {"epochs": 2, "mini_batch_size": 10, "stop_on_divergence": True, "checkpoint_every": 1},
-        "probes": {"size": 50},
-    }
+    """The config a user's run gets (conf/), shrunk for tests (TINY), as nnx.build takes it. A keyword
+    group updates its group; one naming another option of conf/ (model={"name": "conv", ...}) updates
+    that option's own settings, as model=conv would on the command line."""
+    cfg = copy.deepcopy(composed(TINY))
     for key, value in overrides.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        if not isinstance(value, dict):
+            cfg[key] = value
+            continue
+        name = value.get("name")
+        if isinstance(name, str) and name != cfg[key].get("name") and (paths.CONF / key / f"{name}.yaml").exists():
+            cfg[key] = copy.deepcopy(composed((f"{key}={name}",))[key])
+        cfg[key] = {**cfg[key], **value}
     return cfg
 
 
