@@ -134,8 +134,9 @@ def predict(client, run, images) -> np.ndarray:
 
     import nnx
     from nnx.edges import tracking
+    from nnx.migrate import migrate
 
-    spec = nnx.build(tracking.read_config(client, run.info.run_id))
+    spec = nnx.build(migrate(tracking.read_config(client, run.info.run_id)))  # recorded by the nnx it ran under
     forward = jax.jit(lambda p, x: nnx.feedforward(spec.net, p, x)[0])
     params = final_params(client, run)
     return np.concatenate([np.argmax(np.asarray(forward(params, images[i : i + 1000])), axis=1)

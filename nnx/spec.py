@@ -2,7 +2,8 @@
 
 Every choice is checked here, before data is loaded, anything is compiled or any run is
 recorded, so a bad value fails at once with the value, the valid range and the fix.
-The input is a plain dict (Hydra's resolved config, or one written by hand in a test).
+The input is a plain dict: Hydra's resolved config, or one recorded by an earlier nnx, which
+nnx.migrate brings up to date.
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ from nnx.architectures import MODELS
 from nnx.costs import COSTS
 from nnx.data import DATASETS, MNIST_SIZES, TRAIN_SIZES
 from nnx.initializers import INITIALIZERS
+from nnx.migrate import migrate
 from nnx.model import Net
 from nnx.optimizers import OPTIMIZERS
 from nnx.probes import KINDS as PROBE_KINDS
@@ -66,10 +68,10 @@ class Spec:
     data_path: str | None
     dataset: Callable  # dataset(data_path, originals) -> nnx.data.Data
     originals: int  # the book's training images used (data.train_size); each gives 5 in the expanded set
-    validation_size: int | None = None  # the first N validation images (the book's broad strategy: 100); None: all
-    device: str = "auto"  # the platform asked for: auto (what JAX finds), cpu, gpu, tpu (nnx.edges.backend)
-    matmul_precision: str = "highest"  # jax.default_matmul_precision while training: true float32 products
-    conv_impl: str = "auto"  # a conv net's convolution as asked (nnx.choices.conv_impl resolves auto)
+    validation_size: int | None  # the first N validation images (the book's broad strategy: 100); None: all
+    device: str  # the platform asked for: auto (what JAX finds), cpu, gpu, tpu (nnx.edges.backend)
+    matmul_precision: str  # jax.default_matmul_precision while training (highest: true float32 products)
+    conv_impl: str  # a conv net's convolution as asked (nnx.choices.conv_impl resolves auto); auto for an MLP
     # The book's fixed eta: the optimizer with eta and the L2 coefficient lmbda / n given at run time
     # (optimizer_at(*hyper), nnx.programs.epoch_fn), so that a sweep over them compiles its epoch once.
     # None with a schedule, whose eta lives in the optimizer's state.
@@ -104,10 +106,10 @@ def _hparams(group: dict, key: str) -> dict:
 
 
 def _probes(cfg: dict, probe_size: int, batch_norm: bool, activation: str, facts: Activation, model_name: str) -> Probes:
-    kinds = cfg.get("kinds") or []
+    kinds = cfg["kinds"] or []  # null: none, as []
     check(isinstance(kinds, list) and all(k in PROBE_KINDS for k in kinds), "probes.kinds", kinds,
            f"each kind must be one of {list(PROBE_KINDS)}", "Use e.g. 'probes.kinds=[activations,histograms]' (quoted in a shell), or [] for none.")
-    every, jacobian_every, examples = cfg.get("every", 1), cfg.get("jacobian_every", 0), cfg.get("jacobian_examples", 8)
+    every, jacobian_every, examples = cfg["every"], cfg["jacobian_every"], cfg["jacobian_examples"]
     check(is_int(every) and every >= 1, "probes.every", every, "must be an integer >= 1 (epochs)", "Use e.g. probes.every=1.")
     check(is_int(jacobian_every) and jacobian_every >= 0, "probes.jacobian_every", jacobian_every,
            "must be an integer >= 0 (epochs; 0: at init and at the end only)", "Use e.g. probes.jacobian_every=0.")
@@ -134,8 +136,9 @@ def build(cfg: dict) -> Spec:
     Raises:
       ConfigError: naming the bad key and value, what is allowed and how to fix it.
     """
+    cfg = migrate(cfg)  # until every config written by hand in tests/ and the benches has conf/'s keys
     model, train, data, opt = cfg["model"], cfg["train"], cfg["data"], cfg["optimizer"]
-    model_name = model.get("name", "mlp")  # runs recorded before the model group had no name: MLPs
+    model_name = model["name"]
     check(is_int(cfg["seed"]), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
     check(is_number(opt.get("eta")) and opt["eta"] > 0, "optimizer.eta", opt["eta"], "the learning rate must be a number > 0", "Use e.g. optimizer.eta=0.1.")
     check(is_number(opt["lmbda"]) and opt["lmbda"] >= 0, "optimizer.lmbda", opt["lmbda"], "the L2 strength must be a number >= 0", "Use optimizer.lmbda=0 for none.")
@@ -154,27 +157,27 @@ def build(cfg: dict) -> Spec:
     probe_size = cfg["probes"]["size"]
     check(is_int(probe_size) and probe_size >= 1, "probes.size", cfg["probes"]["size"], "the gradient probe needs at least one image", "Use e.g. probes.size=1000 (the book's choice).")
 
-    check(isinstance(train.get("shuffle", True), bool), "train.shuffle", train.get("shuffle"), "must be true or false",
+    check(isinstance(train["shuffle"], bool), "train.shuffle", train["shuffle"], "must be true or false",
           "Use train.shuffle=false for network3's fixed mini-batches, true for a fresh shuffle each epoch.")
-    splits = train.get("eval_splits", list(SPLITS))
+    splits = train["eval_splits"]
     check(isinstance(splits, list) and splits and set(splits) <= set(SPLITS), "train.eval_splits", splits,
           f"must be a non-empty list of {list(SPLITS)}", "Use e.g. 'train.eval_splits=[validation,test]' (quoted in a shell).")
-    eval_every = train.get("eval_every", 1)  # runs recorded before the key existed evaluated every epoch
+    eval_every = train["eval_every"]
     check(is_int(eval_every) and eval_every >= 1, "train.eval_every", eval_every, "must be an integer >= 1 (epochs between evaluations)",
           "Use e.g. train.eval_every=1 (every epoch) or 25 (every 25th and the last).")
     act = cfg["activation"]
     facts = lookup(ACTIVATIONS, "activation", act["name"])
-    batch_norm = model.get("batch_norm", False)
+    batch_norm = model["batch_norm"] if model_name == "mlp" else False  # conf/model/mlp.yaml's key
     probes = _probes(cfg["probes"], min(probe_size, train_size), batch_norm, act["name"], facts, model_name)
 
-    validation_size = data.get("validation_size")  # runs recorded before the key existed used all 10000
+    validation_size = data["validation_size"]
     check(validation_size is None or (is_int(validation_size) and 1 <= validation_size <= VALIDATION_SIZE), "data.validation_size",
           validation_size, f"the validation set has {VALIDATION_SIZE} images", f"Use 1 <= data.validation_size <= {VALIDATION_SIZE}, or null for all.")
-    stopping = train.get("early_stopping_n")
+    stopping = train["early_stopping_n"]
     check(stopping is None or (is_int(stopping) and stopping >= 1), "train.early_stopping_n", stopping,
           "must be an integer >= 1 (epochs without a better validation accuracy) or null (train every epoch)",
           "Use e.g. train.early_stopping_n=10 (the book's no-improvement-in-ten).")
-    sched = cfg.get("schedule") or {"name": "constant"}  # runs recorded before the group existed: a fixed eta
+    sched = cfg["schedule"]
     schedule = lookup(SCHEDULES, "schedule", sched["name"])(opt["eta"], train["epochs"], **_hparams(sched, "schedule"))
     window = sched.get("n") if sched["name"] == "halving" else None
     check(stopping is None or window is None or stopping > window, "train.early_stopping_n", stopping,
@@ -216,7 +219,7 @@ def build(cfg: dict) -> Spec:
         lmbda=float(opt["lmbda"]),
         epochs=train["epochs"],
         mini_batch_size=m,
-        shuffle=train.get("shuffle", True),
+        shuffle=train["shuffle"],
         eval_splits=tuple(name for name in SPLITS if name in splits),
         eval_every=eval_every,
         train_size=train_size,
@@ -231,7 +234,7 @@ def build(cfg: dict) -> Spec:
         dataset=dataset,
         originals=train_size // per_image,
         validation_size=validation_size,
-        conv_impl=model.get("conv_impl", "auto"),
+        conv_impl=model["conv_impl"] if model_name == "conv" else "auto",  # conf/model/conv.yaml's key
         structure=program_structure(cfg, hyper_at_runtime=sched["name"] == "constant"),
         **_backend(cfg),
     )
@@ -271,9 +274,9 @@ PRECISIONS = ("default", "high", "highest")
 
 
 def _backend(cfg: dict) -> dict:
-    """device and train.matmul_precision, checked (runs recorded before the keys existed: auto, highest;
-    nnx.edges.backend checks the device is there before any run starts)."""
-    device, precision = cfg.get("device", "auto"), cfg["train"].get("matmul_precision", "highest")
+    """device and train.matmul_precision, checked (nnx.edges.backend checks the device is there before
+    any run starts)."""
+    device, precision = cfg["device"], cfg["train"]["matmul_precision"]
     check(device in DEVICES, "device", device, f"must be one of {', '.join(DEVICES)}",
           "Use device=auto (what JAX finds), or cpu, gpu, tpu to insist on one.")
     check(precision in PRECISIONS, "train.matmul_precision", precision, f"must be one of {', '.join(PRECISIONS)}",

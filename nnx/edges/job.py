@@ -20,13 +20,16 @@ from nnx import data as nnx_data
 from nnx.edges import backend, tracking
 from nnx.edges.lifecycle import Member, model_params, train_and_end
 from nnx.edges.resume import ResumeError, resume
+from nnx.migrate import LATER, migrate
 from nnx.model import describe
 from nnx.spec import build
 
-# Keys added after runs were stored, with the value that means "as before": at that value they are
-# left out of the hash, so a relaunched sweep still finds (and skips) the runs stored before them.
-LATER_KEYS = {("train", "early_stopping_n"): None, ("data", "validation_size"): None, ("schedule",): {"name": "constant"},
-              ("train", "eval_every"): 1, ("device",): "auto", ("train", "matmul_precision"): "highest", ("model", "conv_impl"): "auto"}
+# Keys added after runs were identified by their config's hash: at their value in nnx.migrate.LATER
+# ("as before") they are left out of the hash, so a relaunched sweep still finds (and skips) the runs
+# stored before them. The other keys LATER holds stay in the hash, as they always have: leaving them
+# out now would change the identity of every run stored since they came.
+LATER_KEYS = {path: LATER[path] for path in [("train", "early_stopping_n"), ("data", "validation_size"), ("schedule",),
+                                             ("train", "eval_every"), ("device",), ("train", "matmul_precision"), ("model", "conv_impl")]}
 
 
 def config_hash(cfg: dict) -> str:
@@ -59,9 +62,9 @@ def _start_member(client, experiment_id, uri, cfg, spec, seed, *, name, tags, pa
     # Logged first: a killed or failed run keeps what it takes to resume or rerun it.
     run.log_files({"config.yaml": lambda p: p.write_text(tracking.redact(yaml.safe_dump(cfg, sort_keys=False)))})
     log_dataset(run, cfg["data"], spec)
-    if cfg["tracking"].get("system_metrics"):
+    if cfg["tracking"]["system_metrics"]:
         run.watch_system(uri)
-    if cfg["tracking"].get("log_model", True):
+    if cfg["tracking"]["log_model"]:
         tracking.warm_model_logging()
     return Member(run, seed, cfg, tracking.checkpoint_path(uri, run.run_id))
 
@@ -95,7 +98,7 @@ def _twin_to_heal(client, experiment_id, cfg, preset, *, killed_too, echo, look_
         if twin.data.tags.get(records.TAG_RERUN_OF) or twin.info.status not in ("RUNNING", "KILLED"):
             continue
         if twin.info.status == "RUNNING":
-            reason = tracking.stale_reason(twin, cfg["tracking"].get("stale_after"))
+            reason = tracking.stale_reason(twin, cfg["tracking"]["stale_after"])
             if reason is None:
                 continue
             if look_only:
@@ -113,7 +116,8 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
     """Trains what `cfg` describes into MLflow and returns the first seed's summary.
 
     Args:
-      cfg: the resolved config as a plain dict (what Hydra composes, or a run's config.yaml).
+      cfg: the resolved config as a plain dict: what Hydra composes, or a run's config.yaml (given the
+        keys added since it was recorded here, nnx.migrate).
       name: run name; a multi-seed job appends " seed=<s>" per run.
       tags: extra tags for every run (overrides, preset, rerun source ...).
       parent: None, or parent(client, experiment_id) -> (parent run id, sweep id) | None.
@@ -128,6 +132,7 @@ def run(cfg: dict, *, name: str, tags: dict, parent=None, skip_finished=False, h
       ConfigError, DataError, TrackingError, BackendError before any run exists; Diverged after ending the
       diverged run(s) FAILED; anything raised while training after ending the runs FAILED/KILLED.
     """
+    cfg = migrate(cfg)
     spec = build(cfg)
     tags = {**backend.tags(spec.device, spec.matmul_precision), **choices.tags(spec), **tags}  # BackendError before any run exists
     with jax.default_device(backend.default_device(spec.device)):
@@ -139,7 +144,7 @@ def _run(cfg, spec, *, name, tags, parent, skip_finished, heal, echo, progress, 
     """run() on the device the config chose."""
     data = spec.load_data()
     uri = tracking.resolve_uri(cfg["tracking"]["uri"])
-    if cfg["tracking"].get("system_metrics"):
+    if cfg["tracking"]["system_metrics"]:
         tracking.check_system_metrics()
     seeds = list(spec.seeds or [spec.seed])
     if parent is None and uri.startswith("sqlite:"):

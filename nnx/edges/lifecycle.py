@@ -68,7 +68,7 @@ def log_summary(member, spec, params, result: dict, step: int, echo):
     """The run's summary metrics at `step`; with tracking.log_model (the default), linked to the network
     logged as an MLflow model. A model that cannot be logged costs the run nothing but the model: the
     summary goes in unlinked, the reason in tag nnx.model_error, and params.npz still holds the network."""
-    if member.cfg["tracking"].get("log_model", True):
+    if member.cfg["tracking"]["log_model"]:
         try:
             with tempfile.TemporaryDirectory() as folder:
                 params_file = Path(folder) / "params.npz"

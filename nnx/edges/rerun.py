@@ -18,6 +18,7 @@ import numpy as np
 from nnx import numerics, records
 from nnx.edges import devices, job, paths, tracking
 from nnx.errors import UserError
+from nnx.migrate import migrate
 from nnx.spec import build
 
 
@@ -83,7 +84,7 @@ def main(argv=None):
     if source.info.status != "FINISHED":
         sys.exit(f"nnx-rerun: error: run {args.run_id} is {source.info.status}; rerun compares finished runs. "
                  f"Continue an interrupted run with `nnx-train resume={args.run_id}`.")
-    cfg = tracking.read_config(client, args.run_id)
+    cfg = migrate(tracking.read_config(client, args.run_id))  # recorded by the nnx it ran under
     cfg["tracking"] = {**cfg["tracking"], "uri": uri}
     batch = source.data.tags.get(job.BATCH_TAG)
     if batch:  # the same vmapped batch: the other seeds' runs are trained (and tagged) alongside

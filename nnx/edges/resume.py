@@ -11,6 +11,7 @@ from nnx import records
 from nnx.edges import checkpoint, tracking
 from nnx.edges.lifecycle import Member, train_and_end
 from nnx.errors import UserError
+from nnx.migrate import migrate
 from nnx.spec import build
 
 RESUMABLE = ("KILLED", "FAILED", "RUNNING")  # RUNNING: a process killed too hard to say so (nnx.edges.liveness)
@@ -39,7 +40,7 @@ def resume(run_id: str, *, tracking_cfg: dict, echo=print, progress=None, tags: 
                               f"which is still alive (or its heartbeat is recent): stop it first, or wait. "
                               f"`nnx-runs` lists the runs whose process is gone.")
         tracking.Run(client, run_id).kill(reason)
-    cfg = tracking.read_config(client, run_id)
+    cfg = migrate(tracking.read_config(client, run_id))  # recorded by the nnx it ran under
     cfg["tracking"] = {**cfg["tracking"], **tracking_cfg}
     spec = build(cfg)
     path = tracking.checkpoint_path(uri, run_id)
