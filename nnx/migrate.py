@@ -6,8 +6,8 @@ default in conf/ (chosen to keep them so). Every reader of a recorded config cal
 (nnx.edges.resume, nnx.edges.rerun, nnx.edges.job.run for the config.yaml it may be given,
 experiments that rebuild a stored run's network), so that a stored run resumes, reruns and
 reports as it did; nnx.edges.job keeps LATER's values out of a job's identity where runs were
-hashed before their key existed (LATER_KEYS). nnx.build migrates what it is given too, until
-every config written by hand in tests/ and the benches has conf/'s keys.
+hashed before their key existed (LATER_KEYS). nnx.build takes a config as it is, and names the
+keys of LATER it lacks (missing).
 
 The first configs nnx reads back are those of f6ae445, which brought resume and nnx-rerun; the
 runs of the 40 minutes before it also lack seeds, resume, train.stop_on_divergence,
@@ -58,12 +58,23 @@ def migrate(cfg: dict) -> dict:
     groups `cfg` has (a config written by hand without a tracking group gets none).
     """
     out = copy.deepcopy(cfg)
-    for path, value in LATER.items():
+    for path, node in _gaps(out):
+        node[path[-1]] = copy.deepcopy(LATER[path])
+    return out
+
+
+def missing(cfg: dict) -> list[str]:
+    """The keys of LATER that `cfg` lacks (those migrate fills), dotted: ["train.eval_every", ...]."""
+    return [".".join(path) for path, _ in _gaps(cfg)]
+
+
+def _gaps(cfg: dict):
+    """(path, the group that lacks it) for each key of LATER, in order, that cfg's groups lack."""
+    for path in LATER:
         *groups, key = path
-        node = out
+        node = cfg
         for group in groups:
             node = node.get(group) if isinstance(node, dict) else None
         option = ONLY_FOR.get(path)
         if isinstance(node, dict) and key not in node and (option is None or node.get("name") == option):
-            node[key] = copy.deepcopy(value)
-    return out
+            yield path, node

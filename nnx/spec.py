@@ -16,12 +16,12 @@ from nnx.architectures import MODELS
 from nnx.costs import COSTS
 from nnx.data import DATASETS, MNIST_SIZES, TRAIN_SIZES
 from nnx.initializers import INITIALIZERS
-from nnx.migrate import migrate
+from nnx.migrate import missing
 from nnx.model import Net
 from nnx.optimizers import OPTIMIZERS
 from nnx.probes import KINDS as PROBE_KINDS
 from nnx.probes import NEEDS as PROBE_NEEDS
-from nnx.registry import check, is_int, is_number, lookup
+from nnx.registry import ConfigError, check, is_int, is_number, lookup
 from nnx.schedules import SCHEDULES, Schedule, injected
 
 SPLITS = ("train", "validation", "test")
@@ -136,7 +136,7 @@ def build(cfg: dict) -> Spec:
     Raises:
       ConfigError: naming the bad key and value, what is allowed and how to fix it.
     """
-    cfg = migrate(cfg)  # until every config written by hand in tests/ and the benches has conf/'s keys
+    _complete(cfg)
     model, train, data, opt = cfg["model"], cfg["train"], cfg["data"], cfg["optimizer"]
     model_name = model["name"]
     check(is_int(cfg["seed"]), "seed", cfg["seed"], "the seed must be an integer", "Use e.g. seed=0.")
@@ -238,6 +238,14 @@ def build(cfg: dict) -> Spec:
         structure=program_structure(cfg, hyper_at_runtime=sched["name"] == "constant"),
         **_backend(cfg),
     )
+
+
+def _complete(cfg: dict):
+    """Raises ConfigError naming the keys nnx added since `cfg` was written, if it lacks any."""
+    absent = missing(cfg)
+    if absent:
+        raise ConfigError(f"the config has no {', '.join(absent)}: nnx added them after it was written. Give a config recorded by an "
+                          f"earlier nnx to nnx.migrate.migrate(cfg) first, or compose yours from conf/ (nnx.edges.configs.compose).")
 
 
 # Settings that no compiled program reads: the seeds and the initialization (drawn before training),

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import nnx
 from nnx.edges import configs
-from nnx.migrate import LATER, ONLY_FOR, migrate
+from nnx.migrate import LATER, ONLY_FOR, migrate, missing
 
 # The leaves of the default config at f6ae445, the first nnx that read a run's config back
 # (resume, nnx-rerun): `git show f6ae445:conf/train.yaml` and the group files it names.
@@ -59,6 +60,16 @@ def test_every_key_added_to_the_defaults_since_the_first_read_back_config_is_mig
     added = {p for p in leaves(configs.compose()) if p not in FIRST and not any(p.startswith(f"{g}.") for g in later)}
     assert added <= later
     assert FIRST <= leaves(configs.compose())  # no key of the first configs has gone
+
+
+@pytest.mark.parametrize("path", list(LATER), ids=".".join)
+def test_build_names_a_later_key_the_config_lacks(path):
+    """nnx.build takes a config as it is: one recorded before a key, not migrated, is refused, naming it."""
+    cfg = strip(configs.compose(OPTION.get(ONLY_FOR.get(path), [])), path)
+    assert missing(cfg) == [".".join(path)]
+    with pytest.raises(nnx.ConfigError, match=f"the config has no {'.'.join(path)}: .*nnx.migrate.migrate"):
+        nnx.build(cfg)
+    nnx.build(migrate(cfg))
 
 
 def test_a_key_of_one_option_is_not_given_to_another():

@@ -30,7 +30,9 @@ import numpy as np
 import nnx
 from nnx import choices, programs, train
 from nnx.data import load_expanded
+from nnx.migrate import migrate
 
+# Written by hand (no Hydra here) with the keys nnx's first configs had; migrate gives the rest their defaults.
 BASE = {
     "seed": 0, "seeds": None, "init": {"name": "default"}, "schedule": {"name": "constant"},
     "data": {"name": "mnist", "path": None, "train_size": 50_000}, "probes": {"size": 100},
@@ -40,18 +42,18 @@ BASE = {
 
 def mlp_cfg(train_size: int) -> dict:
     """[784,30,10] as chapter 1 trains it (sigmoid, quadratic cost, eta 3.0)."""
-    return {**BASE, "model": {"depth": 1, "width": 30, "output_activation": "sigmoid"}, "activation": {"name": "sigmoid"},
-            "cost": {"name": "quadratic"}, "optimizer": {"name": "sgd", "eta": 3.0, "lmbda": 0.0},
-            "data": {**BASE["data"], "train_size": train_size}}
+    return migrate({**BASE, "model": {"depth": 1, "width": 30, "output_activation": "sigmoid"}, "activation": {"name": "sigmoid"},
+                    "cost": {"name": "quadratic"}, "optimizer": {"name": "sgd", "eta": 3.0, "lmbda": 0.0},
+                    "data": {**BASE["data"], "train_size": train_size}})
 
 
 def conv_cfg(train_size: int, impl: str, maps=(20, 40), fc=(100,), dropout=0.0, name="mnist") -> dict:
     """network3's nets (6.conv2 by default, as ch6_relu trains it: ReLU, log-likelihood, eta 0.03, optimizer.lmbda 1.0, mini-batches in file order)."""
     model = {"name": "conv", "conv_maps": list(maps), "kernel": 5, "pool": 2, "fc": list(fc), "dropout": dropout,
              "output_activation": "softmax", "zero_output": True, "conv_impl": impl}
-    return {**BASE, "model": model, "activation": {"name": "relu"}, "init": {"name": "network3"}, "cost": {"name": "log_likelihood"},
-            "optimizer": {"name": "sgd", "eta": 0.03, "lmbda": 1.0}, "data": {**BASE["data"], "name": name, "train_size": train_size},
-            "train": {**BASE["train"], "shuffle": False}}
+    return migrate({**BASE, "model": model, "activation": {"name": "relu"}, "init": {"name": "network3"}, "cost": {"name": "log_likelihood"},
+                    "optimizer": {"name": "sgd", "eta": 0.03, "lmbda": 1.0}, "data": {**BASE["data"], "name": name, "train_size": train_size},
+                    "train": {**BASE["train"], "shuffle": False}})
 
 
 def one_epoch(spec, x, y, device=None):
