@@ -13,7 +13,7 @@ IMAGE = (28, 28, 1)  # height, width, channels
 
 def mlp(cfg: dict, initializer, activation, output_activation) -> model.Net:
     """The book's fully connected network: [784] + [width] * depth + [10] (chapters 1-5)."""
-    depth, width, batch_norm = cfg["depth"], cfg["width"], cfg.get("batch_norm", False)
+    depth, width, batch_norm = cfg["depth"], cfg["width"], cfg["batch_norm"]
     check(is_int(depth) and depth >= 0, "model.depth", depth, "the number of hidden layers must be an integer >= 0", "Use e.g. model.depth=2.")
     check(is_int(width) and width >= 1, "model.width", width, "each hidden layer needs an integer >= 1 neurons", "Use e.g. model.width=30.")
     check(isinstance(batch_norm, bool), "model.batch_norm", batch_norm, "must be true or false", "Use model.batch_norm=true or false.")
@@ -42,7 +42,7 @@ def conv(cfg: dict, initializer, activation, output_activation) -> model.Net:
         check(side % pool == 0, "model.pool", pool, f"a {pool}x{pool} pool does not divide conv layer {i}'s {side}x{side} map",
               f"Use a model.pool that divides {side} (e.g. model.pool=1), or another model.kernel.")
         side //= pool
-    impl = cfg.get("conv_impl", "auto")  # runs recorded before the key existed: auto
+    impl = cfg["conv_impl"]
     check(impl in CONV_IMPLS, "model.conv_impl", impl, f"must be one of {', '.join(CONV_IMPLS)}",
           "Use model.conv_impl=auto (im2col on the CPU, XLA's convolution on an accelerator), or im2col or xla to insist.")
     return model.conv_net(maps, fc, initializer, activation, output_activation, kernel=kernel, pool=pool, dropout=rate,

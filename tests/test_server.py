@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from test_slurm import LAUNCHER, check_sweep, cluster  # noqa: F401  (cluster: the test SLURM cluster fixture)
 from test_slurm import TINY as SLURM_TINY
 
 from conftest import free_port, train_in_process
-from nnx.edges import paths, server, tracking
+from nnx.edges import configs, server, tracking
 
 
 class Lab:
@@ -195,9 +193,7 @@ def test_a_server_restart_mid_run_loses_no_metric(lab, as_admin, tmp_path, monke
     assert tracking.http_retry_wait() > 100
 
     client, _ = as_admin
-    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("train", overrides=[*TINY, "train.epochs=6", f"tracking.uri={lab.url}",
-                                                                  "tracking.experiment=restart"]), resolve=True)
+    cfg = configs.compose([*TINY, "train.epochs=6", f"tracking.uri={lab.url}", "tracking.experiment=restart"])
     # One worker: a restart is a whole server start (MLflow and its auth app imported per worker).
     restarted, down = threading.Thread(target=lambda: (time.sleep(3), lab.start(workers=1))), []
 

@@ -130,9 +130,9 @@ def preflight(argv: list[str], config_dir: str, config_name: str) -> bool:
             try:
                 cfg = OmegaConf.to_container(compose(config_name, overrides=job), resolve=True)
                 build(cfg)
-                backend.check(cfg.get("device", "auto"))  # an accelerator asked for and not there: before any run
+                backend.check(cfg["device"])  # an accelerator asked for and not there: before any run
                 # Before Hydra writes the job's .hydra/ folder, where a password in the URI would stay.
-                tracking.check_uri(tracking.resolve_uri(cfg.get("tracking", {}).get("uri")))
+                tracking.check_uri(tracking.resolve_uri(cfg["tracking"]["uri"]))
             except (ConfigError, tracking.TrackingError, backend.BackendError) as err:
                 message = str(err)
             except (HydraException, OmegaConfBaseException) as err:

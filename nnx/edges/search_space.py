@@ -109,6 +109,6 @@ def check_space(dims: dict, train: dict):
     if not dims:
         raise SearchError("nothing to search: give hydra.sweeper.params, or a range on the command line such as "
                           "optimizer.eta='tag(log, interval(0.01, 10))'")
-    if "validation" not in train.get("eval_splits", ["validation"]):
+    if "validation" not in train["eval_splits"]:
         raise SearchError(f"train.eval_splits={train['eval_splits']} is invalid for a search: trials are judged and pruned by "
                           f"their validation accuracy. Add validation, e.g. 'train.eval_splits=[validation,test]'.")
