@@ -81,3 +81,19 @@ def test_impossible_values_are_named(overrides, named):
     with pytest.raises(nnx.ConfigError) as err:
         build(*overrides)
     assert named in str(err.value)
+
+
+def test_a_kept_composition_is_a_copy_and_a_changed_file_is_composed_afresh(tmp_path):
+    """configs.compose keeps what it composed by the overrides and conf's files: what it hands out can
+    be changed freely, and a file written since it composed is read."""
+    import shutil
+    import time
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    first = configs.compose(["model.width=8"], conf=conf)
+    first["model"]["width"] = 99
+    assert configs.compose(["model.width=8"], conf=conf)["model"]["width"] == 8
+    time.sleep(0.01)  # a modification time after the first composition's, on any file system clock
+    (conf / "model" / "mlp.yaml").write_text((conf / "model" / "mlp.yaml").read_text().replace("depth: 1", "depth: 3"))
+    assert configs.compose(["model.width=8"], conf=conf)["model"]["depth"] == 3 != first["model"]["depth"]
