@@ -1,6 +1,4 @@
 import contextlib
-import copy
-import functools
 import os
 import shutil
 import socket
@@ -68,24 +66,18 @@ TINY = ("seed=0", "seeds=null", "model.depth=1", "model.width=8", "optimizer.lmb
         "train.epochs=2", "train.mini_batch_size=10", "train.checkpoint_every=1", "probes.size=50")
 
 
-@functools.cache
-def composed(overrides: tuple[str, ...]) -> dict:
-    """conf/'s config with these overrides, composed once per process (~0.1-0.3 s each): copy it to change it."""
-    return configs.compose(overrides)
-
-
 def tiny_cfg(**overrides) -> dict:
     """The config a user's run gets (conf/), shrunk for tests (TINY), as nnx.build takes it. A keyword
     group updates its group; one naming another option of conf/ (model={"name": "conv", ...}) updates
     that option's own settings, as model=conv would on the command line."""
-    cfg = copy.deepcopy(composed(TINY))
+    cfg = configs.compose(TINY)  # kept per process by configs.compose, handed out as a copy
     for key, value in overrides.items():
         if not isinstance(value, dict):
             cfg[key] = value
             continue
         name = value.get("name")
         if isinstance(name, str) and name != cfg[key].get("name") and (paths.CONF / key / f"{name}.yaml").exists():
-            cfg[key] = copy.deepcopy(composed((f"{key}={name}",))[key])
+            cfg[key] = configs.compose([f"{key}={name}"])[key]
         cfg[key] = {**cfg[key], **value}
     return cfg
 
