@@ -41,10 +41,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The fast loop while changing nnx: everything but the end-to-end tests (marker e2e, tests/conftest.py:
-# whole commands, the store, servers, SLURM, the browser).
+# whole commands, the store, servers, SLURM, the browser). Its tests share no module fixture worth keeping
+# in one worker, so an idle worker takes tests queued for the other (worksteal): both end together.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not e2e" $(PYTEST_ARGS)
 
 reproduce: $(STAMP)
 	$(BIN)/nnx-reproduce ch5

@@ -84,6 +84,7 @@ BAD_INPUT = [
     (["activation=swish"], "Available options in 'activation'"),
     (["model.depth=-1"], "model.depth=-1 is invalid"),
     (["-m", "model.depth=1,-2"], "model.depth=-2 is invalid"),
+    (["-m", "experiment=ch5_depth", "model.width=0"], "model.width=0 is invalid"),  # a preset's sweep
     (["model.width=0"], "model.width=0 is invalid"),
     (["optimizer.eta=0"], "optimizer.eta=0 is invalid"),
     (["data.train_size=100", "train.mini_batch_size=500"], "train.mini_batch_size=500 is invalid"),
@@ -104,6 +105,21 @@ def test_bad_input_is_refused_before_hydra_runs_a_job(args, message, capsys):
         preflight([*TINY[1:], *args], CONF, "train")
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["-m", "experiment=ch5_depth", "seeds=[0,1]", "+model.extra=1", "hydra/launcher=joblib"],
+                                  ["-m", "activation=tanh", "~probes.jacobian_examples"]])
+def test_a_sweep_with_nothing_swept_on_its_command_line_checks_the_config_its_job_gets(argv):
+    """There preflight checks the config it composed to find the sweeper: it must be the job's own."""
+    from hydra import initialize_config_dir
+
+    from nnx.edges import configs
+    from nnx.edges.cli import CONF
+    from nnx.edges.preflight import _jobs
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        (job,), first = _jobs(argv, "train")
+    assert first == configs.compose(job) == configs.compose([a for a in argv if not a.startswith(("-", "hydra"))])
 
 
 @pytest.mark.parametrize("args,message", [BAD_INPUT[0], BAD_INPUT[3]])

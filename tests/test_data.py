@@ -62,13 +62,18 @@ def test_missing_file_says_how_to_get_it(tmp_path):
 
 def test_the_arrays_cache_holds_the_unpickled_arrays_and_a_damaged_one_is_rewritten(tmp_path, monkeypatch):
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))
-    train, validation, test = pickle.loads(gzip.decompress(data.default_path().read_bytes()), encoding="latin1")
+    splits = pickle.loads(gzip.decompress(data.default_path().read_bytes()), encoding="latin1")
+    # Compared as stored (uint8 k for the book's k/256, exact: asserted here), a quarter of the float32
+    # bytes; decode's exactness is test_data_expanded's. One split is compared decoded, as load returns it.
+    stored = [(np.rint(x * np.float32(256)).astype(np.uint8), y) for x, y in splits]  # x * 2^8: exact in float32
+    assert all(np.array_equal(k.astype(np.float32) / np.float32(256), x) for (k, _), (x, _) in zip(stored, splits))
 
     def load_and_compare():
         data._read.cache_clear()  # a new process: the file's arrays come from the cache, if intact
-        for ours, (x, y) in zip(nnx.load(), (train, validation, test)):
-            np.testing.assert_array_equal(ours.x, np.asarray(x, np.float32))
+        for ours, (k, y) in zip(nnx.load(encoded=True), stored):
+            np.testing.assert_array_equal(ours.x, k)
             np.testing.assert_array_equal(ours.y, y)
+        np.testing.assert_array_equal(nnx.load().test.x, np.asarray(splits[2][0], np.float32))
 
     load_and_compare()  # unpickled, cache written
     (cache,) = tmp_path.glob("mnist-*.npz")
