@@ -171,14 +171,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, cwd, *extra, workers: int = 1):
+def mlflow_server(backend_uri: str, cwd, *extra):
     """`mlflow server` on a free 127.0.0.1 port over backend_uri; yields its URL once it answers.
 
     One worker process, as `make ui` serves a browser, not MLflow's default four: each imports the whole
     server stack at start (most of the ~10-30 s before the first answer here)."""
     port = free_port()
     process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
-                                "--port", str(port), "--workers", str(workers), *extra], cwd=cwd, stdout=subprocess.DEVNULL,
+                                "--port", str(port), "--workers", "1", *extra], cwd=cwd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**server.JOBS_OFF, **os.environ})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180  # its first answer takes ~30 s here
