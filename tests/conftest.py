@@ -1,25 +1,16 @@
 import contextlib
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import jax
 import pytest
-
-from nnx.edges import configs, devices, paths, server
-
-# Silent broadcasting (a row where a column was meant) fails loudly in tests.
-jax.config.update("jax_numpy_rank_promotion", "raise")
-# Every comparison with a float32 or float64 reference assumes true float32 products: an accelerator's
-# default (TF32, bfloat16 passes) would be ~1e-3. On the CPU it is what float32 does anyway (the same bits).
-jax.config.update("jax_default_matmul_precision", "highest")
-paths.use_compilation_cache()  # the unit tests' programs too, as every nnx command does
-devices.use_two_cpu_devices()  # as every nnx command does: evaluation beside training (nnx.choices.evaluation_device)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,10 +18,12 @@ BIN = Path(sys.executable).parent
 
 # The files that take longest, in that order, run first (the rest follow in name order): with
 # --dist loadfile the workers take whole files in collection order, and a long file taken last
-# would leave the other worker idle while it runs (fresh-clone durations, 2 cores).
+# would leave the other worker idle while it runs (fresh-clone durations, 2 cores). make test-fast's
+# workers take single tests, but a long one taken last (test_validation_properties') does the same.
 LONGEST_FIRST = ("test_reliability.py", "test_chapters.py", "test_slurm.py", "test_layers.py", "test_server.py", "test_readme.py",
                  "test_ch5.py", "test_papers_signal.py", "test_train.py", "test_cli.py", "test_ch6.py", "test_papers_spectra.py",
-                 "test_browser.py", "test_probes.py", "test_papers_training.py", "test_accel.py", "test_ch3hp.py", "test_liveness.py")
+                 "test_browser.py", "test_probes.py", "test_papers_training.py", "test_accel.py", "test_ch3hp.py", "test_liveness.py",
+                 "test_validation_properties.py", "test_data.py")
 
 
 # End to end (marker e2e): whole commands (reproductions, nnx-train and its sweeps, in process or not)
@@ -43,7 +36,42 @@ E2E_FILES = {"test_browser.py", "test_server.py", "test_slurm.py", "test_reliabi
 E2E_FIXTURES = {"store", "migrated_store", "nnx_train"}  # a test anywhere that records runs in a store
 
 
+def pytest_configure(config):
+    # With -n, this process (xdist's controller) only hands out tests and reports: importing JAX and
+    # nnx here (~1.8 s) would only delay the workers' start. The workers, and a run without -n, set up JAX.
+    if config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput"):
+        return
+    import jax
+
+    from nnx.edges import devices, paths
+
+    # Silent broadcasting (a row where a column was meant) fails loudly in tests.
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    # Every comparison with a float32 or float64 reference assumes true float32 products: an accelerator's
+    # default (TF32, bfloat16 passes) would be ~1e-3. On the CPU it is what float32 does anyway (the same bits).
+    jax.config.update("jax_default_matmul_precision", "highest")
+    paths.use_compilation_cache()  # the unit tests' programs too, as every nnx command does
+    devices.use_two_cpu_devices()  # as every nnx command does: evaluation beside training (nnx.choices.evaluation_device)
+
+
+@pytest.hookimpl(trylast=True)  # after every other plugin's own end
+def pytest_unconfigure(config):
+    """An xdist worker that has sent its results ends here, without the ~5 s that JAX's exit handler
+    (freeing each compiled program) and the interpreter's teardown took after its last test, while
+    the controller waited for it. Only where nothing is left that an ordinary exit would wait for
+    or end: a child process (joblib's workers) or a thread that is not a daemon."""
+    if not hasattr(config, "workerinput") or multiprocessing.active_children():
+        return
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def pytest_runtest_setup(item):
+    import jax
+
     if item.get_closest_marker("cpu_only") and jax.default_backend() != "cpu":
         pytest.skip(f"compares two programs bit for bit, which only the CPU backend emits alike; this is {jax.default_backend()}")
 
@@ -78,6 +106,8 @@ def tiny_cfg(**overrides) -> dict:
     """The config a user's run gets (conf/), shrunk for tests (TINY), as nnx.build takes it. A keyword
     group updates its group; one naming another option of conf/ (model={"name": "conv", ...}) updates
     that option's own settings, as model=conv would on the command line."""
+    from nnx.edges import configs, paths
+
     cfg = configs.compose(TINY)  # kept per process by configs.compose, handed out as a copy
     for key, value in overrides.items():
         if not isinstance(value, dict):
@@ -176,6 +206,8 @@ def mlflow_server(backend_uri: str, cwd, *extra):
 
     One worker process, as `make ui` serves a browser, not MLflow's default four: each imports the whole
     server stack at start (most of the ~10-30 s before the first answer here)."""
+    from nnx.edges import server
+
     port = free_port()
     process = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
                                 "--port", str(port), "--workers", "1", *extra], cwd=cwd, stdout=subprocess.DEVNULL,
