@@ -27,12 +27,12 @@ LONGEST_FIRST = ("test_reliability.py", "test_chapters.py", "test_slurm.py", "te
 
 
 # End to end (marker e2e): whole commands (reproductions, nnx-train and its sweeps, in process or not)
-# and the real components (the MLflow store, mlflow server over PostgreSQL, SLURM, Chromium, processes
-# killed and resumed). `make test-fast` runs the rest: the math, the configs, the layers, the engine.
+# and the real components (the MLflow store, MLflow's server app, mlflow server over PostgreSQL, SLURM,
+# Chromium, processes killed and resumed). `make test-fast` runs the rest: the math, the configs, the layers, the engine.
 E2E_FILES = {"test_browser.py", "test_server.py", "test_slurm.py", "test_reliability.py", "test_liveness.py", "test_cli.py",
              "test_mlflow3.py", "test_readme.py", "test_chapters.py", "test_ch3hp.py", "test_ch4.py", "test_ch5.py", "test_ch6.py",
              "test_papers_signal.py", "test_papers_spectra.py", "test_papers_training.py", "test_search.py", "test_reproduce.py",
-             "test_accel.py"}
+             "test_accel.py", "test_ui.py"}
 E2E_FIXTURES = {"store", "migrated_store", "nnx_train"}  # a test anywhere that records runs in a store
 
 
@@ -54,12 +54,13 @@ def pytest_configure(config):
     devices.use_two_cpu_devices()  # as every nnx command does: evaluation beside training (nnx.choices.evaluation_device)
 
 
-@pytest.hookimpl(trylast=True)  # after every other plugin's own end
+@pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config):
-    """An xdist worker that has sent its results ends here, without the ~5 s that JAX's exit handler
-    (freeing each compiled program) and the interpreter's teardown took after its last test, while
-    the controller waited for it. Only where nothing is left that an ordinary exit would wait for
-    or end: a child process (joblib's workers) or a thread that is not a daemon."""
+    """An xdist worker that has sent its results (at the session's end) ends here, without the ~5 s
+    that pytest's garbage collection for unraisable exceptions (which a worker no longer reports),
+    JAX's exit handler (freeing each compiled program) and the interpreter's teardown took after its
+    last test, while the controller waited for it. Only where nothing is left that an ordinary exit
+    would wait for or end: a child process (joblib's workers) or a thread that is not a daemon."""
     if not hasattr(config, "workerinput") or multiprocessing.active_children():
         return
     if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
@@ -83,9 +82,7 @@ def test_exit_without_teardown_runs_atexit_flushes_and_exits_with_the_status():
 
 
 def test_mlflow_serves_asgi_reads_what_mlflows_server_sets(monkeypatch):
-    import mlflow
-
-    server = (Path(mlflow.__file__).parent / "server" / "__init__.py").read_text()
+    server = (compat.mlflow_folder() / "server" / "__init__.py").read_text()
     assert '_MLFLOW_SGI_NAME.name] = "uvicorn"' in server, fails("mlflow_serves_asgi", "MLflow's server no longer sets _MLFLOW_SGI_NAME")
     monkeypatch.setenv("_MLFLOW_SGI_NAME", "uvicorn")
     assert compat.mlflow_serves_asgi()
@@ -96,10 +93,8 @@ def test_mlflow_serves_asgi_reads_what_mlflows_server_sets(monkeypatch):
 
 
 def test_mlflows_ui_bundle_still_reads_the_keys_nnx_sets():
-    import mlflow
-
     assert compat.ui_bundle_lacks() == [], fails("UI_DEFAULTS", (
-        f"MLflow {mlflow.__version__}'s UI bundle no longer has these: find where it keeps the sidebar's GenAI / Model "
+        f"MLflow {metadata.version('mlflow')}'s UI bundle no longer has these: find where it keeps the sidebar's GenAI / Model "
         "training toggle and the assistant's first-visit flag now"))
     assert all(json.dumps(v) for v in compat.UI_DEFAULTS.values()) and compat.WORKFLOW_KEY in compat.UI_DEFAULTS
 

@@ -8,6 +8,7 @@ there, naming it. Everywhere else nnx uses other libraries' public names only.
 
 import atexit
 import contextlib
+import importlib.util
 import os
 import re
 import sys
@@ -72,9 +73,12 @@ def mlflow_serves_asgi() -> bool:
     (it wants the FastAPI app then, else the Flask one). Reaches: MLflow's private environment
     variable _MLFLOW_SGI_NAME, which its CLI sets for its server process and its own basic-auth
     plugin reads the same way; nothing public tells. Gain: `make ui` works under MLflow 3's default server."""
-    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+    return os.environ.get("_MLFLOW_SGI_NAME") == "uvicorn"
 
-    return _MLFLOW_SGI_NAME.get() == "uvicorn"
+
+def mlflow_folder() -> Path:
+    """Where the mlflow package is installed, found without importing it (~2 s, with its GenAI modules)."""
+    return Path(importlib.util.find_spec("mlflow").submodule_search_locations[0])
 
 
 # What a browser that has not chosen gets, as MLflow 3.17.2's UI bundle stores it: useLocalStorage({key,
@@ -91,10 +95,7 @@ BUNDLE_FACTS = ('key:"mlflow.workflowType",version:1', 'MACHINE_LEARNING="machin
 def ui_bundle_lacks(build: Path | None = None) -> list[str]:
     """The facts about MLflow's UI bundle (its main script) that UI_DEFAULTS relies on and the bundle
     lacks. Reaches: the minified bundle's text, found through the index.html MLflow ships."""
-    if build is None:
-        import mlflow  # not mlflow.server: that imports the whole server
-
-        build = Path(mlflow.__file__).parent / "server" / "js" / "build"
+    build = build or mlflow_folder() / "server" / "js" / "build"
     main = re.search(r'src="static-files/(static/js/main\.[0-9a-f]+\.js)"', (build / "index.html").read_text())
     text = (build / main.group(1)).read_text() if main else ""
     return [fact for fact in BUNDLE_FACTS if fact not in text]
