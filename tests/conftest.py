@@ -116,9 +116,21 @@ def tiny_cfg(**overrides) -> dict:
             continue
         name = value.get("name")
         if isinstance(name, str) and name != cfg[key].get("name") and (paths.CONF / key / f"{name}.yaml").exists():
-            cfg[key] = configs.compose([f"{key}={name}"])[key]
+            cfg[key] = every_option()[key][name]
         cfg[key] = {**cfg[key], **value}
     return cfg
+
+
+def every_option() -> dict:
+    """{group: {option: its settings}} for every option of conf/'s groups (experiment presets aside),
+    each as composing <group>=<option> places it (tests/test_config.py checks that), from one
+    composition of Hydra's group@package overrides (0.9 s) instead of one composition per option
+    (31 of them: 5.8 s)."""
+    from nnx.edges import configs, paths
+
+    groups = sorted(p.name for p in paths.CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+    return configs.compose([f"+{g}@every_option.{g}.{o.stem}={o.stem}" for g in groups
+                            for o in sorted((paths.CONF / g).glob("*.yaml"))])["every_option"]
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import nnx
+from conftest import every_option
 from nnx.edges import configs
 from nnx.edges.cli import CONF
 
@@ -38,7 +39,13 @@ def test_each_option_composes_and_builds(group, option):
         overrides.append("model.output_activation=softmax")
     cfg = configs.compose(overrides)
     assert cfg[group]["name"] == option
+    assert cfg[group] == every_option()[group][option]  # what the tests' small configs take (conftest.tiny_cfg)
     build(*overrides)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("model", "tracking") for o in options(g)])
+def test_each_option_of_the_other_groups_is_what_the_tests_small_configs_take(group, option):
+    assert configs.compose([f"{group}={option}"])[group] == every_option()[group][option]
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
