@@ -121,16 +121,22 @@ def tiny_cfg(**overrides) -> dict:
     return cfg
 
 
-def every_option() -> dict:
-    """{group: {option: its settings}} for every option of conf/'s groups (experiment presets aside),
-    each as composing <group>=<option> places it (tests/test_config.py checks that), from one
-    composition of Hydra's group@package overrides (0.9 s) instead of one composition per option
-    (31 of them: 5.8 s)."""
-    from nnx.edges import configs, paths
+def conf_options() -> dict[str, list[str]]:
+    """{group: its options} for every config group of conf/ but Hydra's own and the experiment presets."""
+    from nnx.edges import paths
 
-    groups = sorted(p.name for p in paths.CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
-    return configs.compose([f"+{g}@every_option.{g}.{o.stem}={o.stem}" for g in groups
-                            for o in sorted((paths.CONF / g).glob("*.yaml"))])["every_option"]
+    return {p.name: sorted(o.stem for o in p.glob("*.yaml")) for p in sorted(paths.CONF.iterdir())
+            if p.is_dir() and p.name not in ("hydra", "experiment")}
+
+
+def every_option() -> dict:
+    """{group: {option: its settings}} for every option of conf_options(), each as composing
+    <group>=<option> places it (tests/test_config.py checks that), from one composition of Hydra's
+    group@package overrides (0.9 s) instead of one composition per option (31 of them: 5.8 s)."""
+    from nnx.edges import configs
+
+    return configs.compose([f"+{g}@every_option.{g}.{o}={o}" for g, options in conf_options().items()
+                            for o in options])["every_option"]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import nnx
-from conftest import every_option
+from conftest import conf_options, every_option
 from nnx.edges import configs
 from nnx.edges.cli import CONF
 
@@ -32,16 +32,12 @@ def test_each_registry_key_has_its_config_file_and_back(group):
     assert options(group) == sorted(GROUPS[group])
 
 
-# Every group of conf/ but the presets (tests/conftest.every_option takes the same).
-ALL_GROUPS = sorted(p.name for p in Path(CONF).iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
-
-
 def round_of_options(k: int) -> dict:
     """{group: its k-th option} for every group, the last where a group has fewer."""
-    return {g: options(g)[min(k, len(options(g)) - 1)] for g in ALL_GROUPS}
+    return {g: names[min(k, len(names) - 1)] for g, names in conf_options().items()}
 
 
-@pytest.mark.parametrize("k", range(max(len(options(g)) for g in ALL_GROUPS)))
+@pytest.mark.parametrize("k", range(max(len(names) for names in conf_options().values())))
 def test_each_option_composes_and_builds(k):
     """Every option of every group, chosen on one command line per round (the k-th of each group):
     it composes, lands where composing <group>=<option> puts it, as the tests' small configs take it
