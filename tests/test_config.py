@@ -46,9 +46,9 @@ def test_each_option_composes_and_builds(k):
     chosen = round_of_options(k)
     output = "softmax" if chosen["cost"] == "log_likelihood" else "sigmoid"  # what the cost needs, whatever the model's own
     overrides = [f"{g}={o}" for g, o in chosen.items()] + [f"model.output_activation={output}"]
-    cfg = configs.compose(overrides)
+    cfg, taken = configs.compose(overrides), every_option()
     for group, option in chosen.items():
-        want = every_option()[group][option]
+        want = taken[group][option]
         assert cfg[group] == ({**want, "output_activation": output} if group == "model" else want), (group, option)
         assert group not in GROUPS or cfg[group]["name"] == option
     build(*overrides)
