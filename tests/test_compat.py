@@ -57,6 +57,27 @@ def test_skip_sweepers_batch_check_turns_off_the_check_hydras_sweeper_runs():
     assert Sweeper.validate_batch_is_legal is check
 
 
+def test_the_compilation_cache_scans_its_folder_only_when_a_write_would_pass_its_limit(tmp_path, monkeypatch):
+    from jax._src import lru_cache
+
+    assert lru_cache.LRUCache._evict_if_needed is not compat._jax_evict, "nnx.edges.paths.use_compilation_cache did not install it"
+    assert list(inspect.signature(compat._jax_evict).parameters) == ["self", "additional_size"], fails(
+        "scan_cache_only_near_its_limit", "JAX's LRUCache._evict_if_needed takes other arguments")
+    assert "self._evict_if_needed(additional_size=len(value))" in inspect.getsource(lru_cache.LRUCache.put), fails(
+        "scan_cache_only_near_its_limit", "JAX's LRUCache.put no longer asks _evict_if_needed before it writes")
+    scans, jax_scan = [], compat._jax_evict
+    monkeypatch.setattr(compat, "_jax_evict", lambda cache, **size: scans.append(size) or jax_scan(cache, **size))
+    cache = lru_cache.LRUCache(str(tmp_path), max_size=10_000)
+    for i in range(4):
+        cache.put(f"k{i}", bytes(2_000))
+    assert scans == []  # 8,000 bytes: nothing to evict, and the folder was listed once, not scanned
+    assert cache.get("k0") == bytes(2_000)  # k1 is now the least recently used
+    cache.put("k4", bytes(3_000))  # 11,000 bytes: JAX's scan evicts as before
+    assert scans == [{"additional_size": 3_000}]
+    assert cache.get("k1") is None and all(cache.get(k) for k in ("k0", "k2", "k3", "k4"))
+    assert sum(p.stat().st_size for p in tmp_path.glob("*-cache")) == 9_000
+
+
 def test_preflight_checks_the_jobs_hydras_basic_sweeper_launches():
     """preflight expands a sweep with Hydra's public override API; the jobs must be the ones Hydra's
     own BasicSweeper (private) launches, or a bad job could slip past the check."""

@@ -21,13 +21,17 @@ def use_compilation_cache():
     the program and the JAX, XLA and flag versions, so a stale one is never used, and past the size
     limit the least recently used go. With a size limit set, JAX takes a file lock around every
     read and write of the cache, which is what makes one folder safe for parallel jobs (without one
-    it writes entries unguarded). Every program is kept however fast it compiled: the small ones of
+    it writes entries unguarded); compat.scan_cache_only_near_its_limit keeps it from scanning the
+    whole folder at each write. Every program is kept however fast it compiled: the small ones of
     a sweep add up.
     """
     import jax
+
+    from nnx.edges import compat
 
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
     jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_BYTES)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    compat.scan_cache_only_near_its_limit()
