@@ -66,9 +66,8 @@ def scan_cache_only_near_its_limit():
     Reaches: replaces jax._src.lru_cache.LRUCache._evict_if_needed, which JAX calls under its file
     lock (so still one writer at a time); where a JAX lacks it, JAX is left alone.
     Gain: a write into a cache of the suite's 1,539 entries took 69-81 ms, 1.9-2.4 ms this way (50
-    writes); into one of 20,000 (the suite's average 17 KB an entry makes that ~350 MB of the 2 GiB
-    nnx allows) 0.84 s, 0.9 ms this way. In a
-    fresh clone's make test the scans were ~7% of the suite's samples (py-spy)."""
+    writes); into one of 20,000 (at the suite's 17 KB an entry, ~350 MB of the 2 GiB nnx allows)
+    0.84 s, 0.9 ms this way. In a fresh clone's make test the scans were ~7% of py-spy's samples."""
     global _jax_evict
     try:
         from jax._src import lru_cache
