@@ -75,7 +75,7 @@ def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
         return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
 
     shifts = [jnp.zeros((40, 12))] * 3
-    deltas = jax.grad(summed)(shifts)
+    deltas = jax.jit(jax.grad(summed))(shifts)
     for l in range(3):
         # Two float32 programs, the same backprop (deltas within a few u of each other, inside rtol 1e-5);
         # each may sum the 40 rows in its own order: gamma_41 times the mean |delta| apiece, where a mean cancels.
@@ -155,8 +155,8 @@ def test_batch_norm_standardises_each_unit_over_the_batch():
 
 def test_batch_norm_trains_and_its_gradient_matches_finite_differences():
     spec, params, x, y = _setup(model={"depth": 2, "width": 12, "batch_norm": True}, probes={"size": 40})
-    loss = programs.make_loss(spec)
-    g = jax.grad(loss)(params, x, y)
+    loss = jax.jit(programs.make_loss(spec))  # one program each, not one per eager operation and shape
+    g = jax.jit(jax.grad(loss))(params, x, y)
     eps = 1e-3
     # The difference quotient in float64 from the same params: in float32 it resolves only ulp(C) / (2 eps)
     # = 4.8e-4 (C ~ 8.7), more than gamma's gradient (0.015) is allowed to miss by, so one ulp of another

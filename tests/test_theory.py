@@ -56,7 +56,7 @@ def test_factors_match_a_simulated_wide_tanh_net():
         z, _ = nnx.feedforward(net, ps, xi[None])
         return jnp.sum(z * jnp.arange(10.0)[None, :])  # any fixed output direction
 
-    grads = jax.vmap(lambda xi: jax.grad(loss)([p["b"] for p in params], xi))(x)
+    grads = jax.jit(jax.vmap(lambda xi: jax.grad(loss)([p["b"] for p in params], xi)))(x)  # one program, not one per operation
     norms = np.array([np.sqrt(np.mean(np.sum(np.asarray(g) ** 2, axis=1))) for g in grads[:depth]])
     # Sampling (64 examples, width 800: finite-width deviations of a few %), not round-off (~1e-6 of a norm);
     # the key is fixed and its draws are the same bits on every CPU (measured: 34% of the tolerance).
