@@ -113,10 +113,18 @@ def _stats(z, a, activation, l, monotone):
     return out
 
 
+def _shift(grads: dict):
+    """dC/db^l, the book's delta^l averaged over the batch; for a batch-normalised layer dC/dbeta^l.
+    The batch mean there takes b out again, so dC/db is zero in exact arithmetic and what float32
+    gives is round-off (~1e-8, differing from one compiler or CPU to the next); beta is the shift
+    that acts (Ioffe & Szegedy), and the mean of that layer's deltas, which are taken after it."""
+    return grads["beta"] if "beta" in grads else grads["b"]
+
+
 def probe_fn(spec, kinds=()):
     """probe(params, x, y) -> dict, not yet jitted.
 
-    Keys: bias_grad [mean dC/db^l per hidden layer], grad_norm [depth], weight_grad_norm
+    Keys: bias_grad [mean dC/db^l per hidden layer (dC/dbeta^l where batch-normalised: _shift)], grad_norm [depth], weight_grad_norm
     [depth + 1], and with any kinds: scalars {metric name: value} and arrays {name: array}.
     """
     unknown = set(kinds) - set(KINDS)
@@ -137,9 +145,10 @@ def probe_fn(spec, kinds=()):
         shifts = [jnp.zeros(z.shape, x.dtype) for z, _ in shapes]
         (g, deltas), hidden = jax.grad(summed_cost, argnums=(0, 1), has_aux=True)(params, shifts, x, y)
         g = jax.tree.map(lambda t: t / x.shape[0], g)  # the gradient of the mean cost
+        shift = [_shift(g[i]) for i in hidden_layers]
         out = {
-            "bias_grad": [g[i]["b"] for i in hidden_layers],
-            "grad_norm": jnp.stack([jnp.linalg.norm(g[i]["b"]) for i in hidden_layers]) if hidden_layers else jnp.zeros((0,)),
+            "bias_grad": shift,
+            "grad_norm": jnp.stack([jnp.linalg.norm(s) for s in shift]) if hidden_layers else jnp.zeros((0,)),
             "weight_grad_norm": jnp.stack([jnp.linalg.norm(g[i]["w"]) for i in weighted]),
         }
         if not kinds:
@@ -152,7 +161,7 @@ def probe_fn(spec, kinds=()):
                 for p, v in zip(PERCENTILES, percentiles_of_sorted(jnp.sort(z.reshape(z.shape[0], -1)[:, 0]))):
                     scalars[records.hidden(f"unit_pre_p{p:02d}", l)] = v
                 scalars[records.hidden("saturation", l)] = jnp.mean(facts.saturated(a))
-                scalars[records.hidden("bias_grad_std", l)] = jnp.std(g[hidden_layers[l - 1]]["b"])
+                scalars[records.hidden("bias_grad_std", l)] = jnp.std(shift[l - 1])
                 # The mean-field theory's quantity: E_x ||delta_x^l||^2 scales by chi_1 per layer,
                 # while the norm of the mean (grad_norm) also carries the images' cross terms.
                 per_image = jnp.sum(deltas[l - 1].reshape(x.shape[0], -1) ** 2, axis=1)

@@ -212,7 +212,8 @@ LEGACY_RUNS = json.loads((Path(__file__).parent / "data" / "legacy_runs.json").r
 def test_an_mlp_run_recorded_before_layers_trains_to_the_same_numbers(name, store):
     """Runs stored by nnx before models were built from layers (their config has no model.name,
     train.shuffle or train.eval_splits), trained again from that config, given the keys added since
-    (nnx.migrate): every metric at every step.
+    (nnx.migrate): every metric at every step (but the bias-gradient ones of batch-normalised layers,
+    measured on another parameter since: below).
 
     They were recorded on another machine (another CPU, older JAX), so float32 round-off differs
     from the first product on and training carries it forward: each metric may differ by what
@@ -234,9 +235,19 @@ def test_an_mlp_run_recorded_before_layers_trains_to_the_same_numbers(name, stor
     for key, points in recorded["metrics"].items():
         steps, ours[key], _ = tracking.metric_history(client, run.info.run_id, key)
         assert list(steps) == [s for s, _ in points], key
+    then = {k: np.array([v for _, v in points]) for k, points in recorded["metrics"].items()}
+    if cfg["model"].get("batch_norm"):
+        # Recorded when a batch-normalised layer was probed by dC/db, zero in exact arithmetic (the batch
+        # mean takes b out), now by dC/dbeta (nnx.probes._shift). What was recorded is round-off: a few
+        # float32 units of the deltas' size (delta_rms), 1e-6 of it at most; its ratio between layers is
+        # one round-off over another, which no tolerance bounds. Neither is compared with beta's.
+        size = max(then[k].max() for k in then if k.startswith("delta_rms/"))
+        for key in [k for k in then if k.startswith(("grad_norm/", "bias_grad_std/", "grad_ratio_first_last_"))]:
+            assert key.startswith("grad_ratio") or np.all(np.abs(then[key]) <= 1e-6 * size), (key, then[key])
+            del then[key]
     spec = nnx.build(cfg)
     tolerances = numerics.spread_tolerances(spec, spec.load_data(), cfg["seed"], ours)
-    problems = numerics.beyond({k: [v for _, v in points] for k, points in recorded["metrics"].items()}, ours, tolerances)
+    problems = numerics.beyond(then, ours, tolerances)
     assert problems == [], "\n".join(problems)
 
 

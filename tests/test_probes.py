@@ -175,6 +175,24 @@ def test_batch_norm_trains_and_its_gradient_matches_finite_differences():
             np.testing.assert_allclose(g[1][key][3], numeric, rtol=2e-2, atol=1e-5)
 
 
+def test_a_batch_normalised_layer_is_probed_by_its_shift_beta():
+    """The batch mean takes b out again, so dC/db is zero in exact arithmetic and float32 leaves only
+    round-off in it; chapter 5's measure of that layer (the norm of the mean delta, taken after the
+    normalisation) is the gradient of the shift beta, from jax.grad here."""
+    spec, params, x, y = _setup(model={"depth": 2, "width": 12, "batch_norm": True}, probes={"size": 40, "kinds": ["activations"]})
+    out = jax.jit(probes.probe_fn(spec, ("activations",)))(params, x, y)
+    g = jax.jit(jax.grad(programs.make_loss(spec)))(params, x, y)
+    beta, b = np.asarray(g[0]["beta"], np.float64), np.asarray(g[0]["b"], np.float64)
+    # Two float32 programs, the same backprop summed over 40 images in each one's order: rtol 1e-4 for
+    # their few-u differences (as the plain layers' probe test).
+    np.testing.assert_allclose(out["grad_norm"][0], np.linalg.norm(beta), rtol=1e-4)
+    np.testing.assert_allclose(out["bias_grad"][0], beta, rtol=1e-4, atol=1e-4 * np.abs(beta).max())
+    np.testing.assert_allclose(out["scalars"]["bias_grad_std/hidden_1"], beta.std(), rtol=1e-3)
+    # What is left of dC/db is the round-off of sums of 40 terms that cancel: gamma_40 (2.4e-6) of their
+    # size, which is beta's gradient's; 1e-4 of it is 40x that bound and 1/100 of any real gradient.
+    assert np.linalg.norm(b) <= 1e-4 * np.linalg.norm(beta), (np.linalg.norm(b), np.linalg.norm(beta))
+
+
 def test_schedule_measures_everything_at_the_ends():
     spec = build(tiny_cfg(probes={**ALL_KINDS, "every": 3, "jacobian_every": 0}, train={"epochs": 7}))
     assert probes.kinds_at(spec, 0, 7) == ("activations", "histograms", "jacobians")
