@@ -188,9 +188,9 @@ def test_a_batch_normalised_layer_is_probed_by_its_shift_beta():
     np.testing.assert_allclose(out["grad_norm"][0], np.linalg.norm(beta), rtol=1e-4)
     np.testing.assert_allclose(out["bias_grad"][0], beta, rtol=1e-4, atol=1e-4 * np.abs(beta).max())
     np.testing.assert_allclose(out["scalars"]["bias_grad_std/hidden_1"], beta.std(), rtol=1e-3)
-    # dC/db by hand in float64: each image's delta through the normalisation (gamma / sigma)(delta -
+    # dC/db by hand in float64: each image's delta back through the normalisation, (scale / sigma)(delta -
     # mean delta - zhat mean(delta zhat)); the 40 terms cancel, and float32's sum of them can miss zero
-    # by gamma_44 of their magnitudes (Higham; 4 more for each term's own few roundings). Measured: 1.2%
+    # by Higham's gamma_44 of their magnitudes (4 more for each term's own few roundings). Measured: 1.2%
     # of that bound.
     def summed(shifts):  # sum of C_x: its gradient by the shifts is each image's delta
         _, z = model.trace(spec.net, params, x, shifts=shifts)
