@@ -121,6 +121,23 @@ def tiny_cfg(**overrides) -> dict:
     return cfg
 
 
+def image_deltas(spec, params, x, y) -> list:
+    """Each image's delta at every layer's weighted input ([images, ...] per layer), the tests' own
+    reference for the probes: jax.grad of the summed cost by a shift added to each weighted input,
+    as one jitted program (shapes traced, not run; eager, it would compile every operation)."""
+    import jax
+    import jax.numpy as jnp
+
+    from nnx import model
+
+    def summed(shifts):  # the sum of C_x: its gradient by the shifts is each image's delta
+        _, z = model.trace(spec.net, params, x, shifts=shifts)
+        return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)))
+
+    shapes = jax.eval_shape(lambda: model.trace(spec.net, params, x))[0]
+    return jax.jit(jax.grad(summed))([jnp.zeros(z.shape, z.dtype) for z, _ in shapes])
+
+
 def conf_options() -> dict[str, list[str]]:
     """{group: its options} for every config group of conf/ but Hydra's own and the experiment presets."""
     from nnx.edges import paths

@@ -10,7 +10,7 @@ import pytest
 
 import nnx
 import roundoff
-from conftest import tiny_cfg
+from conftest import image_deltas, tiny_cfg
 from nnx import layers, model, probes, programs, train
 from nnx.registry import ConfigError
 
@@ -179,12 +179,7 @@ def test_conv_gradient_norms_are_the_norm_of_the_mean_bias_gradient_per_layer():
     # Two float32 programs, the same backprop: a bias gradient sums delta over 20 images and every position of
     # its map, in each program's own order, within gamma_n of the sum of |delta| (Higham); the norm is
     # 1-Lipschitz. rtol 1e-4 for the deltas' own few-u differences (measured 7e-7 relative).
-    def summed(shifts):  # sum of C_x: its gradient by the shifts is each image's delta at each position
-        _, z = model.trace(spec.net, params, x, shifts=shifts)
-        return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
-
-    shapes = jax.eval_shape(lambda: model.trace(spec.net, params, x))[0]  # traced, not run: one program below, not one per operation
-    deltas = jax.jit(jax.grad(summed))([jnp.zeros(z.shape, z.dtype) for z, _ in shapes])
+    deltas = image_deltas(spec, params, x, y)  # each image's delta at each position
     for l, i in enumerate(hidden):
         d = np.abs(np.asarray(deltas[l], np.float64)) / len(x)  # the mean's terms
         terms = d.size // d.shape[-1]  # images times positions per map (or unit)

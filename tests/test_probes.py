@@ -7,7 +7,7 @@ import pytest
 
 import nnx
 import roundoff
-from conftest import tiny_cfg
+from conftest import image_deltas, tiny_cfg
 from nnx import model, probes, programs, train
 from nnx.registry import ConfigError
 from nnx.spec import build
@@ -70,12 +70,7 @@ def test_histograms_count_every_value_and_deltas_average_to_the_bias_gradient():
     counts = np.asarray(probes.histogram(jnp.array([0.1, 0.2, 0.7, 5.0, -3.0]), 0.0, 1.0, bins=2))
     np.testing.assert_array_equal(counts, [3, 2])  # 5.0 and -3.0 clipped into the edge bins
 
-    def summed(shifts):
-        _hidden, z = model.trace(spec.net, params, x, shifts=shifts)
-        return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
-
-    shifts = [jnp.zeros((40, 12))] * 3
-    deltas = jax.jit(jax.grad(summed))(shifts)
+    deltas = image_deltas(spec, params, x, y)
     for l in range(3):
         # Two float32 programs, the same backprop (deltas within a few u of each other, inside rtol 1e-5);
         # each may sum the 40 rows in its own order: gamma_41 times the mean |delta| apiece, where a mean cancels.
@@ -192,12 +187,7 @@ def test_a_batch_normalised_layer_is_probed_by_its_shift_beta():
     # mean delta - zhat mean(delta zhat)); the 40 terms cancel, and float32's sum of them can miss zero
     # by Higham's gamma_44 of their magnitudes (4 more for each term's own few roundings). Measured: 1.2%
     # of that bound.
-    def summed(shifts):  # sum of C_x: its gradient by the shifts is each image's delta
-        _, z = model.trace(spec.net, params, x, shifts=shifts)
-        return jnp.sum(spec.cost(z, spec.output_activation(z), jax.nn.one_hot(y, 10)))
-
-    shapes = jax.eval_shape(lambda: model.trace(spec.net, params, x))[0]
-    delta = np.asarray(jax.jit(jax.grad(summed))([jnp.zeros(z.shape, z.dtype) for z, _ in shapes])[0], np.float64)
+    delta = np.asarray(image_deltas(spec, params, x, y)[0], np.float64)
     z = np.asarray(x, np.float64) @ np.asarray(params[0]["w"], np.float64).T + np.asarray(params[0]["b"], np.float64)
     sigma = np.sqrt(z.var(0) + nnx.layers.BN_EPSILON)
     zhat = (z - z.mean(0)) / sigma
