@@ -26,7 +26,7 @@ def _drawn(sample, key, shape, dtype, scale=None):
     drawn = sample(key, (1 << max(n - 1, 0).bit_length(),), dtype)
     drawn = drawn if scale is None else drawn * scale  # elementwise: each entry rounds as in a draw of n
     try:
-        return jnp.asarray(np.asarray(drawn)[:n].reshape(shape))  # cut on the host: no program per shape
+        return jax.device_put(np.asarray(drawn)[:n].reshape(shape))  # cut on the host: no program per shape
     except jax.errors.TracerArrayConversionError:  # traced (seeds vmapped, eval_shape): cut in the trace
         return drawn[:n].reshape(shape)
 

@@ -57,6 +57,36 @@ def test_skip_sweepers_batch_check_turns_off_the_check_hydras_sweeper_runs():
     assert Sweeper.validate_batch_is_legal is check
 
 
+def test_read_each_config_file_once_composes_hydras_configs_and_reads_an_edited_file_again(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.config_repository import ConfigRepository
+    from omegaconf import OmegaConf
+
+    compat.read_each_config_file_once()
+    assert compat._hydra_load is not None and ConfigRepository.load_config is not compat._hydra_load, "not installed"
+    assert list(inspect.signature(compat._hydra_load).parameters) == ["self", "config_path"], fails(
+        "read_each_config_file_once", "Hydra's ConfigRepository.load_config takes other arguments")
+    jobs = [[], ["experiment=ch5_depth", "model.depth=3"], ["experiment=ch6_dropout", "activation=relu"], []]
+
+    def composed():
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return [OmegaConf.to_container(compose("train", overrides=job, return_hydra_config=True)) for job in jobs]
+
+    kept = composed()
+    monkeypatch.setattr(ConfigRepository, "load_config", compat._hydra_load)
+    assert kept == composed()  # the same configs as Hydra's own reading, twice over the same files
+    monkeypatch.undo()
+
+    (tmp_path / "activation").mkdir()
+    (tmp_path / "activation" / "tanh.yaml").write_text("name: tanh\nalpha: 1\n")
+    (tmp_path / "train.yaml").write_text("defaults:\n  - activation: tanh\n  - _self_\nseed: 0\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        assert OmegaConf.to_container(compose("train", overrides=["activation.alpha=2"])) == {"activation": {"name": "tanh", "alpha": 2}, "seed": 0}
+        assert compose("train").activation.alpha == 1  # the override changed a copy, not what is kept
+        (tmp_path / "activation" / "tanh.yaml").write_text("name: tanh\nalpha: 30\n")
+        assert compose("train").activation.alpha == 30
+
+
 def test_the_compilation_cache_scans_its_folder_only_when_a_write_would_pass_its_limit(tmp_path, monkeypatch):
     from jax._src import lru_cache
 

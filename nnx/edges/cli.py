@@ -127,6 +127,7 @@ def main():
     devices.use_two_cpu_devices()
     paths.use_compilation_cache()
     register_search()
+    compat.read_each_config_file_once()
     checked = preflight(sys.argv[1:], CONF, "train")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

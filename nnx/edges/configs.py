@@ -7,7 +7,7 @@ import functools
 import os
 from pathlib import Path
 
-from nnx.edges import paths
+from nnx.edges import compat, paths
 
 
 def compose(overrides=(), *, hydra: bool = False, conf: Path | str = paths.CONF):
@@ -48,6 +48,7 @@ def _composed(overrides: tuple, hydra: bool, conf: str):
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
+    compat.read_each_config_file_once()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=hydra)
         return cfg if hydra else OmegaConf.to_container(cfg, resolve=True)
