@@ -35,10 +35,11 @@ $(STAMP): requirements.lock pyproject.toml $(ACCEL_LOCK)
 
 # ruff first (pyproject.toml: its defaults and sorted imports). Then two workers, one test file each
 # at a time (module fixtures such as the pipelines stay in one worker), the longest files first
-# (tests/conftest.py): the end-to-end tests wait on subprocesses and the store as much as on the CPU.
+# (tests/conftest.py; xdist would otherwise reorder the files by their number of tests): the
+# end-to-end tests wait on subprocesses and the store as much as on the CPU.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fast loop while changing nnx: everything but the end-to-end tests (marker e2e, tests/conftest.py:
 # whole commands, the store, servers, SLURM, the browser). Its tests share no module fixture worth keeping

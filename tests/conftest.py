@@ -17,13 +17,15 @@ BIN = Path(sys.executable).parent
 
 
 # The files that take longest, in that order, run first (the rest follow in name order): with
-# --dist loadfile the workers take whole files in collection order, and a long file taken last
-# would leave the other worker idle while it runs (fresh-clone durations, 2 cores). make test-fast's
-# workers take single tests, but a long one taken last (test_validation_properties') does the same.
-LONGEST_FIRST = ("test_reliability.py", "test_chapters.py", "test_slurm.py", "test_layers.py", "test_server.py", "test_readme.py",
-                 "test_ch5.py", "test_papers_signal.py", "test_train.py", "test_cli.py", "test_ch6.py", "test_papers_spectra.py",
-                 "test_browser.py", "test_probes.py", "test_papers_training.py", "test_accel.py", "test_ch3hp.py", "test_liveness.py",
-                 "test_validation_properties.py", "test_data.py")
+# --dist loadfile the workers take whole files in collection order (make test passes
+# --no-loadscope-reorder: xdist's default orders files by their number of tests, which put the long
+# end-to-end files, with few tests each, last), and a long file taken last would leave the other
+# worker idle while it runs (fresh-clone durations, 2 cores). make test-fast's workers take single
+# tests, but a long one taken last (test_validation_properties') does the same.
+LONGEST_FIRST = ("test_reliability.py", "test_slurm.py", "test_server.py", "test_chapters.py", "test_layers.py", "test_ch5.py",
+                 "test_accel.py", "test_readme.py", "test_ch6.py", "test_papers_signal.py", "test_cli.py", "test_train.py",
+                 "test_browser.py", "test_papers_spectra.py", "test_papers_training.py", "test_ch3hp.py", "test_probes.py",
+                 "test_liveness.py", "test_validation_properties.py", "test_schedules.py")
 
 
 # End to end (marker e2e): whole commands (reproductions, nnx-train and its sweeps, in process or not)
