@@ -2,8 +2,9 @@
 
 Bit-for-bit equal reruns are a promise for the same numerics: the same nnx arithmetic (VERSION),
 the same JAX and jaxlib, the same backend and device, the same XLA flags, and on the CPU the same
-processor and instruction set XLA compiles for (a wider vector unit sums a dot product in another order). Every
-run records them (fingerprint()); nnx-rerun compares bit for bit where they all match.
+processor and instruction set XLA compiles for (a wider vector unit sums a dot product in another order)
+and the same threads (threads()). Every run records them (fingerprint()); nnx-rerun compares bit for
+bit where they all match.
 
 Where one differs, float32 round-off differs from the first product on, and training carries it
 forward. How far it carries is measured, not guessed: the same config is trained again from an
@@ -32,9 +33,10 @@ from nnx import programs, records, train
 VERSION = 3
 
 NUMERICS_TAG, CPU_TAG, ISA_TAG, FLAGS_TAG = records.TAG_NUMERICS, records.TAG_CPU, records.TAG_CPU_ISA, records.TAG_XLA_FLAGS
+THREADS_TAG = records.TAG_CPU_THREADS
 # The run tags that decide the bits. XLA's flags too: --xla_backend_optimization_level=0 alone
 # changed the bits of a trained net here.
-DECIDING = (NUMERICS_TAG, records.TAG_JAX_BACKEND, records.TAG_DEVICE, CPU_TAG, ISA_TAG, FLAGS_TAG,
+DECIDING = (NUMERICS_TAG, records.TAG_JAX_BACKEND, records.TAG_DEVICE, CPU_TAG, ISA_TAG, THREADS_TAG, FLAGS_TAG,
             records.version_tag("jax"), records.version_tag("jaxlib"))
 
 # The twin's nudge perturbs each initial weight once; another CPU rounds every partial sum of
@@ -72,11 +74,28 @@ def cpu() -> tuple[str, str]:
     return model, names[0] if names else platform.machine()
 
 
+def threads() -> str:
+    """On the CPU backend, the cores this process may use and JAX's CPU devices: XLA sizes its pool of
+    threads by them, and a product or a sum it shares out over the pool adds in an order of its own.
+
+    Seen here (2-core AMD EPYC, jax 0.10.2): a process on one core (one CPU device) and one on two
+    (two devices, or one) trained a run to the same params, but a batch-normalised [784,8,8,8,10]
+    net's validation cost after its second epoch differed in the last bit (3.5227437 against
+    3.5227435), and so did a conv net's first-layer weight-gradient norm (a probe). A SLURM job
+    of one CPU and its rerun on a laptop are such a pair. Other backends: "-" (their kernels are not
+    shared out over the host's threads)."""
+    if jax.default_backend() != "cpu":
+        return "-"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    devices = jax.local_device_count()
+    return f"{cores} core{'s' * (cores != 1)}, {devices} device{'s' * (devices != 1)}"
+
+
 def fingerprint() -> dict:
     """The run tags that decide its bits, as this process computes."""
     model, isa = cpu()
     return {NUMERICS_TAG: str(VERSION), records.TAG_JAX_BACKEND: jax.default_backend(), records.TAG_DEVICE: str(jax.devices()[0].device_kind),
-            CPU_TAG: model, ISA_TAG: isa, FLAGS_TAG: os.environ.get("XLA_FLAGS", "").strip() or "none",
+            CPU_TAG: model, ISA_TAG: isa, THREADS_TAG: threads(), FLAGS_TAG: os.environ.get("XLA_FLAGS", "").strip() or "none",
             **{records.version_tag(p): metadata.version(p) for p in ("jax", "jaxlib")}}
 
 

@@ -80,6 +80,7 @@ TAG_SEARCH = {name: f"nnx.search.{name}" for name in ("trials", "epochs", "secon
 # What decides the float bits (nnx.numerics, nnx.choices, nnx.edges.backend) and the code's version.
 TAG_NUMERICS, TAG_JAX_BACKEND, TAG_DEVICE = "nnx.numerics", "nnx.jax_backend", "nnx.device"
 TAG_CPU, TAG_CPU_ISA, TAG_XLA_FLAGS = "nnx.cpu", "nnx.cpu_isa", "nnx.xla_flags"
+TAG_CPU_THREADS = "nnx.cpu_threads"
 TAG_DENSE_GRAD, TAG_EVALUATION, TAG_CONV_IMPL = "nnx.dense_grad", "nnx.evaluation", "nnx.conv_impl"
 TAG_DEVICE_REQUESTED, TAG_BACKEND = "nnx.device_requested", "nnx.backend"
 TAG_MATMUL_PRECISION, TAG_PLATFORM_VERSION = "nnx.matmul_precision", "nnx.platform_version"

@@ -31,3 +31,25 @@ def test_tolerances_scale_the_twins_spread_and_an_accuracy_may_count_one_example
     assert numerics.beyond(nominal, {**nominal, "val_accuracy": np.float32([0.901, 0.95])}, tol) == []  # one example, in float32 (1.00002e-3)
     assert numerics.beyond(nominal, {**nominal, "val_accuracy": np.array([0.9, 0.952])}, tol) == ["val_accuracy: largest difference 0.002 beyond its tolerance 0.001"]
     assert numerics.beyond({"x": np.array([np.nan])}, {"x": np.array([np.nan])}, {"x": 0.0}) == []  # NaN where both diverged
+
+
+def test_a_process_on_fewer_cores_records_other_threads(tmp_path):
+    """XLA's CPU pool is sized by the cores a process may use (nnx.numerics.threads): a job given one
+    core records that, so a rerun on two names the difference instead of promising the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    import jax
+
+    if jax.default_backend() != "cpu" or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs the CPU backend and two cores to give a process one of them")
+    one_core = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+                "from nnx.edges import devices; devices.use_two_cpu_devices(); from nnx import numerics; print(numerics.threads())")
+    done = subprocess.run([sys.executable, "-c", one_core], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1 core, 1 device"
+    here = numerics.threads()
+    assert here.startswith(f"{len(os.sched_getaffinity(0))} cores, ")
+    (named,) = numerics.differences({**numerics.fingerprint(), numerics.THREADS_TAG: "1 core, 1 device"}, numerics.fingerprint())
+    assert named == f"nnx.cpu_threads: 1 core, 1 device -> {here}"

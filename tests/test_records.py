@@ -125,6 +125,7 @@ STORED_TAGS = {
     "nnx.failure_epoch", "nnx.stopped", "nnx.stopped_epoch", "nnx.killed_reason", "nnx.host", "nnx.pid", "nnx.pid_start",
     "nnx.heartbeat", "nnx.last_epoch", "nnx.epoch_seconds", "nnx.search_trial", "nnx.search_state", "nnx.best_trial",
     "nnx.pruned_epoch", "nnx.numerics", "nnx.jax_backend", "nnx.device", "nnx.cpu", "nnx.cpu_isa", "nnx.xla_flags",
+    "nnx.cpu_threads",
     "nnx.dense_grad", "nnx.evaluation", "nnx.conv_impl", "nnx.device_requested", "nnx.backend", "nnx.matmul_precision",
     "nnx.platform_version", "nnx.git_commit", "nnx.git_dirty"}
 
