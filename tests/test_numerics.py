@@ -1,5 +1,10 @@
 """nnx.numerics: what decides a run's bits, and the tolerances a rerun under other numerics gets."""
 
+import os
+import subprocess
+import sys
+
+import jax
 import numpy as np
 import pytest
 
@@ -36,12 +41,6 @@ def test_tolerances_scale_the_twins_spread_and_an_accuracy_may_count_one_example
 def test_a_process_on_fewer_cores_records_other_threads(tmp_path):
     """XLA's CPU pool is sized by the cores a process may use (nnx.numerics.threads): a job given one
     core records that, so a rerun on two names the difference instead of promising the same bits."""
-    import os
-    import subprocess
-    import sys
-
-    import jax
-
     if jax.default_backend() != "cpu" or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs the CPU backend and two cores to give a process one of them")
     one_core = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
