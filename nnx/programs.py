@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnx import choices, model, probes
+from nnx import choices, model, probes, threefry
 from nnx.data import PIXEL_LEVELS, Split
 
 
@@ -44,7 +44,10 @@ def steps_per_gather(n_batches: int, m: int, rows: int = 1024) -> int:
 
 
 def epoch_fn(spec):
-    """epoch(params, opt_state, key, x, y, hyper=()) -> (params, opt_state), not yet jitted.
+    """epoch(params, opt_state, key, order, x, y, hyper=()) -> (params, opt_state), not yet jitted.
+
+    order: the rows in the order the epoch trains them, epoch_order's (drawn on the host from the
+    epoch's key); key: the epoch's key, from which a net with dropout gets one key per step.
 
     hyper: runtime_hyper(spec, dtype) where the spec has them (the book's fixed eta): eta and lmbda / n
     as arguments, not constants, so one compiled epoch serves every eta and lmbda of a sweep (each
@@ -53,17 +56,14 @@ def epoch_fn(spec):
     x: the training images, float or as nnx.data.encode stores them (uint8): gathered that way,
     the rows cost less to gather (~7% of a [784,30,10] mb 10 epoch) and are decoded exactly after.
 
-    A fresh permutation of the training set (or, with spec.shuffle false, the set in file order,
-    as network3 trains) is cut into n // m mini-batches of one shape (a remainder smaller than m is
-    dropped, so nothing recompiles; the book's sizes divide evenly). Rows are gathered by index a
-    chunk of mini-batches at a time: the shuffled set is never copied whole, and no step waits on a
-    small gather. A net with dropout gets one key per step, split from the epoch's key.
+    The order is cut into mini-batches of m rows, gathered by index a chunk of mini-batches at a
+    time: the shuffled set is never copied whole, and no step waits on a small gather.
     """
     grad = jax.grad(make_loss(spec, choices.training_product))
     m = spec.mini_batch_size
     random = spec.net.has_randomness
 
-    def epoch(params, opt_state, key, x, y, hyper=()):
+    def epoch(params, opt_state, key, order, x, y, hyper=()):
         optimizer = spec.optimizer_at(*hyper) if hyper else spec.optimizer
 
         def step(carry, batch):
@@ -71,11 +71,14 @@ def epoch_fn(spec):
             updates, opt_state = optimizer.update(grad(params, *batch), opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), None
 
-        n_batches = x.shape[0] // m
+        n_batches = order.shape[0] // m
         c = steps_per_gather(n_batches, m)
-        order, step_keys = epoch_plan(spec, key, x.shape[0])
         order = order.reshape(n_batches // c, c * m)
-        chunks = (order, step_keys.reshape(n_batches // c, c, *step_keys.shape[1:])) if random else order
+        if random:  # a fold of the epoch's key (the shuffle drew from the key itself)
+            step_keys = jax.random.split(jax.random.fold_in(key, 1), n_batches)
+            chunks = (order, step_keys.reshape(n_batches // c, c, *step_keys.shape[1:]))
+        else:
+            chunks = order
 
         def chunk(carry, chunk_of):
             idx, keys = chunk_of if random else (chunk_of, None)
@@ -92,45 +95,21 @@ def epoch_fn(spec):
     return epoch
 
 
-def epoch_plan(spec, key, n: int):
-    """(the epoch's mini-batches as [n // m, m] row indices, one key per step or None): a fresh
-    permutation (or file order, spec.shuffle false) and, for a net with dropout, the steps' keys
-    from a fold of the epoch's key (the permutation used the key itself)."""
-    m = spec.mini_batch_size
-    order = permutation(key, n) if spec.shuffle else jnp.arange(n)
-    order = order[: n // m * m].reshape(n // m, m)
-    return order, jax.random.split(jax.random.fold_in(key, 1), n // m) if spec.net.has_randomness else None
-
-
-def permutation(key, n: int):
-    """jax.random.permutation(key, n), the same integers, in about a third of the time on XLA's CPU.
-
-    JAX shuffles by sorting positions by random 32-bit keys, stably, in rounds (two for 50,000),
-    and XLA's CPU sorts (key, position) pairs through a comparator: ~10 ms a round for 50,000, a
-    sixth of a [784,30,10] mb 10 epoch. Here each stable sort is a radix sort whose passes sort
-    single uint32 words, a key's digit above the position (plain integers, no comparator): the
-    positions break ties, so each pass is stable, and the passes from the lowest digit up sort by
-    the whole key. The keys are JAX's own (split, then 32 random bits a position).
-    """
-    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax.random's _shuffle
-    position_bits = max(1, (n - 1).bit_length())
-    if position_bits > 24:  # digits of fewer than 8 bits: more passes than the comparator's sort costs
-        return jax.random.permutation(key, n)
-    digit_bits, positions = 32 - position_bits, jnp.arange(n, dtype=jnp.uint32)
-    order = jnp.arange(n)
-    for _ in range(rounds):
-        key, subkey = jax.random.split(key)
-        bits, by = jax.random.bits(subkey, (n,), jnp.uint32), positions
-        for low in range(0, 32, digit_bits):
-            digit = (bits[by] >> low) & ((1 << min(digit_bits, 32 - low)) - 1)
-            by = by[jnp.sort((digit << position_bits) | positions) & ((1 << position_bits) - 1)]
-        order = order[by]
-    return order
+def epoch_order(spec, keys, n: int) -> np.ndarray:
+    """The rows of a training set of n images in the order an epoch trains them, for each of the
+    epochs' keys (host uint32 [..., 2]): int32 [..., n // m * m]. jax.random.permutation(key, n)
+    (nnx.threefry, on the host: compiled into each epoch it doubled the epoch's compile time), or
+    with spec.shuffle false the file order, as network3 trains; a remainder smaller than a
+    mini-batch is dropped, so nothing recompiles (the book's sizes divide evenly)."""
+    keys = np.asarray(keys)
+    order = threefry.permutation(keys, n) if spec.shuffle else np.broadcast_to(np.arange(n, dtype=np.int32), (*keys.shape[:-1], n))
+    return order[..., : n // spec.mini_batch_size * spec.mini_batch_size]
 
 
 def block_fn(epoch, probe):
-    """block(params, opt_state, keys, x, y, probe_x, probe_y, hyper) -> (params, opt_state, measured): len(keys)
-    epochs in one program, each probed before its updates, the probes stacked over the epochs.
+    """block(params, opt_state, keys, orders, x, y, probe_x, probe_y, hyper) -> (params, opt_state, measured):
+    len(keys) epochs (each its key and epoch_order's order) in one program, each probed before its
+    updates, the probes stacked over the epochs.
 
     For full-batch runs that need nothing from the host between evaluations (nnx.loop decides where):
     ch5's take one step an epoch, and a call, a fetch and a record per epoch cost more than the step
@@ -138,12 +117,12 @@ def block_fn(epoch, probe):
     an epoch, best of 7 alternated; medians 18 against 26 s, on 2 cores shared with other jobs).
     """
 
-    def block(params, opt_state, keys, x, y, probe_x, probe_y, hyper=()):
-        def one(carry, key):
+    def block(params, opt_state, keys, orders, x, y, probe_x, probe_y, hyper=()):
+        def one(carry, plan):
             measured = probe(carry[0], probe_x, probe_y)
-            return epoch(*carry, key, x, y, hyper), measured
+            return epoch(*carry, *plan, x, y, hyper), measured
 
-        (params, opt_state), measured = jax.lax.scan(one, (params, opt_state), keys)
+        (params, opt_state), measured = jax.lax.scan(one, (params, opt_state), (keys, orders))
         return params, opt_state, measured
 
     return block
@@ -233,11 +212,12 @@ def runtime_hyper(spec, dtype) -> tuple:
 
 def make_epoch(spec):
     """epoch(params, opt_state, key, x, y): epoch_fn jitted once, params and optimizer state donated
-    (updated in place), the spec's runtime_hyper passed in the params' dtype."""
+    (updated in place), the key's epoch_order and the spec's runtime_hyper (in the params' dtype) passed in."""
     jitted = jax.jit(epoch_fn(spec), donate_argnums=(0, 1))
 
     def epoch(params, opt_state, key, x, y):
-        return jitted(params, opt_state, key, x, y, runtime_hyper(spec, jax.tree.leaves(params)[0].dtype))
+        key = np.asarray(key)
+        return jitted(params, opt_state, key, epoch_order(spec, key, x.shape[0]), x, y, runtime_hyper(spec, jax.tree.leaves(params)[0].dtype))
 
     epoch.jitted = jitted  # the jitted program, one compilation per shape and dtype
     return epoch
@@ -268,13 +248,6 @@ def to_device(x, dtype, device=None):
 
 
 _decode = jax.jit(images, static_argnums=1)
-
-
-@jax.jit
-def epoch_key(shuffle_key, epoch):
-    """The key epoch `epoch` shuffles with, fold_in(shuffle_key, epoch), jitted: eager, it costs
-    ~0.12 ms, a tenth of a full-batch epoch of 1,000 images."""
-    return jax.random.fold_in(shuffle_key, epoch)
 
 
 def init_state(spec, key, dtype=jnp.float32):

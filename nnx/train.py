@@ -12,13 +12,14 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from nnx import loop
+from nnx import loop, threefry
 from nnx.programs import (
     SUMMARIZE,
     block_fn,
     epoch_fn,
-    epoch_key,
+    epoch_order,
     evaluate_fn,
     init_state,
     make_probe,
@@ -107,10 +108,6 @@ KEPT = 16
 programs_kept: collections.OrderedDict = collections.OrderedDict()  # (structure, kind, dtype) -> programs
 # The same for every network: jitted once per process (one network's summarize: nnx.programs.SUMMARIZE).
 SUMMARIZE_MANY = jax.jit(jax.vmap(summarize_fn, in_axes=(0, 0, None, None)))
-EPOCH_KEYS = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))  # one network's keys for epochs e..e+k
-# Jitted: an eager vmap is traced anew at every call, ~20 ms an epoch (ch5_speed: 500 epochs a run).
-FOLD_MANY = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-EPOCH_KEYS_MANY = jax.jit(jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(None, 0)))  # [epochs, seeds]
 
 
 def kept(spec, kind: str, dtype, build):
@@ -127,9 +124,16 @@ def kept(spec, kind: str, dtype, build):
     return programs_kept[key]
 
 
+def epoch_plans(spec, shuffle_keys, epochs, n: int) -> tuple:
+    """(keys, orders) on the host for the epochs (an int, or an array of them for a block) of each
+    network: epoch e's key is fold_in(shuffle_key, e), and it draws the epoch's order (epoch_order)."""
+    keys = threefry.fold_in(shuffle_keys, epochs)
+    return keys, epoch_order(spec, keys, n)
+
+
 def one_network(spec, shuffle_key, dtype) -> loop.Programs:
-    """fit's programs; epoch e shuffles with epoch_key(shuffle_key, e)."""
-    hyper = runtime_hyper(spec, dtype)
+    """fit's programs; epoch e shuffles with fold_in(shuffle_key, e) (epoch_plans)."""
+    hyper, shuffle_key = runtime_hyper(spec, dtype), np.asarray(shuffle_key)
     epoch, block, evaluate, probe = kept(spec, "one", dtype, lambda: (
         jax.jit(epoch_fn(spec), donate_argnums=(0, 1)),
         jax.jit(block_fn(epoch_fn(spec), probe_fn(spec)), donate_argnums=(0, 1)),
@@ -138,8 +142,8 @@ def one_network(spec, shuffle_key, dtype) -> loop.Programs:
     ))
     return loop.Programs(
         count=1,
-        run_epoch=lambda p, s, e, x, y: epoch(p, s, epoch_key(shuffle_key, e), x, y, hyper),
-        run_block=lambda p, s, e, k, *xy: block(p, s, EPOCH_KEYS(shuffle_key, jnp.arange(e, e + k)), *xy, hyper),
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, *epoch_plans(spec, shuffle_key, e, len(x)), x, y, hyper),
+        run_block=lambda p, s, e, k, x, *rest: block(p, s, *epoch_plans(spec, shuffle_key, np.arange(e, e + k), len(x)), x, *rest, hyper),
         probe=probe,
         evaluate=split_evaluator(spec, evaluate, SUMMARIZE, zero_sums),
         split=lambda tree: [tree],
@@ -148,10 +152,10 @@ def one_network(spec, shuffle_key, dtype) -> loop.Programs:
 
 def many_networks(spec, shuffle_keys, dtype) -> loop.Programs:
     """fit_many's programs: one's, vmapped over the seeds (the data and probe batch shared)."""
-    hyper, count = runtime_hyper(spec, dtype), len(shuffle_keys)
+    hyper, count, shuffle_keys = runtime_hyper(spec, dtype), len(shuffle_keys), np.asarray(shuffle_keys)
 
     def build():
-        seeds_epoch = jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, None, None, None))
+        seeds_epoch = jax.vmap(epoch_fn(spec), in_axes=(0, 0, 0, 0, None, None, None))
         return (jax.jit(seeds_epoch, donate_argnums=(0, 1)),
                 jax.jit(block_fn(seeds_epoch, jax.vmap(probe_fn(spec), in_axes=(0, None, None))), donate_argnums=(0, 1)),
                 jax.jit(jax.vmap(evaluate_fn(spec), in_axes=(0, None, None, None, 0))),
@@ -160,8 +164,8 @@ def many_networks(spec, shuffle_keys, dtype) -> loop.Programs:
     epoch, block, evaluate, probe = kept(spec, "many", dtype, build)
     return loop.Programs(
         count=count,
-        run_epoch=lambda p, s, e, x, y: epoch(p, s, FOLD_MANY(shuffle_keys, e), x, y, hyper),
-        run_block=lambda p, s, e, k, *xy: block(p, s, EPOCH_KEYS_MANY(shuffle_keys, jnp.arange(e, e + k)), *xy, hyper),
+        run_epoch=lambda p, s, e, x, y: epoch(p, s, *epoch_plans(spec, shuffle_keys, e, len(x)), x, y, hyper),
+        run_block=lambda p, s, e, k, x, *rest: block(p, s, *epoch_plans(spec, shuffle_keys, np.arange(e, e + k), len(x)), x, *rest, hyper),
         probe=probe,
         evaluate=split_evaluator(spec, evaluate, SUMMARIZE_MANY, lambda device: zero_sums(device, (count,))),
         split=functools.partial(cut, count),

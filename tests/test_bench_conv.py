@@ -9,7 +9,7 @@ import pytest
 import nnx
 from conftest import tiny_cfg
 from nnx.edges.bench import baselines, cases
-from nnx.programs import epoch_fn
+from nnx.programs import epoch_fn, epoch_order
 
 N, M, ETA, LMBDA = 40, 10, 0.1, 5.0  # 4 mini-batches; lmbda / N = 0.125: the L2 term is a visible part of each step
 rng = np.random.default_rng(0)
@@ -49,7 +49,8 @@ def test_one_epoch_equals_nnx(net):
     conv_maps, fc, zero_output = NETS[net]
     spec = conv_spec(conv_maps, fc, zero_output=zero_output)
     start = nnx.init(jax.random.PRNGKey(0), spec.net)
-    want, _ = jax.jit(epoch_fn(spec))(start, spec.optimizer.init(start), jax.random.PRNGKey(1), jnp.asarray(x), jnp.asarray(y))
+    key = np.asarray(jax.random.PRNGKey(1))
+    want, _ = jax.jit(epoch_fn(spec))(start, spec.optimizer.init(start), key, epoch_order(spec, key, len(y)), jnp.asarray(x), jnp.asarray(y))
     start, want = as_numpy(start), as_numpy(want)
 
     got = baselines.torch_conv(start, x, y, M, ETA, lmbda=LMBDA, rng=0)

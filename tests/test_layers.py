@@ -134,7 +134,7 @@ def test_dropout_masks_come_from_the_epoch_key_and_differ_between_steps():
     x, y = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     epoch = jax.jit(programs.epoch_fn(spec))
-    run = lambda key: epoch(params, spec.optimizer.init(params), key, x, y)[0]
+    run = lambda key: epoch(params, spec.optimizer.init(params), key, programs.epoch_order(spec, np.asarray(key), len(y)), x, y)[0]
     same, again, other = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(4))
     assert jax.tree.all(jax.tree.map(np.array_equal, same, again))
     assert not np.array_equal(same[-1]["w"], other[-1]["w"])

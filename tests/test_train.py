@@ -38,8 +38,9 @@ def test_one_compiled_epoch_serves_every_eta_and_lmbda_with_the_numbers_of_const
         hyper = nnx.programs.runtime_hyper(spec, jnp.float32)
         assert hyper == (np.float32(eta), np.float32(lmbda / 100))
         start = nnx.programs.init_state(spec, jax.random.PRNGKey(0))
-        texts.add(jax.jit(nnx.programs.epoch_fn(spec)).lower(*start, jax.random.PRNGKey(1), x, y, hyper).as_text())
-        trained = [jax.jit(nnx.programs.epoch_fn(spec))(*start, jax.random.PRNGKey(1), x, y, h) for h in (hyper, ())]
+        plan = nnx.train.epoch_plans(spec, np.asarray(jax.random.PRNGKey(1)), 0, len(y))
+        texts.add(jax.jit(nnx.programs.epoch_fn(spec)).lower(*start, *plan, x, y, hyper).as_text())
+        trained = [jax.jit(nnx.programs.epoch_fn(spec))(*start, *plan, x, y, h) for h in (hyper, ())]
         for a, b in zip(*(jax.tree.leaves(t) for t in trained)):
             np.testing.assert_array_equal(a, b)
     assert len(texts) == 1
@@ -87,20 +88,12 @@ def test_an_epoch_on_stored_uint8_pixels_is_the_epoch_on_their_floats(small):
     np.testing.assert_array_equal(nnx.programs.images(jnp.asarray(stored.x), jnp.float32), small.train.x)
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     state = spec.optimizer.init(params)
-    key, y = jax.random.PRNGKey(1), jnp.asarray(small.train.y)
-    from_floats = epoch(params, state, key, jnp.asarray(small.train.x), y)
-    from_pixels = epoch(params, state, key, jnp.asarray(stored.x), y)
+    plan, y = nnx.train.epoch_plans(spec, np.asarray(jax.random.PRNGKey(1)), 0, 200), jnp.asarray(small.train.y)
+    from_floats = epoch(params, state, *plan, jnp.asarray(small.train.x), y)
+    from_pixels = epoch(params, state, *plan, jnp.asarray(stored.x), y)
     for a, b in zip(jax.tree.leaves(from_floats), jax.tree.leaves(from_pixels)):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(from_floats[0][0]["w"], params[0]["w"])  # it trained
-
-
-@pytest.mark.parametrize("n", [10, 50_000, 250_000])  # rounds of sorting: 1, 2, 2; radix passes: 2, 2, 3
-def test_permutation_is_jax_random_permutation(n):
-    """The epochs' faster shuffle is JAX's own, integer for integer. At 250,000 positions ~7 pairs
-    of the 32-bit sort keys collide in each round, so the ties are broken as JAX's stable sort does."""
-    key = jax.random.PRNGKey(n)
-    np.testing.assert_array_equal(jax.jit(nnx.programs.permutation, static_argnums=1)(key, n), jax.random.permutation(key, n))
 
 
 def test_fit_history_and_step_numbering(small):

@@ -61,7 +61,8 @@ def one_epoch(spec, x, y, device=None):
     with jax.default_device(device) if device is not None else contextlib.nullcontext():
         params, state = programs.init_state(spec, jax.random.PRNGKey(0))
         x, y = jax.device_put(x, device), jax.device_put(y, device)
-        params, _ = jax.jit(programs.epoch_fn(spec))(params, state, jax.random.PRNGKey(1), x, y, programs.runtime_hyper(spec, jnp.float32))
+        plan = train.epoch_plans(spec, np.asarray(jax.random.PRNGKey(1)), 0, len(y))
+        params, _ = jax.jit(programs.epoch_fn(spec))(params, state, *plan, x, y, programs.runtime_hyper(spec, jnp.float32))
     return [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
 
 
@@ -85,12 +86,13 @@ def seconds_per_epoch(spec, x, y, seeds: int = 0, repeats: int = 2) -> float:
     if seeds:
         keys = jax.random.split(jax.random.PRNGKey(0), seeds)
         params, state = jax.vmap(lambda k: programs.init_state(spec, k))(keys)
-        epoch = jax.jit(jax.vmap(programs.epoch_fn(spec), in_axes=(0, 0, 0, None, None, None)))
-        run = lambda p, s, e: epoch(p, s, jax.random.split(jax.random.PRNGKey(e), seeds), x, y, hyper)
+        epoch = jax.jit(jax.vmap(programs.epoch_fn(spec), in_axes=(0, 0, 0, 0, None, None, None)))
     else:
-        params, state = programs.init_state(spec, jax.random.PRNGKey(0))
+        keys = jax.random.PRNGKey(0)
+        params, state = programs.init_state(spec, keys)
         epoch = jax.jit(programs.epoch_fn(spec))
-        run = lambda p, s, e: epoch(p, s, jax.random.PRNGKey(e), x, y, hyper)
+    keys = np.asarray(keys)
+    run = lambda p, s, e: epoch(p, s, *train.epoch_plans(spec, keys, e, len(y)), x, y, hyper)  # the epoch's order drawn as fit draws it
     best = float("inf")
     for e in range(repeats + 1):
         start = time.perf_counter()

@@ -95,21 +95,22 @@ def nnx_timer(spec, x, y, repeats, cap=None) -> Timer:
     import jax
 
     import nnx
-    from nnx.train import epoch_key, steps_per_gather
+    from nnx import threefry
+    from nnx.programs import steps_per_gather
 
     params = nnx.init(jax.random.PRNGKey(0), spec.net)
     opt_state = spec.optimizer.init(params)
     epoch = nnx.make_epoch(spec)
     x = encode(x)  # the pixels as nnx-train trains from them (uint8; the epoch decodes the rows it gathers)
-    n, m, keys, shuffle_key = len(x), spec.mini_batch_size, itertools.count(), jax.random.PRNGKey(0)
+    n, m, keys, shuffle_key = len(x), spec.mini_batch_size, itertools.count(), np.asarray(jax.random.PRNGKey(0))
     on_device, first_call = {}, {}
 
     def timed(n_images):
         nonlocal params, opt_state
         if n_images not in on_device:  # on the device once, as fit does
             on_device[n_images] = jax.device_put(x[:n_images]), jax.device_put(y[:n_images])
-        start = time.perf_counter()  # the epoch's key as fit draws it (nnx.programs.epoch_key), on the clock
-        params, opt_state = jax.block_until_ready(epoch(params, opt_state, epoch_key(shuffle_key, next(keys)), *on_device[n_images]))
+        start = time.perf_counter()  # the epoch's key and order drawn as fit draws them (nnx.train.epoch_plans), on the clock
+        params, opt_state = jax.block_until_ready(epoch(params, opt_state, threefry.fold_in(shuffle_key, next(keys)), *on_device[n_images]))
         seconds = time.perf_counter() - start
         first_call.setdefault(n_images, seconds)
         return seconds
