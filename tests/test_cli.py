@@ -118,8 +118,34 @@ def test_a_sweep_with_nothing_swept_on_its_command_line_checks_the_config_its_jo
     from nnx.edges.preflight import _jobs
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        (job,), first = _jobs(argv, "train")
+        (job,), (first,) = _jobs(argv, "train", CONF)
     assert first == configs.compose(job) == configs.compose([a for a in argv if not a.startswith(("-", "hydra"))])
+
+
+@pytest.mark.parametrize("argv,jobs,set_on_one", [
+    (["-m", "seed=0,1", "model.depth=1,2", "optimizer.eta=0.5,${optimizer.lmbda}", "train.epochs=3", "hydra/launcher=joblib"], 8, True),
+    (["-m", "experiment=ch3_overfitting", "seed=range(2)", "data.train_size=null,200"], 4, True),
+    (["-m", "activation=sigmoid,relu", "seed=0,1"], 4, False),  # a config group swept
+    (["-m", "seeds=[0,1],[2,3]"], 2, False),  # lists: Hydra merges them its own way
+    (["-m", "seed=0,1", "+model.extra=1,2"], 4, False),  # a key added
+    (["-m", "train.epochs=1,2", "train={epochs:3}"], 2, False),  # another override on the swept key's dict
+])
+def test_a_sweep_of_plain_values_checks_each_job_as_hydra_composes_it(argv, jobs, set_on_one):
+    """preflight sets a value-only sweep's values on one composition; each job's config must be the one
+    Hydra composes for it, and sweeps of anything else are composed job by job."""
+    from hydra import initialize_config_dir
+
+    from nnx.edges import configs
+    from nnx.edges.cli import CONF
+    from nnx.edges.preflight import _jobs
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        found, known = _jobs(argv, "train", CONF)
+    assert len(found) == len(known) == jobs
+    assert all((k is not None) == set_on_one for k in known)
+    for job, k in zip(found, known):
+        if k is not None:
+            assert k == configs.compose(job), job
 
 
 @pytest.mark.parametrize("args,message", [BAD_INPUT[0], BAD_INPUT[3]])
