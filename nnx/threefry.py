@@ -1,11 +1,11 @@
 """JAX's threefry draws on the host, bit for bit: the epochs' keys and shuffles, in numpy.
 
 An epoch's shuffle is jax.random.permutation(fold_in(shuffle_key, epoch), n). Drawn inside the
-compiled epoch, it was about half of what XLA took to compile a small net's epoch (a [784,8,10]
+compiled epoch it is about half of what XLA takes to compile a small net's epoch (a [784,8,10]
 epoch: 317 ms with it, 147 ms without), and every architecture, mini-batch size and vmapped or
-blocked variant compiled its own; on the host it compiles nothing and takes about as long to run
-(50,000 positions: 8.2 ms in numpy, 7.3 ms inside the epoch). The draws are JAX's own, with its default
-jax_threefry_partitionable (tests/test_threefry.py compares every function here with jax.random):
+blocked variant would compile its own; on the host it compiles nothing and takes about as long to
+run (50,000 positions: 8.2 ms in numpy, 7.3 ms inside the epoch). The draws are JAX's own, with
+its default jax_threefry_partitionable (tests/test_threefry.py compares each function with jax.random):
 
   hash2x32     Threefry-2x32, 20 rounds (Salmon et al. 2011), as JAX's threefry2x32 primitive;
   split        a key's two children, jax.random.split(key);
