@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BIN
+from conftest import BIN, train_in_process
 from nnx import choices
 
 TINY = ["model.width=8", "train.epochs=2", "data.train_size=100", "probes.size=50", "tracking.experiment=e2e"]
@@ -285,9 +285,8 @@ def test_nothing_secret_is_recorded(store, tmp_path):
     home = tmp_path / "home" / "alice"
     home.mkdir(parents=True)
     shutil.copy(default_path(), home / "mnist.pkl.gz")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HOME": str(home), "NNX_TOKEN": "s3cr3t"}
-    done = subprocess.run([str(BIN / "nnx-train"), f"data.path={home / 'mnist.pkl.gz'}", *TINY], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {"MLFLOW_TRACKING_URI": uri, "HOME": str(home), "NNX_TOKEN": "s3cr3t"}
+    done = train_in_process([f"data.path={home / 'mnist.pkl.gz'}", *TINY], tmp_path, env)
     assert done.returncode == 0, done.stderr
     (run,) = runs(client)
     assert run.data.params["data.path"] == "~/mnist.pkl.gz"

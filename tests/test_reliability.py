@@ -167,13 +167,16 @@ def test_rerun_under_other_numerics_names_them_and_compares_within_float32_toler
 
 
 def test_rerun_of_a_seed_trained_in_a_vmapped_batch_trains_the_batch_again(nnx_train, store, tmp_path):
-    """Alone, seed 8 would differ from its batch in float32 rounding (a batched product sums in its own order)."""
+    """Alone, seed 8 would differ from its batch in float32 rounding (a batched product sums in its own order).
+    nnx-rerun in this process (test_rerun_reproduces_a_finished_run runs it as its own process)."""
+    from conftest import in_process
+    from nnx.edges import rerun
+
     uri, client = store
     nnx_train("model.depth=2", "model.width=30", "train.epochs=2", "seeds=[7,8]", *TINY)
     (source,) = [r for r in runs(client) if r.data.tags.get("nnx.seed") == "8"]
     assert source.data.tags["nnx.batch_seeds"] == "7,8"
-    done = subprocess.run([str(BIN / "nnx-rerun"), source.info.run_id, "--tracking-uri", uri], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    done = in_process(["nnx-rerun"], lambda: rerun.main([source.info.run_id, "--tracking-uri", uri]), tmp_path, {"MLFLOW_TRACKING_URI": uri})
     assert done.returncode == 0 and "matches" in done.stdout, done.stdout + done.stderr
     reruns = [r for r in runs(client) if r.data.tags.get("nnx.rerun_of") == source.info.run_id and "nnx.seed" in r.data.tags]
     assert sorted(r.data.tags["nnx.seed"] for r in reruns) == ["7", "8"]
