@@ -139,12 +139,13 @@ def _values_set(jobs: list[list[str]], user: list, fixed, config_dir: str) -> li
         return [None] * len(jobs)
     parser, configs = OverridesParser.create(), []
     for job in jobs:
-        cfg, values = copy.deepcopy(fixed), parser.parse_overrides([o for o in job if o.partition("=")[0] in swept])
-        if any(isinstance(v.value(), (list, dict)) for v in values):
+        values = {v.key_or_group: v.value() for v in parser.parse_overrides([o for o in job if o.partition("=")[0] in swept])}
+        if any(isinstance(v, (list, dict)) for v in values.values()):
             configs.append(None)
             continue
-        for v in values:
-            OmegaConf.update(cfg, v.key_or_group, v.value(), merge=True)
+        cfg = copy.deepcopy(fixed)
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=True)
         configs.append(OmegaConf.to_container(cfg, resolve=True))
     return configs
 
